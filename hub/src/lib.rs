@@ -1,1 +1,59 @@
-//! placeholder
+//! `casement hub`: a local server that speaks Azure IoT Hub's device and service protocols, for
+//! development, demos and tests — what Azurite is for Azure Storage.
+//!
+//! It serves MQTT 3.1.1 (TLS and plain) for devices and the service REST API (HTTPS and plain
+//! HTTP), with a device registry, twins (versions, ETags, `$metadata`, desired-property
+//! notifications), direct methods with IoT Hub's timeouts and error codes, the query language
+//! with paging, SAS authentication with the standard shared access policies, IoT Hub's limits,
+//! optional throttling, and persistence in sled. The wire contract is
+//! `shared/reference/iothub-protocol.md`; the protocol itself (tokens, topics, twin rules, REST
+//! bodies, queries) lives in [`casement_iothub`], and this crate does the I/O and keeps state.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), casement_hub::HubError> {
+//! use casement_hub::{Hub, HubConfig};
+//! let hub = Hub::start(HubConfig::for_tests()).await?;
+//! let device = hub.create_device("dev1", serde_json::json!({"env": "test"})).await?;
+//! println!("service: {}", hub.service_connection_string());
+//! println!("device:  {device} (MQTT on {:?})", hub.mqtt_addr());
+//! hub.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - `hub` (re-exported here): [`Hub::start`], [`RunningHub`], [`HubStats`].
+//! - [`config`]: [`HubConfig`] and [`Limits`]; [`cli`]: [`HubArgs`], [`run_cli`] and the
+//!   start-up banner.
+//! - `mqtt::connection`: one task per device connection (rumqttc's `mqttbytes::v4` codec,
+//!   keep-alive, CONNECT authentication, twin and method topics); `mqtt::broker`: the session
+//!   table (one connection per device, persisted `CleanSession=0` subscriptions, bounded queues).
+//! - `http`: the REST API on axum — registry, twins, methods, queries, errors.
+//! - `registry`: devices and twins in memory, written through to [`store`] (sled).
+//! - `methods`: direct methods in flight; `auth`: policies, keys and SAS checks.
+//! - [`tls`]: the generated CA and server certificate; [`listener`]: binding with clear errors,
+//!   connection caps, TLS handshakes off the accept path.
+//! - [`throttle`]: tier quotas as token buckets; [`clock`]: the injected wall clock.
+
+mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+mod error;
+mod http;
+mod hub;
+pub mod listener;
+mod methods;
+mod mqtt;
+mod registry;
+pub mod store;
+pub mod throttle;
+pub mod tls;
+
+pub use cli::{HubArgs, run_cli, shutdown_signal, startup_banner};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{HubConfig, Limits};
+pub use error::{ApiError, HubError};
+pub use hub::{Hub, HubStats, RunningHub};
+pub use store::Storage;
+pub use throttle::{Operation, Rate, ThrottleConfig};
+pub use tls::TlsSource;

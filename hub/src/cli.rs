@@ -1,0 +1,338 @@
+//! `casement hub`: flags ([`HubArgs`]), the validated [`HubConfig`] they make, and
+//! [`run_cli`], which starts the hub, prints where it listens and how to trust it, and stops
+//! it when told.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::clock::SystemClock;
+use crate::config::{DEFAULT_DATA_DIR, HubConfig, Limits};
+use crate::error::HubError;
+use crate::hub::{Hub, RunningHub};
+use crate::store::Storage;
+use crate::throttle::{RateOverride, ThrottleConfig};
+use crate::tls::TlsSource;
+
+/// Flags of `casement hub`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HubArgs {
+    /// Address for MQTT over TLS (the device SDKs connect to port 8883).
+    #[arg(
+        long,
+        env = "CASEMENT_HUB_MQTTS_ADDR",
+        default_value = "127.0.0.1:8883",
+        value_name = "ADDR"
+    )]
+    pub mqtts_addr: SocketAddr,
+    /// Do not serve MQTT over TLS.
+    #[arg(long)]
+    pub no_mqtts: bool,
+    /// Address for plain MQTT (loopback only unless you mean it).
+    #[arg(
+        long,
+        env = "CASEMENT_HUB_MQTT_ADDR",
+        default_value = "127.0.0.1:1883",
+        value_name = "ADDR"
+    )]
+    pub mqtt_addr: SocketAddr,
+    /// Do not serve plain MQTT.
+    #[arg(long)]
+    pub no_mqtt: bool,
+    /// Address for the REST API over HTTPS (the service SDKs use port 443; binding it needs
+    /// privileges on Linux — use e.g. 127.0.0.1:8443 otherwise).
+    #[arg(
+        long,
+        env = "CASEMENT_HUB_HTTPS_ADDR",
+        default_value = "127.0.0.1:443",
+        value_name = "ADDR"
+    )]
+    pub https_addr: SocketAddr,
+    /// Do not serve HTTPS.
+    #[arg(long)]
+    pub no_https: bool,
+    /// Address for the REST API over plain HTTP (for local tools: `casement --endpoint`).
+    #[arg(
+        long,
+        env = "CASEMENT_HUB_HTTP_ADDR",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub http_addr: SocketAddr,
+    /// Do not serve plain HTTP.
+    #[arg(long)]
+    pub no_http: bool,
+    /// Where the registry, twins, keys and certificates are kept.
+    #[arg(long, env = "CASEMENT_HUB_DATA_DIR", default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Keep everything in memory (a fresh hub each start; for tests and throwaway demos).
+    #[arg(long)]
+    pub in_memory: bool,
+    /// The hub's host name: HostName in connection strings and the certificate's name.
+    #[arg(
+        long,
+        env = "CASEMENT_HUB_HOSTNAME",
+        default_value = "localhost",
+        value_name = "NAME"
+    )]
+    pub hostname: String,
+    /// Another name clients may use for the hub (repeatable; added to the certificate).
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
+    /// Serve this PEM certificate chain instead of generating one (with --tls-key).
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Mimic a tier's operation quotas, answering 429 beyond them: S1, S2, S3 or off.
+    #[arg(long, env = "CASEMENT_HUB_THROTTLE", value_name = "TIER")]
+    pub throttle: Option<String>,
+    /// Set one quota, e.g. `twin-updates=10/s` or `registry=100/min` (repeatable; overrides
+    /// --throttle). Operations: registry, connections, telemetry, twin-reads, twin-updates,
+    /// methods, queries.
+    #[arg(long = "throttle-rate", value_name = "OP=N/UNIT")]
+    pub throttle_rates: Vec<RateOverride>,
+    /// Most MQTT connections at once.
+    #[arg(long, default_value_t = Limits::default().max_mqtt_connections, value_name = "N")]
+    pub max_connections: usize,
+    /// Most direct methods waiting for devices at once.
+    #[arg(long, default_value_t = Limits::default().max_inflight_methods, value_name = "N")]
+    pub max_inflight_methods: usize,
+}
+
+impl HubArgs {
+    /// The configuration these flags describe.
+    ///
+    /// # Errors
+    /// [`HubError::Config`] for an unknown throttle tier.
+    pub fn to_config(&self) -> Result<HubConfig, HubError> {
+        let mut throttle = match &self.throttle {
+            Some(tier) => {
+                ThrottleConfig::from_tier(tier).map_err(|e| HubError::Config(e.to_string()))?
+            }
+            None => ThrottleConfig::none(),
+        };
+        for o in &self.throttle_rates {
+            throttle = throttle.with(o.op, o.rate);
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => TlsSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => TlsSource::Generate,
+        };
+        Ok(HubConfig {
+            mqtts: (!self.no_mqtts).then_some(self.mqtts_addr),
+            mqtt: (!self.no_mqtt).then_some(self.mqtt_addr),
+            https: (!self.no_https).then_some(self.https_addr),
+            http: (!self.no_http).then_some(self.http_addr),
+            storage: if self.in_memory {
+                Storage::InMemory
+            } else {
+                Storage::Dir(self.data_dir.clone())
+            },
+            hostname: self.hostname.clone(),
+            aliases: self.aliases.clone(),
+            tls,
+            throttle,
+            limits: Limits {
+                max_mqtt_connections: self.max_connections,
+                max_inflight_methods: self.max_inflight_methods,
+                ..Limits::default()
+            },
+            clock: Arc::new(SystemClock),
+        })
+    }
+}
+
+/// Runs `casement hub` until `shutdown` completes, then stops gracefully (a Ctrl-C during the
+/// graceful stop forces it).
+///
+/// # Errors
+/// Start-up failures: a port taken or privileged (naming the flag), an unusable data
+/// directory, certificate problems.
+pub async fn run_cli(args: HubArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let hub = Hub::start(config)
+        .await
+        .context("casement hub could not start")?;
+    println!("{}", startup_banner(&hub));
+    shutdown.await;
+    println!("casement hub: shutting down (Ctrl-C again to force)");
+    tokio::select! {
+        () = hub.shutdown() => {}
+        _ = tokio::signal::ctrl_c() => eprintln!("casement hub: forced stop"),
+    }
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM (Ctrl-C only on non-Unix platforms).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// What `casement hub` prints at start-up: listeners, the CA and how to trust it, the
+/// `iothubowner` connection string, and where all that was written.
+pub fn startup_banner(hub: &RunningHub) -> String {
+    let mut out =
+        String::from("casement hub is running (a local Azure IoT Hub; not for production)\n\n");
+    let line = |out: &mut String, what: &str, value: String, note: &str| {
+        out.push_str(&format!("  {what:<15} {value:<28} {note}\n"));
+    };
+    if let Some(a) = hub.mqtts_addr() {
+        line(
+            &mut out,
+            "MQTT over TLS",
+            format!("mqtts://{a}"),
+            "devices (Azure IoT device SDKs, casement-agent)",
+        );
+    }
+    if let Some(a) = hub.mqtt_addr() {
+        line(
+            &mut out,
+            "MQTT",
+            format!("mqtt://{a}"),
+            "plain, for local tools and simulators",
+        );
+    }
+    if let Some(a) = hub.https_addr() {
+        line(
+            &mut out,
+            "HTTPS",
+            format!("https://{a}"),
+            "service REST API (Azure IoT service SDKs, casement)",
+        );
+    }
+    if let Some(a) = hub.http_addr() {
+        line(
+            &mut out,
+            "HTTP",
+            format!("http://{a}"),
+            "plain REST API: casement --endpoint http://...",
+        );
+    }
+    match hub.data_dir() {
+        Some(dir) => line(
+            &mut out,
+            "data",
+            dir.display().to_string(),
+            "registry, twins, keys, certificates (sled)",
+        ),
+        None => line(
+            &mut out,
+            "data",
+            "in memory".into(),
+            "everything is lost at exit",
+        ),
+    }
+    out.push('\n');
+    match (hub.ca_path(), hub.ca_pem()) {
+        (Some(ca), _) => {
+            let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.to_path_buf());
+            let ca = ca.display();
+            out.push_str(&format!("CA certificate: {ca}\n  trust it with:\n"));
+            out.push_str(&format!("    export NODE_EXTRA_CA_CERTS={ca}   # Node SDKs\n"));
+            out.push_str(&format!("    export REQUESTS_CA_BUNDLE={ca}    # Python service SDK\n"));
+            out.push_str(&format!("    server_verification_cert=open('{ca}').read()   # Python device SDK\n"));
+            out.push_str(&format!("    casement --ca {ca}   (or CASEMENT_CA)\n"));
+        }
+        (None, Some(_)) => out.push_str(
+            "CA certificate: generated in memory (use --data-dir to keep it in a file clients can trust)\n",
+        ),
+        (None, None) => match hub.cert_path() {
+            Some(cert) => out.push_str(&format!("TLS certificate: {} (supplied)\n", cert.display())),
+            None => out.push_str("TLS: off (no TLS listener)\n"),
+        },
+    }
+    out.push('\n');
+    let cs = hub.service_connection_string();
+    out.push_str("Service connection string (iothubowner):\n");
+    out.push_str(&format!("  export IOTHUB_CONNECTION_STRING='{cs}'\n"));
+    if let Some(path) = hub.connection_env_path() {
+        out.push_str(&format!(
+            "\nWritten to {} (source it: set -a; . {}; set +a)\n",
+            path.display(),
+            path.display()
+        ));
+    }
+    out.push_str("\nAdd a device: casement device add <ID>; stop with Ctrl-C.");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        hub: HubArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let cli = Cli::try_parse_from(["hub"]).expect("parse");
+        let config = cli.hub.to_config().expect("config");
+        assert_eq!(config.mqtts, Some("127.0.0.1:8883".parse().expect("addr")));
+        assert_eq!(config.mqtt, Some("127.0.0.1:1883".parse().expect("addr")));
+        assert_eq!(config.https, Some("127.0.0.1:443".parse().expect("addr")));
+        assert_eq!(config.http, Some("127.0.0.1:8080".parse().expect("addr")));
+        assert_eq!(config.storage, Storage::Dir(PathBuf::from(".casement/hub")));
+        assert_eq!(config.hostname, "localhost");
+        assert!(config.throttle.is_empty());
+    }
+
+    #[test]
+    fn flags_switch_listeners_and_throttling() {
+        let cli = Cli::try_parse_from([
+            "hub",
+            "--no-https",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--in-memory",
+            "--throttle",
+            "S1",
+            "--throttle-rate",
+            "queries=5/min",
+        ])
+        .expect("parse");
+        let config = cli.hub.to_config().expect("config");
+        assert_eq!(config.https, None);
+        assert_eq!(config.storage, Storage::InMemory);
+        assert_eq!(
+            config.throttle.rates[&crate::throttle::Operation::Queries].to_string(),
+            "5/min"
+        );
+        let bad = Cli::try_parse_from(["hub", "--throttle", "S7"]).expect("parse");
+        assert!(bad.hub.to_config().is_err());
+        assert!(Cli::try_parse_from(["hub", "--throttle-rate", "nope"]).is_err());
+        assert!(
+            Cli::try_parse_from(["hub", "--tls-cert", "c.pem"]).is_err(),
+            "--tls-key required"
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! What a hub is started with: listeners, storage, names, TLS, throttling, limits and clock.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::store::Storage;
+use crate::throttle::ThrottleConfig;
+use crate::tls::TlsSource;
+
+/// Default MQTT-over-TLS port (the port the device SDKs use).
+pub const DEFAULT_MQTTS_PORT: u16 = 8883;
+/// Default plain MQTT port.
+pub const DEFAULT_MQTT_PORT: u16 = 1883;
+/// Default HTTPS port (the port the service SDKs use).
+pub const DEFAULT_HTTPS_PORT: u16 = 443;
+/// Default plain HTTP port.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = ".casement/hub";
+
+/// Size and concurrency limits; the defaults suit a laptop running a demo fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Open MQTT connections (TLS and plain together); more are refused at accept.
+    pub max_mqtt_connections: usize,
+    /// Open HTTP connections (HTTPS and plain together).
+    pub max_http_connections: usize,
+    /// Direct methods waiting for a device at once; more get 429.
+    pub max_inflight_methods: usize,
+    /// Largest MQTT packet accepted (IoT Hub's message limit is 256 KiB; topic and header
+    /// overhead on top). A bigger packet closes the connection.
+    pub max_packet_size: usize,
+    /// Largest REST request body; bigger gets 413.
+    pub max_body_size: usize,
+    /// How long a new MQTT connection may take to send CONNECT (and finish TLS).
+    pub connect_timeout: Duration,
+    /// Packets queued for one device before the hub gives up on it (a device that does not
+    /// read its socket is disconnected rather than buffered without bound).
+    pub device_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_mqtt_connections: 50_000,
+            max_http_connections: 1_024,
+            max_inflight_methods: 10_000,
+            max_packet_size: 256 * 1024 + 8 * 1024,
+            max_body_size: 512 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            device_queue: 256,
+        }
+    }
+}
+
+/// Everything [`Hub::start`](crate::Hub::start) needs. Build one with [`HubConfig::default`]
+/// (the production defaults), [`HubConfig::for_tests`], or from [`HubArgs`](crate::HubArgs).
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// MQTT over TLS; `None` disables it. Default `127.0.0.1:8883`.
+    pub mqtts: Option<SocketAddr>,
+    /// Plain MQTT; `None` disables it. Default `127.0.0.1:1883`.
+    pub mqtt: Option<SocketAddr>,
+    /// The service REST API over HTTPS; `None` disables it. Default `127.0.0.1:443`.
+    pub https: Option<SocketAddr>,
+    /// The service REST API over plain HTTP; `None` disables it. Default `127.0.0.1:8080`.
+    pub http: Option<SocketAddr>,
+    /// Where the registry, twins and certificates live.
+    pub storage: Storage,
+    /// The hub's name: `HostName` in connection strings, the MQTT username's and SAS `sr`'s
+    /// host, and the server certificate's main name. Default `localhost`.
+    pub hostname: String,
+    /// More names accepted as this hub in SAS `sr` and MQTT usernames (with or without a
+    /// port) and put in the certificate. `localhost` and `127.0.0.1` are always accepted.
+    pub aliases: Vec<String>,
+    /// The server certificate.
+    pub tls: TlsSource,
+    /// Operation quotas; empty means no throttling.
+    pub throttle: ThrottleConfig,
+    /// Size and concurrency limits.
+    pub limits: Limits,
+    /// The wall clock (twin timestamps, token expiry).
+    pub clock: Arc<dyn Clock>,
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            mqtts: Some(loopback(DEFAULT_MQTTS_PORT)),
+            mqtt: Some(loopback(DEFAULT_MQTT_PORT)),
+            https: Some(loopback(DEFAULT_HTTPS_PORT)),
+            http: Some(loopback(DEFAULT_HTTP_PORT)),
+            storage: Storage::Dir(PathBuf::from(DEFAULT_DATA_DIR)),
+            hostname: "localhost".to_owned(),
+            aliases: Vec::new(),
+            tls: TlsSource::Generate,
+            throttle: ThrottleConfig::none(),
+            limits: Limits::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl HubConfig {
+    /// For tests: in memory, every listener on `127.0.0.1:0` (TLS ones too; the certificate is
+    /// generated in memory), no throttling.
+    pub fn for_tests() -> Self {
+        Self {
+            mqtts: Some(loopback(0)),
+            mqtt: Some(loopback(0)),
+            https: Some(loopback(0)),
+            http: Some(loopback(0)),
+            storage: Storage::InMemory,
+            ..Self::default()
+        }
+    }
+
+    /// The same, keeping its data in `dir` (so a test can restart the hub on it).
+    pub fn for_tests_in(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            storage: Storage::Dir(dir.into()),
+            ..Self::for_tests()
+        }
+    }
+
+    /// The data directory, when on disk.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        match &self.storage {
+            Storage::Dir(dir) => Some(dir),
+            Storage::InMemory => None,
+        }
+    }
+}

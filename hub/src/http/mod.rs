@@ -1,0 +1,202 @@
+//! The service REST API (reference §3), on axum: routing, authentication, error answers.
+//!
+//! Every JSON answer carries `Content-Type: application/json; charset=utf-8`; errors carry
+//! the `iothub-errorcode` header and the `ErrorCode:<Name>;<msg>` body. Request bodies are read
+//! with a size limit (413 MessageTooLarge beyond it) and parsed by hand so a malformed body is
+//! a 400 in IoT Hub's format rather than axum's plain-text rejection.
+
+mod devices;
+mod methods;
+mod query;
+mod twins;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use casement_iothub::error::{ERROR_CODE_HEADER, ErrorBody, ErrorCode};
+use casement_iothub::rest::CONTENT_TYPE_JSON;
+use casement_iothub::sas::Permissions;
+use rand::RngCore;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::auth::{AuthError, Identity};
+use crate::error::ApiError;
+use crate::hub::Shared;
+
+pub(crate) use axum::extract::State;
+
+type AppState = State<Arc<Shared>>;
+
+/// Builds the router.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    let limit = shared.limits.max_body_size;
+    Router::new()
+        .route("/devices/query", post(query::query))
+        .route("/devices", get(devices::list))
+        .route(
+            "/devices/{id}",
+            get(devices::get).put(devices::put).delete(devices::delete),
+        )
+        .route(
+            "/twins/{id}",
+            get(twins::get).patch(twins::patch).put(twins::replace),
+        )
+        .route("/twins/{id}/methods", post(methods::invoke))
+        .route(
+            "/twins/{id}/modules/{module}",
+            get(no_modules).patch(no_modules).put(no_modules),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn(require_api_version))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(shared)
+}
+
+async fn no_modules() -> ApiError {
+    ApiError::new(
+        ErrorCode::ModuleNotFound,
+        "module identities are not supported by casement hub",
+    )
+}
+
+async fn not_found(request: Request) -> Response {
+    let body = ErrorBody::new(
+        ErrorCode::ArgumentInvalid,
+        &format!(
+            "no such endpoint: {} {}",
+            request.method(),
+            request.uri().path()
+        ),
+        &tracking_id(),
+    );
+    json_response(StatusCode::NOT_FOUND, &body)
+}
+
+/// Every IoT Hub REST call carries `api-version`; refuse calls without one.
+async fn require_api_version(request: Request, next: Next) -> Response {
+    let has_version = request.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.starts_with("api-version=") && kv.len() > 12)
+    });
+    if has_version {
+        next.run(request).await
+    } else {
+        ApiError::invalid(format!(
+            "the api-version query parameter is required (e.g. ?api-version={})",
+            casement_iothub::rest::API_VERSION
+        ))
+        .into_response()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body =
+            ErrorBody::with_timestamp(self.code, &self.message, &tracking_id(), chrono::Utc::now());
+        let mut response = json_response(status, &body);
+        let headers = response.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(self.code.name()) {
+            headers.insert(ERROR_CODE_HEADER, v);
+        }
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
+
+fn tracking_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A JSON response with IoT Hub's content type.
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(CONTENT_TYPE_JSON),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
+}
+
+/// Checks the `Authorization` header for a service endpoint needing one of `required` on
+/// `resource` (`""` for the whole hub, `devices/{id}` for one device).
+pub(crate) fn authorize(
+    shared: &Shared,
+    headers: &HeaderMap,
+    required: &[Permissions],
+    resource: &str,
+) -> Result<(), ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::IotHubUnauthorizedAccess,
+                "missing Authorization header (expected a SharedAccessSignature)",
+            )
+        })?;
+    let now = u64::try_from(shared.clock.now().timestamp()).unwrap_or(0);
+    let principal = shared
+        .identity
+        .verify(token, now, |id| shared.registry.enabled_keys(id))
+        .map_err(auth_error)?;
+    Identity::authorize_service(&principal, required, resource).map_err(auth_error)
+}
+
+fn auth_error(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Unauthenticated(msg) => ApiError::new(ErrorCode::IotHubUnauthorizedAccess, msg),
+        AuthError::Forbidden(msg) => ApiError::new(ErrorCode::IotHubUnauthorized, msg),
+    }
+}
+
+/// The `If-Match` header, if any.
+pub(crate) fn if_match(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+}
+
+/// Reads a JSON body: 413 beyond the size limit, 400 when it is not the expected JSON.
+pub(crate) fn json_body<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::MessageTooLarge,
+                format!("{what}: request body is too large"),
+            )
+        } else {
+            ApiError::new(
+                ErrorCode::IotHubFormatError,
+                format!("{what}: cannot read the request body: {rejection}"),
+            )
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::IotHubFormatError,
+            format!("{what}: the body is not valid JSON for this request: {e}"),
+        )
+    })
+}

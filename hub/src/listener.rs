@@ -1,0 +1,382 @@
+//! Binding the four listeners, with errors that say which flag to change, and the accept
+//! loops that cap connections and finish TLS handshakes off the accept path.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// One of the hub's listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// MQTT over TLS.
+    Mqtts,
+    /// Plain MQTT.
+    Mqtt,
+    /// The REST API over HTTPS.
+    Https,
+    /// The REST API over plain HTTP.
+    Http,
+}
+
+impl Endpoint {
+    /// The `casement hub` flag that sets this listener's address.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Endpoint::Mqtts => "--mqtts-addr",
+            Endpoint::Mqtt => "--mqtt-addr",
+            Endpoint::Https => "--https-addr",
+            Endpoint::Http => "--http-addr",
+        }
+    }
+
+    /// The flag that turns this listener off.
+    pub fn off_flag(self) -> &'static str {
+        match self {
+            Endpoint::Mqtts => "--no-mqtts",
+            Endpoint::Mqtt => "--no-mqtt",
+            Endpoint::Https => "--no-https",
+            Endpoint::Http => "--no-http",
+        }
+    }
+
+    fn example_port(self) -> u16 {
+        match self {
+            Endpoint::Mqtts => 8884,
+            Endpoint::Mqtt => 1884,
+            Endpoint::Https => 8443,
+            Endpoint::Http => 8081,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Endpoint::Mqtts => "MQTT over TLS",
+            Endpoint::Mqtt => "MQTT",
+            Endpoint::Https => "HTTPS",
+            Endpoint::Http => "HTTP",
+        })
+    }
+}
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", bind_message(*endpoint, *addr, source))]
+pub struct BindError {
+    /// Which listener.
+    pub endpoint: Endpoint,
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
+fn bind_message(endpoint: Endpoint, addr: SocketAddr, source: &io::Error) -> String {
+    let mut alternative = addr;
+    alternative.set_port(endpoint.example_port());
+    let change = format!(
+        "use {} {alternative} (or {} to turn it off)",
+        endpoint.flag(),
+        endpoint.off_flag()
+    );
+    match source.kind() {
+        io::ErrorKind::AddrInUse => format!(
+            "cannot listen for {endpoint} on {addr}: the port is already in use (another `casement hub`?); {change}"
+        ),
+        io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "cannot listen for {endpoint} on {addr}: ports below 1024 need privileges \
+             (root, or `sudo setcap cap_net_bind_service=+ep <casement binary>`); {change}"
+        ),
+        io::ErrorKind::AddrNotAvailable => {
+            format!("cannot listen for {endpoint} on {addr}: no such local address; {change}")
+        }
+        _ => format!("cannot listen for {endpoint} on {addr}: {source}; {change}"),
+    }
+}
+
+/// Binds a listener.
+pub(crate) async fn bind(endpoint: Endpoint, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        endpoint,
+        addr,
+        source,
+    })
+}
+
+/// A stream that holds a connection-cap permit for as long as it is open.
+#[derive(Debug)]
+pub(crate) struct Counted<S> {
+    inner: S,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<S> Counted<S> {
+    pub(crate) fn new(inner: S, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            inner,
+            _permit: permit,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections until cancelled, taking a permit from `cap` for each (connections
+/// beyond the cap are closed at once), and hands each to `on_conn`.
+pub(crate) async fn accept_loop<F>(
+    listener: TcpListener,
+    endpoint: Endpoint,
+    cap: Arc<Semaphore>,
+    cancel: CancellationToken,
+    mut on_conn: F,
+) where
+    F: FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
+{
+    loop {
+        let accepted = tokio::select! {
+            () = cancel.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                match cap.clone().try_acquire_owned() {
+                    Ok(permit) => on_conn(stream, peer, permit),
+                    Err(_) => {
+                        tracing::warn!(%peer, %endpoint, "connection limit reached; refusing a connection");
+                        drop(stream);
+                    }
+                }
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(%endpoint, error = %e, "accept failed");
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Either a plain or a TLS stream, for code that serves both.
+pub(crate) type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// An `axum::serve::Listener` fed by an accept task, so TLS handshakes (and the connection cap)
+/// happen off axum's accept path.
+pub(crate) struct ChannelListener<S> {
+    rx: mpsc::Receiver<(S, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl<S> ChannelListener<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    pub(crate) fn new(rx: mpsc::Receiver<(S, SocketAddr)>, local: SocketAddr) -> Self {
+        Self { rx, local }
+    }
+}
+
+impl<S> axum::serve::Listener for ChannelListener<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Io = S;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(conn) => conn,
+            // The accept task has stopped (shutdown): never yield another connection.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// Spawns the accept task for an HTTP(S) listener and returns the axum listener it feeds.
+pub(crate) fn http_listener(
+    listener: TcpListener,
+    endpoint: Endpoint,
+    tls: Option<TlsAcceptor>,
+    cap: Arc<Semaphore>,
+    handshake_timeout: Duration,
+    cancel: CancellationToken,
+    tasks: &TaskTracker,
+) -> io::Result<ChannelListener<Counted<HttpStream>>> {
+    let local = listener.local_addr()?;
+    let (tx, rx) = mpsc::channel(64);
+    let inner_tasks = tasks.clone();
+    tasks.spawn(accept_loop(
+        listener,
+        endpoint,
+        cap,
+        cancel.clone(),
+        move |stream, peer, permit| {
+            let tx = tx.clone();
+            match &tls {
+                None => {
+                    let conn = Counted::new(HttpStream::Plain(stream), permit);
+                    inner_tasks.spawn(async move {
+                        let _ = tx.send((conn, peer)).await;
+                    });
+                }
+                Some(acceptor) => {
+                    let acceptor = acceptor.clone();
+                    let cancel = cancel.clone();
+                    inner_tasks.spawn(async move {
+                        let handshake =
+                            tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                        let stream = tokio::select! {
+                            () = cancel.cancelled() => return,
+                            r = handshake => r,
+                        };
+                        match stream {
+                            Ok(Ok(stream)) => {
+                                let conn = Counted::new(HttpStream::Tls(Box::new(stream)), permit);
+                                let _ = tx.send((conn, peer)).await;
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    });
+                }
+            }
+        },
+    ));
+    Ok(ChannelListener::new(rx, local))
+}
+
+/// A plain or TLS HTTP connection.
+pub(crate) enum HttpStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS.
+    Tls(Box<TlsStream>),
+}
+
+impl AsyncRead for HttpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            HttpStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for HttpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            HttpStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            HttpStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            HttpStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_taken_port_names_the_flag() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let err = bind(Endpoint::Mqtt, addr).await.expect_err("in use");
+        let msg = err.to_string();
+        assert!(msg.contains("already in use"), "{msg}");
+        assert!(msg.contains("--mqtt-addr"), "{msg}");
+        assert!(msg.contains("--no-mqtt"), "{msg}");
+    }
+
+    #[test]
+    fn privileged_port_message_explains_the_options() {
+        let err = BindError {
+            endpoint: Endpoint::Https,
+            addr: "127.0.0.1:443".parse().expect("addr"),
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        let msg = err.to_string();
+        assert!(msg.contains("below 1024 need privileges"), "{msg}");
+        assert!(msg.contains("--https-addr 127.0.0.1:8443"), "{msg}");
+    }
+}

@@ -1,0 +1,326 @@
+//! Persistence: a sled database under `--data-dir`, or a temporary one for `--in-memory`.
+//!
+//! Three trees, every value JSON so a human can inspect them with any sled tool:
+//! - `devices`: device id → the device record (identity, keys and twin
+//!   together, so one write changes both atomically);
+//! - `sessions`: device id → the MQTT subscriptions of a `CleanSession=0` session;
+//! - `meta`: hub-wide facts (the shared access policies and their keys).
+//!
+//! Registry and twin writes are flushed to disk before the hub answers, so an acknowledged
+//! write survives `kill -9`; session changes ride on sled's periodic flush.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened.
+    #[error(
+        "cannot open the hub database in {path}: {source} (is another `casement hub` using this --data-dir?)"
+    )]
+    Open {
+        /// The database directory.
+        path: PathBuf,
+        /// What sled said.
+        #[source]
+        source: sled::Error,
+    },
+    /// A read, write or flush failed.
+    #[error("hub database {op} failed for {key:?}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The key involved.
+        key: String,
+        /// What sled said.
+        #[source]
+        source: sled::Error,
+    },
+    /// A stored value is not valid JSON for its type (a corrupted or foreign database).
+    #[error("hub database value for {key:?} in tree {tree} is corrupt: {source}")]
+    Corrupt {
+        /// The tree.
+        tree: &'static str,
+        /// The key.
+        key: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Where the database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// A directory on disk; created when missing.
+    Dir(PathBuf),
+    /// A temporary database, deleted when the hub stops.
+    InMemory,
+}
+
+const DEVICES: &str = "devices";
+const SESSIONS: &str = "sessions";
+const META: &str = "meta";
+
+/// The hub's sled database.
+#[derive(Debug)]
+pub(crate) struct Store {
+    db: sled::Db,
+    devices: sled::Tree,
+    sessions: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the database.
+    pub(crate) fn open(storage: &Storage) -> Result<Self, StoreError> {
+        let (config, path) = match storage {
+            Storage::Dir(dir) => {
+                let path = dir.join("db");
+                (sled::Config::new().path(&path), path)
+            }
+            Storage::InMemory => (
+                sled::Config::new().temporary(true),
+                PathBuf::from("(temporary)"),
+            ),
+        };
+        let db = config.open().map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let open_tree = |name: &'static str| {
+            db.open_tree(name).map_err(|source| StoreError::Open {
+                path: path.clone(),
+                source,
+            })
+        };
+        Ok(Self {
+            devices: open_tree(DEVICES)?,
+            sessions: open_tree(SESSIONS)?,
+            meta: open_tree(META)?,
+            db,
+        })
+    }
+
+    /// Every stored device record, in key order.
+    pub(crate) fn load_devices<T: DeserializeOwned>(&self) -> Result<Vec<T>, StoreError> {
+        load_all(&self.devices, DEVICES)
+    }
+
+    /// Writes a device record (not yet flushed).
+    pub(crate) fn put_device<T: Serialize>(&self, id: &str, value: &T) -> Result<(), StoreError> {
+        put(&self.devices, id, value)
+    }
+
+    /// Removes a device record and its session.
+    pub(crate) fn remove_device(&self, id: &str) -> Result<(), StoreError> {
+        for tree in [&self.devices, &self.sessions] {
+            tree.remove(id.as_bytes())
+                .map_err(|source| StoreError::Io {
+                    op: "remove",
+                    key: id.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Every stored session, keyed by device id.
+    pub(crate) fn load_sessions<T: DeserializeOwned>(
+        &self,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.sessions.iter() {
+            let (key, value) = entry.map_err(|source| StoreError::Io {
+                op: "scan",
+                key: SESSIONS.to_owned(),
+                source,
+            })?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let value = serde_json::from_slice(&value).map_err(|source| StoreError::Corrupt {
+                tree: SESSIONS,
+                key: key.clone(),
+                source,
+            })?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// Writes or (with `None`) removes a device's persisted session.
+    pub(crate) fn put_session<T: Serialize>(
+        &self,
+        id: &str,
+        value: Option<&T>,
+    ) -> Result<(), StoreError> {
+        match value {
+            Some(value) => put(&self.sessions, id, value),
+            None => self
+                .sessions
+                .remove(id.as_bytes())
+                .map(|_| ())
+                .map_err(|source| StoreError::Io {
+                    op: "remove",
+                    key: id.to_owned(),
+                    source,
+                }),
+        }
+    }
+
+    /// Reads a hub-wide value.
+    pub(crate) fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let raw = self
+            .meta
+            .get(key.as_bytes())
+            .map_err(|source| StoreError::Io {
+                op: "read",
+                key: key.to_owned(),
+                source,
+            })?;
+        raw.map(|raw| {
+            serde_json::from_slice(&raw).map_err(|source| StoreError::Corrupt {
+                tree: META,
+                key: key.to_owned(),
+                source,
+            })
+        })
+        .transpose()
+    }
+
+    /// Writes a hub-wide value (not yet flushed).
+    pub(crate) fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        put(&self.meta, key, value)
+    }
+
+    /// Flushes everything written so far to disk.
+    pub(crate) async fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(|source| StoreError::Io {
+                op: "flush",
+                key: String::new(),
+                source,
+            })
+    }
+
+    /// Flushes synchronously.
+    #[cfg(test)]
+    pub(crate) fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|source| StoreError::Io {
+                op: "flush",
+                key: String::new(),
+                source,
+            })
+    }
+}
+
+fn put<T: Serialize>(tree: &sled::Tree, key: &str, value: &T) -> Result<(), StoreError> {
+    // Serializing our own record types cannot fail (string keys, no non-finite floats reach
+    // here because twin values come from parsed JSON); map it anyway rather than panic.
+    let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Corrupt {
+        tree: "(write)",
+        key: key.to_owned(),
+        source,
+    })?;
+    tree.insert(key.as_bytes(), bytes)
+        .map(|_| ())
+        .map_err(|source| StoreError::Io {
+            op: "write",
+            key: key.to_owned(),
+            source,
+        })
+}
+
+fn load_all<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    name: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for entry in tree.iter() {
+        let (key, value) = entry.map_err(|source| StoreError::Io {
+            op: "scan",
+            key: name.to_owned(),
+            source,
+        })?;
+        out.push(
+            serde_json::from_slice(&value).map_err(|source| StoreError::Corrupt {
+                tree: name,
+                key: String::from_utf8_lossy(&key).into_owned(),
+                source,
+            })?,
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::Dir(dir.path().to_owned());
+        {
+            let store = Store::open(&storage).expect("open");
+            store
+                .put_device("d1", &serde_json::json!({"id": "d1"}))
+                .expect("put");
+            store
+                .put_meta("policies", &vec!["a".to_owned()])
+                .expect("meta");
+            store.put_session("d1", Some(&vec![1, 2])).expect("session");
+            store.flush_blocking().expect("flush");
+        }
+        let store = Store::open(&storage).expect("reopen");
+        let devices: Vec<serde_json::Value> = store.load_devices().expect("load");
+        assert_eq!(devices, vec![serde_json::json!({"id": "d1"})]);
+        let policies: Option<Vec<String>> = store.get_meta("policies").expect("meta");
+        assert_eq!(policies, Some(vec!["a".to_owned()]));
+        let sessions: Vec<(String, Vec<u8>)> = store.load_sessions().expect("sessions");
+        assert_eq!(sessions, vec![("d1".to_owned(), vec![1, 2])]);
+        store.remove_device("d1").expect("remove");
+        assert!(
+            store
+                .load_devices::<serde_json::Value>()
+                .expect("load")
+                .is_empty()
+        );
+        assert!(
+            store
+                .load_sessions::<Vec<u8>>()
+                .expect("sessions")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_dir_fails_with_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::Dir(dir.path().to_owned());
+        let _first = Store::open(&storage).expect("open");
+        let err = Store::open(&storage).expect_err("locked");
+        assert!(err.to_string().contains("another `casement hub`"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_values_are_reported_not_panicked() {
+        let store = Store::open(&Storage::InMemory).expect("open");
+        store
+            .meta
+            .insert("policies", &b"{not json"[..])
+            .expect("raw");
+        let err = store
+            .get_meta::<Vec<String>>("policies")
+            .expect_err("corrupt");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    }
+}

@@ -1,0 +1,314 @@
+//! Direct methods: IoT Hub's timeouts and error codes, the connect-timeout wait, the in-flight
+//! cap, and that a device answers only its own requests.
+
+mod common;
+
+use std::time::Duration;
+
+use casement_hub::{HubConfig, Limits};
+use common::{Api, Device};
+use rumqttc::mqttbytes::QoS;
+use serde_json::{Value, json};
+
+async fn subscribed(hub: &casement_hub::RunningHub, id: &str) -> Device {
+    let mut dev = Device::create_and_connect(hub, id).await;
+    dev.mqtt
+        .subscribe(&[("$iothub/methods/POST/#", QoS::AtMostOnce)])
+        .await;
+    dev
+}
+
+/// Reads the next method request: (name, rid, payload).
+async fn next_request(dev: &mut Device) -> (String, String, Value) {
+    let p = dev.mqtt.next_publish().await;
+    let rest = p
+        .topic
+        .strip_prefix("$iothub/methods/POST/")
+        .expect("method topic");
+    let (name, rid) = rest.split_once("/?$rid=").expect("rid");
+    assert_eq!(p.qos, QoS::AtMostOnce, "method requests go at QoS 0");
+    (
+        name.to_owned(),
+        rid.to_owned(),
+        serde_json::from_slice(&p.payload).expect("json"),
+    )
+}
+
+#[tokio::test]
+async fn device_status_and_payload_pass_through() {
+    let hub = common::start().await;
+    let api = Api::new(&hub);
+    let mut dev = subscribed(&hub, "d1").await;
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.invoke(
+                "d1",
+                &json!({"methodName": "reboot", "payload": {"policy": "p", "n": 1},
+                                     "responseTimeoutInSeconds": 30}),
+            )
+            .await
+        }
+    });
+    let (name, rid, payload) = next_request(&mut dev).await;
+    assert_eq!(name, "reboot");
+    assert_eq!(payload, json!({"policy": "p", "n": 1}));
+    dev.mqtt
+        .publish(
+            &format!("$iothub/methods/res/409/?$rid={rid}"),
+            QoS::AtMostOnce,
+            br#"{"reason":"outside-window"}"#,
+        )
+        .await;
+    let r = call.await.expect("join");
+    assert_eq!(
+        r.status, 200,
+        "the invocation succeeded; the device chose 409"
+    );
+    assert_eq!(
+        r.json,
+        json!({"status": 409, "payload": {"reason": "outside-window"}})
+    );
+    // An empty answer body is a null payload.
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move { api.invoke("d1", &json!({"methodName": "ping"})).await }
+    });
+    let (_, rid, payload) = next_request(&mut dev).await;
+    assert_eq!(payload, Value::Null);
+    dev.mqtt
+        .publish(
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtLeastOnce,
+            b"",
+        )
+        .await;
+    assert_eq!(
+        call.await.expect("join").json,
+        json!({"status": 200, "payload": null})
+    );
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_answer_in_time_is_504_gateway_timeout() {
+    let hub = common::start().await;
+    let api = Api::new(&hub);
+    let mut dev = subscribed(&hub, "d1").await;
+    tokio::time::pause();
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.invoke(
+                "d1",
+                &json!({"methodName": "slow", "responseTimeoutInSeconds": 5}),
+            )
+            .await
+        }
+    });
+    let (_, rid, _) = next_request(&mut dev).await;
+    let r = call.await.expect("join");
+    r.expect_error(504, "GatewayTimeout");
+    // A late answer is dropped quietly; the connection stays up.
+    dev.mqtt
+        .publish(
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtLeastOnce,
+            b"{}",
+        )
+        .await;
+    assert_eq!(hub.stats().methods_in_flight, 0);
+    tokio::time::resume();
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn offline_or_unsubscribed_devices_are_404103_and_unknown_devices_404001() {
+    let hub = common::start().await;
+    let api = Api::new(&hub);
+    hub.create_device("offline", Value::Null)
+        .await
+        .expect("device");
+    let method = json!({"methodName": "reboot", "responseTimeoutInSeconds": 30, "connectTimeoutInSeconds": 0});
+    api.invoke("offline", &method)
+        .await
+        .expect_error(404, "DeviceNotOnline");
+    // Connected but not subscribed to methods.
+    let _dev = Device::create_and_connect(&hub, "unsubscribed").await;
+    api.invoke("unsubscribed", &method)
+        .await
+        .expect_error(404, "DeviceNotOnline");
+    api.invoke("nosuch", &method)
+        .await
+        .expect_error(404, "DeviceNotFound");
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_timeout_waits_for_the_device_to_connect_and_subscribe() {
+    let hub = common::start().await;
+    let api = Api::new(&hub);
+    hub.create_device("late", Value::Null)
+        .await
+        .expect("device");
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.invoke(
+                "late",
+                &json!({"methodName": "reboot", "responseTimeoutInSeconds": 30,
+                                       "connectTimeoutInSeconds": 60}),
+            )
+            .await
+        }
+    });
+    // Connecting is not enough; the call waits for the methods subscription too.
+    let mut dev = Device::create_and_connect(&hub, "late").await;
+    dev.mqtt
+        .subscribe(&[("$iothub/twin/res/#", QoS::AtMostOnce)])
+        .await;
+    dev.mqtt
+        .subscribe(&[("$iothub/methods/POST/#", QoS::AtMostOnce)])
+        .await;
+    let (_, rid, _) = next_request(&mut dev).await;
+    dev.mqtt
+        .publish(
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtMostOnce,
+            b"\"ok\"",
+        )
+        .await;
+    let r = call.await.expect("join");
+    assert_eq!(r.json, json!({"status": 200, "payload": "ok"}));
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_timeout_expiry_is_404103() {
+    let hub = common::start().await;
+    let api = Api::new(&hub);
+    hub.create_device("never", Value::Null)
+        .await
+        .expect("device");
+    tokio::time::pause();
+    let r = api
+        .invoke(
+            "never",
+            &json!({"methodName": "reboot", "connectTimeoutInSeconds": 20}),
+        )
+        .await;
+    r.expect_error(404, "DeviceNotOnline");
+    assert!(
+        r.json["Message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Timed out waiting for device"))
+    );
+    tokio::time::resume();
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn timeouts_out_of_range_are_400() {
+    let hub = common::start().await;
+    let api = Api::new(&hub);
+    let _dev = subscribed(&hub, "d1").await;
+    for body in [
+        json!({"methodName": "m", "responseTimeoutInSeconds": 4}),
+        json!({"methodName": "m", "responseTimeoutInSeconds": 301}),
+        json!({"methodName": "m", "connectTimeoutInSeconds": 301}),
+        json!({"methodName": ""}),
+        json!({"payload": 1}),
+    ] {
+        let r = api.invoke("d1", &body).await;
+        assert_eq!(r.status, 400, "{body}: {r:?}");
+    }
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn in_flight_methods_are_capped() {
+    let config = HubConfig {
+        limits: Limits {
+            max_inflight_methods: 1,
+            ..Limits::default()
+        },
+        ..HubConfig::for_tests()
+    };
+    let hub = common::start_with(config).await;
+    let api = Api::new(&hub);
+    let mut dev = subscribed(&hub, "d1").await;
+    let first = tokio::spawn({
+        let api = api.clone();
+        async move { api.invoke("d1", &json!({"methodName": "a"})).await }
+    });
+    let (_, rid, _) = next_request(&mut dev).await;
+    api.invoke("d1", &json!({"methodName": "b"}))
+        .await
+        .expect_error(429, "ThrottlingException");
+    dev.mqtt
+        .publish(
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtMostOnce,
+            b"1",
+        )
+        .await;
+    assert_eq!(first.await.expect("join").status, 200);
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_device_cannot_answer_another_devices_method() {
+    let hub = common::start().await;
+    let api = Api::new(&hub);
+    let mut victim = subscribed(&hub, "victim").await;
+    let mut intruder = subscribed(&hub, "intruder").await;
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move { api.invoke("victim", &json!({"methodName": "reboot"})).await }
+    });
+    let (_, rid, _) = next_request(&mut victim).await;
+    intruder
+        .mqtt
+        .publish(
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtLeastOnce,
+            b"\"forged\"",
+        )
+        .await;
+    victim
+        .mqtt
+        .publish(
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtLeastOnce,
+            b"\"genuine\"",
+        )
+        .await;
+    let r = call.await.expect("join");
+    assert_eq!(r.json["payload"], "genuine");
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_waiting_calls() {
+    let hub = common::start().await;
+    let api = Api::new(&hub);
+    let mut dev = subscribed(&hub, "d1").await;
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.invoke(
+                "d1",
+                &json!({"methodName": "m", "responseTimeoutInSeconds": 300}),
+            )
+            .await
+        }
+    });
+    let _ = next_request(&mut dev).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(20), hub.shutdown()).await;
+    assert!(
+        stopped.is_ok(),
+        "graceful shutdown does not wait for the method's 300 s"
+    );
+    let r = call.await.expect("join");
+    r.expect_error(503, "ServiceUnavailable");
+}
