@@ -1,0 +1,598 @@
+//! Many simulated devices in one process: `casement-agent simulate`, the demo and load tests.
+//!
+//! [`Simulation::start`] registers the devices it needs with the hub's REST API (tags for zone
+//! and role), then runs one real [`Agent`] per device — each with its own MQTT connection,
+//! zone, clock skew and state directory. A reboot is a power cut: the agent's run ends without
+//! DISCONNECT, the device stays dark for `reboot_time` (on its own clock, so a test's driven
+//! clock governs it too) and comes back as a fresh boot with its persisted state. Every
+//! simulated reboot is recorded in the [`GroundTruth`] (in memory, and as JSON lines when a
+//! file is given) with the true instant, the device's own instant and the occurrence, so tests
+//! can check the invariants against what really happened.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use casement_iothub::connection_string::{
+    DeviceAuth, DeviceConnectionString, ServiceConnectionString,
+};
+use casement_iothub::rest::{self, Device, TwinPatch};
+use casement_iothub::time::serde_timestamp;
+use chrono::{DateTime, TimeDelta, Utc};
+use chrono_tz::Tz;
+use rand::{Rng, SeedableRng};
+use rustls::ClientConfig;
+use serde::Serialize;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::agent::{Agent, AgentEvent, RebootHook, RunOutcome};
+use crate::backoff::BackoffPolicy;
+use crate::clock::{AgentClock, Wake};
+use crate::config::{AgentConfig, Endpoint, Transport};
+use crate::mqtt::{ConnectError, tls_config};
+
+/// How long a REST call to the hub may take.
+const REST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events kept for slow [`Simulation::events`] subscribers.
+const EVENT_CAPACITY: usize = 16 * 1024;
+
+/// Errors starting a simulation.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// A REST call to the hub failed.
+    #[error("{action} {device}: {reason}")]
+    Hub {
+        /// What was being done.
+        action: &'static str,
+        /// The device.
+        device: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// TLS could not be prepared.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The ground-truth log could not be opened.
+    #[error("cannot open the ground-truth log {path}: {source}")]
+    GroundTruth {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The settings are inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Settings of a simulation.
+#[derive(Debug, Clone)]
+pub struct SimulationConfig {
+    /// The hub's service connection string (registry write permission needed).
+    pub hub: ServiceConnectionString,
+    /// The hub's REST base URL; default `https://{HostName}`.
+    pub hub_url: Option<String>,
+    /// Where the devices connect; default `mqtts://{HostName}:8883`.
+    pub mqtt_endpoint: Option<Endpoint>,
+    /// CA to trust for TLS (MQTT and REST); `None`: system roots.
+    pub ca: Option<PathBuf>,
+    /// How many devices.
+    pub devices: usize,
+    /// Device ids are `{prefix}{n:04}`.
+    pub device_prefix: String,
+    /// Tags every device gets (`role=gateway`, …); `zone` is added per device.
+    pub tags: Vec<(String, String)>,
+    /// Zones, assigned round-robin.
+    pub zones: Vec<Tz>,
+    /// Each device's clock is off by a uniform random amount in `[-max_skew, +max_skew]`.
+    pub max_skew: TimeDelta,
+    /// How long a simulated reboot keeps a device dark.
+    pub reboot_time: Duration,
+    /// The parent of the per-device state directories.
+    pub state_dir: PathBuf,
+    /// Append every reboot to this JSON-lines file too.
+    pub ground_truth: Option<PathBuf>,
+    /// The seed of the skew draws (same seed, same skews).
+    pub seed: u64,
+    /// The reference clock; devices see it plus their skew. Default: the system clock.
+    pub clock: AgentClock,
+    /// Reconnect backoff of every agent.
+    pub backoff: BackoffPolicy,
+    /// SAS token lifetime of every agent.
+    pub token_lifetime: Duration,
+    /// Renew that long before expiry.
+    pub renew_before: Duration,
+}
+
+impl SimulationConfig {
+    /// Defaults for everything but the hub, the device count and the state directory.
+    pub fn new(hub: ServiceConnectionString, devices: usize, state_dir: PathBuf) -> Self {
+        Self {
+            hub,
+            hub_url: None,
+            mqtt_endpoint: None,
+            ca: None,
+            devices,
+            device_prefix: "sim-".to_owned(),
+            tags: Vec::new(),
+            zones: vec![Tz::UTC],
+            max_skew: TimeDelta::zero(),
+            reboot_time: Duration::from_secs(30),
+            state_dir,
+            ground_truth: None,
+            seed: 0,
+            clock: AgentClock::system(),
+            backoff: BackoffPolicy::default(),
+            token_lifetime: crate::config::DEFAULT_TOKEN_LIFETIME,
+            renew_before: crate::config::DEFAULT_RENEW_BEFORE,
+        }
+    }
+}
+
+/// One simulated device.
+#[derive(Debug, Clone)]
+pub struct SimDevice {
+    /// Device id.
+    pub id: String,
+    /// Its zone.
+    pub zone: Tz,
+    /// How far its clock is off.
+    pub skew: TimeDelta,
+    /// Its connection string.
+    pub connection: DeviceConnectionString,
+}
+
+/// One simulated reboot, as it really happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimulatedReboot {
+    /// The device.
+    pub device: String,
+    /// When the power went, by the reference clock.
+    #[serde(with = "serde_timestamp")]
+    pub at: DateTime<Utc>,
+    /// When the power went, by the device's own (skewed) clock.
+    #[serde(with = "serde_timestamp")]
+    pub device_time: DateTime<Utc>,
+    /// The device's skew in milliseconds.
+    pub skew_ms: i64,
+    /// The window occurrence the reboot was for (`None`: forced outside a window).
+    #[serde(with = "casement_iothub::time::serde_timestamp_opt")]
+    pub occurrence: Option<DateTime<Utc>>,
+    /// The policy.
+    pub policy: Option<String>,
+    /// The revision.
+    pub revision: Option<String>,
+    /// Whether it was forced.
+    pub forced: bool,
+}
+
+/// What the simulation reports, per device.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SimEvent {
+    /// The device booted (`boot` counts from 1) and its agent is starting.
+    Booted {
+        /// Which boot.
+        boot: u64,
+    },
+    /// Something the device's agent did.
+    Agent(AgentEvent),
+    /// The device lost power for a reboot (recorded in the ground truth); it stays dark for
+    /// the reboot time of its own clock from now on.
+    PoweredOff(SimulatedReboot),
+}
+
+/// The log of every simulated reboot: in memory, and appended to a JSON-lines file if asked.
+#[derive(Debug, Clone, Default)]
+pub struct GroundTruth {
+    inner: Arc<Mutex<GroundTruthInner>>,
+}
+
+#[derive(Debug, Default)]
+struct GroundTruthInner {
+    records: Vec<SimulatedReboot>,
+    file: Option<File>,
+}
+
+impl GroundTruth {
+    /// An in-memory log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A log that also appends to `path`.
+    pub fn with_file(path: PathBuf) -> Result<Self, SimulateError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| SimulateError::GroundTruth { path, source })?;
+        Ok(Self {
+            inner: Arc::new(Mutex::new(GroundTruthInner {
+                records: Vec::new(),
+                file: Some(file),
+            })),
+        })
+    }
+
+    /// Records a reboot.
+    pub fn record(&self, record: SimulatedReboot) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(file) = inner.file.as_mut() {
+            let line = serde_json::to_string(&record).unwrap_or_default();
+            if let Err(err) = writeln!(file, "{line}").and_then(|()| file.flush()) {
+                error!(error = %err, "cannot append to the ground-truth log");
+            }
+        }
+        inner.records.push(record);
+    }
+
+    /// Every reboot so far, in order.
+    pub fn records(&self) -> Vec<SimulatedReboot> {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .records
+            .clone()
+    }
+}
+
+/// A running simulation.
+#[derive(Debug)]
+pub struct Simulation {
+    devices: Vec<SimDevice>,
+    truth: GroundTruth,
+    events: broadcast::Sender<(String, SimEvent)>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl Simulation {
+    /// Registers the devices and starts their agents.
+    pub async fn start(config: SimulationConfig) -> Result<Self, SimulateError> {
+        if config.zones.is_empty() {
+            return Err(SimulateError::Invalid("at least one zone is needed".into()));
+        }
+        let endpoint = match &config.mqtt_endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None => format!("mqtts://{}", config.hub.host_name)
+                .parse()
+                .map_err(|err: crate::config::ConfigError| {
+                    SimulateError::Invalid(err.to_string())
+                })?,
+        };
+        let hub_url = config
+            .hub_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", config.hub.host_name));
+        let needs_tls = endpoint.transport == Transport::Tls || hub_url.starts_with("https:");
+        let tls = if needs_tls {
+            Some(tls_config(config.ca.as_deref())?)
+        } else {
+            None
+        };
+        let truth = match &config.ground_truth {
+            Some(path) => GroundTruth::with_file(path.clone())?,
+            None => GroundTruth::new(),
+        };
+
+        let registry = Registry::new(&config.hub, hub_url, tls.as_ref(), config.clock.clone())?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+        let max_skew_ms = config.max_skew.num_milliseconds().abs();
+        let mut devices = Vec::with_capacity(config.devices);
+        for n in 0..config.devices {
+            let id = format!("{}{n:04}", config.device_prefix);
+            let zone = config.zones[n % config.zones.len()];
+            let skew = TimeDelta::milliseconds(if max_skew_ms == 0 {
+                0
+            } else {
+                rng.random_range(-max_skew_ms..=max_skew_ms)
+            });
+            let mut tags: BTreeMap<String, String> = config.tags.iter().cloned().collect();
+            tags.insert("zone".to_owned(), zone.name().to_owned());
+            let key = registry.ensure_device(&id).await?;
+            registry.set_tags(&id, &tags).await?;
+            let connection = DeviceConnectionString {
+                host_name: config.hub.host_name.clone(),
+                device_id: id.clone(),
+                module_id: None,
+                auth: DeviceAuth::SharedAccessKey(key),
+                gateway_host_name: None,
+            };
+            devices.push(SimDevice {
+                id,
+                zone,
+                skew,
+                connection,
+            });
+        }
+        info!(devices = devices.len(), %endpoint, "devices registered; starting agents");
+
+        let (stop, _) = watch::channel(false);
+        let events = broadcast::Sender::new(EVENT_CAPACITY);
+        let mut tasks = JoinSet::new();
+        for device in &devices {
+            let mut agent_config = AgentConfig::new(
+                device.connection.clone(),
+                endpoint.clone(),
+                config.state_dir.join(&device.id),
+                device.zone,
+            );
+            agent_config.ca = config.ca.clone();
+            agent_config.backoff = config.backoff;
+            agent_config.token_lifetime = config.token_lifetime;
+            agent_config.renew_before = config.renew_before;
+            tasks.spawn(run_device(DeviceRun {
+                device: device.clone(),
+                config: agent_config,
+                clock: config.clock.clone().with_skew(device.skew),
+                reference: config.clock.clone(),
+                tls: tls.clone(),
+                reboot_time: config.reboot_time,
+                truth: truth.clone(),
+                events: events.clone(),
+                stop: stop.subscribe(),
+            }));
+        }
+        Ok(Self {
+            devices,
+            truth,
+            events,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The simulated devices.
+    pub fn devices(&self) -> &[SimDevice] {
+        &self.devices
+    }
+
+    /// The ground truth of reboots.
+    pub fn ground_truth(&self) -> &GroundTruth {
+        &self.truth
+    }
+
+    /// Every device's events, tagged with the device id.
+    pub fn events(&self) -> broadcast::Receiver<(String, SimEvent)> {
+        self.events.subscribe()
+    }
+
+    /// Stops every agent (clean DISCONNECTs) and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+struct DeviceRun {
+    device: SimDevice,
+    config: AgentConfig,
+    clock: AgentClock,
+    reference: AgentClock,
+    tls: Option<Arc<ClientConfig>>,
+    reboot_time: Duration,
+    truth: GroundTruth,
+    events: broadcast::Sender<(String, SimEvent)>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Boots, runs and reboots one device until the simulation stops.
+async fn run_device(mut run: DeviceRun) {
+    let mut boot = 0u64;
+    loop {
+        boot += 1;
+        let agent = Agent::with_tls_config(run.config.clone(), run.tls.clone())
+            .with_clock(run.clock.clone())
+            .with_reboot_hook(RebootHook::Simulated)
+            .with_boot_id(Some(format!("{}-boot-{boot}", run.device.id)));
+        let _ = run
+            .events
+            .send((run.device.id.clone(), SimEvent::Booted { boot }));
+        let mut agent_events = agent.events();
+        let forward = {
+            let events = run.events.clone();
+            let id = run.device.id.clone();
+            tokio::spawn(async move {
+                loop {
+                    match agent_events.recv().await {
+                        Ok(event) => {
+                            let _ = events.send((id.clone(), SimEvent::Agent(event)));
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+        };
+        let mut stop = run.stop.clone();
+        let outcome = agent
+            .run(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await;
+        let _ = forward.await;
+        match outcome {
+            Ok(RunOutcome::Shutdown) => return,
+            Ok(RunOutcome::Rebooted(reboot)) => {
+                let record = SimulatedReboot {
+                    device: run.device.id.clone(),
+                    at: run.reference.now(),
+                    device_time: run.clock.now(),
+                    skew_ms: run.device.skew.num_milliseconds(),
+                    occurrence: reboot.occurrence,
+                    policy: reboot.policy,
+                    revision: reboot.revision,
+                    forced: reboot.forced,
+                };
+                info!(device = %record.device, at = %record.at, occurrence = ?record.occurrence, "simulated reboot");
+                let back_at = record.device_time
+                    + TimeDelta::from_std(run.reboot_time).unwrap_or(TimeDelta::zero());
+                run.truth.record(record.clone());
+                let _ = run
+                    .events
+                    .send((run.device.id.clone(), SimEvent::PoweredOff(record)));
+                loop {
+                    tokio::select! {
+                        _ = run.stop.wait_for(|stop| *stop) => return,
+                        wake = run.clock.sleep_until(back_at) => {
+                            if wake == Wake::Deadline || run.clock.now() >= back_at {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                error!(device = %run.device.id, error = %err, "the simulated agent stopped");
+                return;
+            }
+        }
+    }
+}
+
+/// The few registry calls the simulator needs.
+struct Registry {
+    client: reqwest::Client,
+    base: String,
+    hub: ServiceConnectionString,
+    clock: AgentClock,
+}
+
+impl Registry {
+    fn new(
+        hub: &ServiceConnectionString,
+        base: String,
+        tls: Option<&Arc<ClientConfig>>,
+        clock: AgentClock,
+    ) -> Result<Self, SimulateError> {
+        // Always hand reqwest an explicit rustls config (ring), so no process-wide crypto
+        // provider is needed; plain-HTTP hubs get one that trusts nothing.
+        let tls = match tls {
+            Some(tls) => ClientConfig::clone(tls),
+            None => ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(ConnectError::from)?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        };
+        let client = reqwest::Client::builder()
+            .timeout(REST_TIMEOUT)
+            .tls_backend_preconfigured(tls)
+            .build()
+            .map_err(|err| SimulateError::Hub {
+                action: "cannot build an HTTP client for",
+                device: "the hub".into(),
+                reason: err.to_string(),
+            })?;
+        Ok(Self {
+            client,
+            base: base.trim_end_matches('/').to_owned(),
+            hub: hub.clone(),
+            clock,
+        })
+    }
+
+    fn authorization(&self, device: &str) -> Result<String, SimulateError> {
+        let expiry = u64::try_from(self.clock.now().timestamp()).unwrap_or(0) + 3600;
+        self.hub
+            .sas_token(expiry)
+            .map_err(|err| SimulateError::Hub {
+                action: "cannot sign a service token for",
+                device: device.to_owned(),
+                reason: err.to_string(),
+            })
+    }
+
+    /// Creates the device (or finds it) and returns its primary key.
+    async fn ensure_device(&self, id: &str) -> Result<String, SimulateError> {
+        let url = format!(
+            "{}{}",
+            self.base,
+            rest::with_api_version(&rest::device_path(id))
+        );
+        let fail = |reason: String| SimulateError::Hub {
+            action: "cannot register",
+            device: id.to_owned(),
+            reason,
+        };
+        let body = serde_json::json!({"deviceId": id});
+        let response = self
+            .client
+            .put(&url)
+            .header("Authorization", self.authorization(id)?)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|err| fail(err.to_string()))?;
+        let response = if response.status() == reqwest::StatusCode::CONFLICT {
+            self.client
+                .get(&url)
+                .header("Authorization", self.authorization(id)?)
+                .send()
+                .await
+                .map_err(|err| fail(err.to_string()))?
+        } else {
+            response
+        };
+        let status = response.status();
+        let text = response.text().await.map_err(|err| fail(err.to_string()))?;
+        if !status.is_success() {
+            return Err(fail(format!("HTTP {status}: {text}")));
+        }
+        let device: Device = serde_json::from_str(&text)
+            .map_err(|err| fail(format!("unexpected answer ({err}): {text}")))?;
+        device
+            .authentication
+            .and_then(|auth| auth.symmetric_key)
+            .and_then(|keys| keys.primary_key)
+            .filter(|key| !key.is_empty())
+            .ok_or_else(|| fail("the hub returned no symmetric key".into()))
+    }
+
+    /// Merges `tags` into the device's twin.
+    async fn set_tags(
+        &self,
+        id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), SimulateError> {
+        let url = format!(
+            "{}{}",
+            self.base,
+            rest::with_api_version(&rest::twin_path(id, None))
+        );
+        let patch = TwinPatch::tags(serde_json::to_value(tags).unwrap_or_default());
+        let response = self
+            .client
+            .patch(&url)
+            .header("Authorization", self.authorization(id)?)
+            .header(rest::HEADER_IF_MATCH, "*")
+            .json(&patch)
+            .send()
+            .await
+            .map_err(|err| SimulateError::Hub {
+                action: "cannot tag",
+                device: id.to_owned(),
+                reason: err.to_string(),
+            })?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            warn!(device = id, %status, body = %text, "tagging failed");
+            return Err(SimulateError::Hub {
+                action: "cannot tag",
+                device: id.to_owned(),
+                reason: format!("HTTP {status}: {text}"),
+            });
+        }
+        Ok(())
+    }
+}
