@@ -1,1 +1,18 @@
-fn main() {}
+//! `casement`: the operator CLI. Parses the command line and hands it to the library.
+
+use std::process::ExitCode;
+
+use casement_scheduler::cli::{Cli, EXIT_INPUT, run};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    casement_scheduler::service::ensure_crypto_provider();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_INPUT)
+        }
+    }
+}

@@ -1,0 +1,691 @@
+//! `casement apply`: write each validated policy into the twins of the devices it targets.
+//!
+//! 1. [`build_plan`] resolves every policy's target with a twin query, and lists the devices
+//!    that carry a Casement policy in their desired properties; [`resolve`] (pure) picks the
+//!    winner per device — highest `priority`, then the name in alphabetical order — lists the
+//!    overlaps, and decides per device: set, update, clear, or nothing.
+//! 2. [`execute`] PATCHes `desired.maintenance` where it differs, with `If-Match` (the ETag the
+//!    query returned). A 412 re-reads the twin and decides again (another writer may have done
+//!    the work). The patch is a JSON merge patch from what the twin holds to what it should hold,
+//!    so stale keys are deleted.
+//!
+//! Re-applying unchanged files writes nothing: a device whose desired policy and revision
+//! already match is left alone. `--plan` stops after step 1.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use casement_iothub::rest::TwinPatch;
+use casement_policy::maintenance::MAINTENANCE;
+use casement_policy::{DesiredMaintenance, Policy, PolicySet};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::fleet::{self, TwinView};
+use crate::service::{HubApi, HubError};
+
+/// Why apply could not plan.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A query failed.
+    #[error("resolving the target of policy {policy}: {source}")]
+    Target {
+        /// The policy.
+        policy: String,
+        /// Why.
+        #[source]
+        source: HubError,
+    },
+    /// Listing the devices that carry a policy failed.
+    #[error("listing devices that carry a Casement policy: {0}")]
+    Carriers(#[source] HubError),
+}
+
+/// What happens to one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    /// No policy yet: set the winner.
+    Set,
+    /// Another policy or revision: replace it.
+    Update,
+    /// No policy targets it any more: set `maintenance` to null.
+    Clear,
+    /// Already right.
+    Unchanged,
+}
+
+impl ChangeKind {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Set => "set",
+            ChangeKind::Update => "update",
+            ChangeKind::Clear => "clear",
+            ChangeKind::Unchanged => "unchanged",
+        }
+    }
+
+    /// Whether a write is needed.
+    pub fn writes(self) -> bool {
+        !matches!(self, ChangeKind::Unchanged)
+    }
+}
+
+/// The policy and revision a device's desired properties name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Assigned {
+    /// Policy name.
+    pub policy: String,
+    /// Revision (empty when there is none).
+    pub revision: String,
+    /// Whether the section follows the schema.
+    #[serde(skip)]
+    pub valid: bool,
+}
+
+/// The decision for one device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DevicePlan {
+    /// The device.
+    pub device: String,
+    /// The winning policy, `None` when the device is to be cleared.
+    pub winner: Option<String>,
+    /// What its desired properties name now.
+    pub current: Option<Assigned>,
+    /// What happens.
+    pub change: ChangeKind,
+    /// Every policy targeting the device, winner first, when more than one does.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub overlap: Vec<String>,
+    /// The ETag read with the twin.
+    #[serde(skip)]
+    pub etag: Option<String>,
+    /// `desired.maintenance` as read.
+    #[serde(skip)]
+    pub current_raw: Option<Value>,
+}
+
+/// One policy's share of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyPlan {
+    /// The policy.
+    pub name: String,
+    /// Its priority.
+    pub priority: i32,
+    /// Its revision.
+    pub revision: String,
+    /// Devices its target matches.
+    pub targeted: usize,
+    /// Devices it wins.
+    pub wins: usize,
+    /// Of those, devices to set or update.
+    pub changes: usize,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// Per policy, in name order.
+    pub policies: Vec<PolicyPlan>,
+    /// Per device, in id order (targeted devices and devices to clear).
+    pub devices: Vec<DevicePlan>,
+}
+
+impl Plan {
+    /// Devices a policy targets.
+    pub fn targeted(&self) -> usize {
+        self.devices.iter().filter(|d| d.winner.is_some()).count()
+    }
+
+    /// Devices with more than one policy targeting them.
+    pub fn overlaps(&self) -> impl Iterator<Item = &DevicePlan> {
+        self.devices.iter().filter(|d| !d.overlap.is_empty())
+    }
+
+    /// How many devices get each kind of change.
+    pub fn count(&self, kind: ChangeKind) -> usize {
+        self.devices.iter().filter(|d| d.change == kind).count()
+    }
+}
+
+/// The winner among the policies targeting one device: highest priority, then the first name.
+fn rank<'a>(policies: &mut [&'a Policy]) -> Option<&'a Policy> {
+    policies.sort_by(|a, b| {
+        b.priority()
+            .cmp(&a.priority())
+            .then_with(|| a.name().cmp(b.name()))
+    });
+    policies.first().copied()
+}
+
+/// Decides the change for a device whose desired section holds `current`, for `winner`.
+fn decide(current: Option<&Assigned>, winner: Option<&Policy>) -> ChangeKind {
+    match (current, winner) {
+        (None, None) => ChangeKind::Unchanged,
+        (None, Some(_)) => ChangeKind::Set,
+        (Some(_), None) => ChangeKind::Clear,
+        (Some(c), Some(w))
+            if c.valid && c.policy == w.name() && c.revision == w.revision().as_str() =>
+        {
+            ChangeKind::Unchanged
+        }
+        (Some(_), Some(_)) => ChangeKind::Update,
+    }
+}
+
+fn assigned(view: &TwinView) -> Option<Assigned> {
+    let raw = view.desired_raw.as_ref()?;
+    let field = |k: &str| raw.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    Some(Assigned {
+        policy: field("policy"),
+        revision: field("revision"),
+        // A section that does not follow the schema is replaced even when its names match.
+        valid: matches!(view.desired, Some(Ok(_))),
+    })
+}
+
+/// Picks winners and changes (pure). `targets` holds each policy's matching twins; `carriers`
+/// the twins whose desired properties name a policy.
+pub fn resolve(
+    set: &PolicySet,
+    targets: &BTreeMap<String, Vec<TwinView>>,
+    carriers: &[TwinView],
+) -> Plan {
+    let mut views: BTreeMap<&str, &TwinView> = BTreeMap::new();
+    let mut targeting: BTreeMap<&str, Vec<&Policy>> = BTreeMap::new();
+    for policy in set {
+        for view in targets.get(policy.name()).into_iter().flatten() {
+            views.insert(&view.device_id, view);
+            targeting.entry(&view.device_id).or_default().push(policy);
+        }
+    }
+    for view in carriers {
+        views.entry(&view.device_id).or_insert(view);
+    }
+    let mut policies: BTreeMap<&str, PolicyPlan> = set
+        .iter()
+        .map(|p| {
+            (
+                p.name(),
+                PolicyPlan {
+                    name: p.name().to_owned(),
+                    priority: p.priority(),
+                    revision: p.revision().as_str().to_owned(),
+                    targeted: 0,
+                    wins: 0,
+                    changes: 0,
+                },
+            )
+        })
+        .collect();
+    let mut devices = Vec::with_capacity(views.len());
+    for (id, view) in views {
+        let mut candidates = targeting.remove(id).unwrap_or_default();
+        let mut seen = BTreeSet::new();
+        candidates.retain(|p| seen.insert(p.name()));
+        let winner = rank(&mut candidates);
+        let current = assigned(view);
+        let change = decide(current.as_ref(), winner);
+        for p in &candidates {
+            if let Some(pp) = policies.get_mut(p.name()) {
+                pp.targeted += 1;
+            }
+        }
+        if let Some(w) = winner
+            && let Some(pp) = policies.get_mut(w.name())
+        {
+            pp.wins += 1;
+            if change.writes() {
+                pp.changes += 1;
+            }
+        }
+        if winner.is_none() && current.is_none() {
+            continue;
+        }
+        devices.push(DevicePlan {
+            device: id.to_owned(),
+            winner: winner.map(|w| w.name().to_owned()),
+            current,
+            change,
+            overlap: if candidates.len() > 1 {
+                candidates.iter().map(|p| p.name().to_owned()).collect()
+            } else {
+                Vec::new()
+            },
+            etag: view.etag.clone(),
+            current_raw: view.desired_raw.clone(),
+        });
+    }
+    Plan {
+        policies: policies.into_values().collect(),
+        devices,
+    }
+}
+
+fn twins(items: Vec<Value>, what: &str) -> Vec<TwinView> {
+    items
+        .into_iter()
+        .filter_map(|item| match TwinView::from_value(item) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(query = what, error = %e, "skipping a query result that is not a twin");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Queries the hub and resolves the plan.
+pub async fn build_plan<H: HubApi>(hub: &H, set: &PolicySet) -> Result<Plan, ApplyError> {
+    let mut targets = BTreeMap::new();
+    for policy in set {
+        let sql = policy.target_query();
+        let items = hub.query(&sql).await.map_err(|source| ApplyError::Target {
+            policy: policy.name().to_owned(),
+            source,
+        })?;
+        targets.insert(policy.name().to_owned(), twins(items, &sql));
+    }
+    let sql = fleet::carriers_query(None);
+    let carriers = twins(hub.query(&sql).await.map_err(ApplyError::Carriers)?, &sql);
+    Ok(resolve(set, &targets, &carriers))
+}
+
+/// The JSON merge patch that turns `old` into `new` (`None` when they are equal): keys only in
+/// `old` become `null`, objects are compared key by key, anything else is replaced whole.
+pub fn merge_patch_between(old: &Value, new: &Value) -> Option<Value> {
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut patch = Map::new();
+            for (k, v) in n {
+                match o.get(k) {
+                    Some(ov) => {
+                        if let Some(p) = merge_patch_between(ov, v) {
+                            patch.insert(k.clone(), p);
+                        }
+                    }
+                    None => {
+                        patch.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            for k in o.keys() {
+                if !n.contains_key(k) && !k.starts_with('$') {
+                    patch.insert(k.clone(), Value::Null);
+                }
+            }
+            (!patch.is_empty()).then_some(Value::Object(patch))
+        }
+        _ if old == new => None,
+        _ => Some(new.clone()),
+    }
+}
+
+/// The desired patch for a device holding `current` that should hold `target`.
+fn patch_for(current: Option<&Value>, target: Option<&DesiredMaintenance>) -> Option<TwinPatch> {
+    let inner = match (current, target) {
+        (_, None) => Value::Null,
+        (None, Some(t)) => serde_json::to_value(t).ok()?,
+        (Some(c), Some(t)) => merge_patch_between(c, &serde_json::to_value(t).ok()?)?,
+    };
+    let mut desired = Map::new();
+    desired.insert(MAINTENANCE.to_owned(), inner);
+    Some(TwinPatch::desired(Value::Object(desired)))
+}
+
+/// What `apply` did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplySummary {
+    /// Devices a policy targets.
+    pub targeted: usize,
+    /// Devices written (set or updated).
+    pub changed: usize,
+    /// Targeted devices left alone.
+    pub unchanged: usize,
+    /// Devices whose policy was removed.
+    pub cleared: usize,
+    /// ETag conflicts met (and resolved by re-reading).
+    pub conflicts: usize,
+    /// Whether nothing was written (`--plan`).
+    pub plan_only: bool,
+    /// Devices that could not be written, with the error.
+    pub failed: Vec<DeviceFailure>,
+}
+
+/// A device apply could not write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceFailure {
+    /// The device.
+    pub device: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Tuning of [`execute`].
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    /// Only plan; write nothing.
+    pub plan_only: bool,
+    /// Twin writes in flight at once.
+    pub concurrency: usize,
+    /// Re-reads after ETag conflicts, per device.
+    pub max_conflict_retries: u32,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            plan_only: false,
+            concurrency: 16,
+            max_conflict_retries: 5,
+        }
+    }
+}
+
+/// Receives progress while writing (a terminal progress bar, or nothing).
+pub trait Progress: Send + Sync {
+    /// The number of writes to come.
+    fn start(&self, total: u64);
+    /// One write done.
+    fn advance(&self);
+    /// All done.
+    fn finish(&self);
+}
+
+impl Progress for () {
+    fn start(&self, _: u64) {}
+    fn advance(&self) {}
+    fn finish(&self) {}
+}
+
+impl Progress for indicatif::ProgressBar {
+    fn start(&self, total: u64) {
+        self.set_length(total);
+    }
+    fn advance(&self) {
+        self.inc(1);
+    }
+    fn finish(&self) {
+        self.finish_and_clear();
+    }
+}
+
+/// A progress bar on stderr when it is a terminal, else nothing.
+pub fn terminal_progress() -> Box<dyn Progress> {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(0);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} writing twins {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
+        ) {
+            bar.set_style(style);
+        }
+        Box::new(bar)
+    } else {
+        Box::new(())
+    }
+}
+
+/// How one device's write ended.
+enum Written {
+    Done { conflicts: usize, wrote: bool },
+    Failed { conflicts: usize, error: String },
+}
+
+async fn write_device<H: HubApi>(
+    hub: &H,
+    device: &DevicePlan,
+    target: Option<&DesiredMaintenance>,
+    winner: Option<&Policy>,
+    max_retries: u32,
+) -> Written {
+    let mut conflicts = 0;
+    let mut etag = device.etag.clone();
+    let mut current = device.current_raw.clone();
+    let mut change = device.change;
+    loop {
+        if !change.writes() {
+            return Written::Done {
+                conflicts,
+                wrote: false,
+            };
+        }
+        let Some(patch) = patch_for(current.as_ref(), target) else {
+            return Written::Done {
+                conflicts,
+                wrote: false,
+            };
+        };
+        match hub
+            .patch_twin(&device.device, &patch, etag.as_deref())
+            .await
+        {
+            Ok(_) => {
+                return Written::Done {
+                    conflicts,
+                    wrote: true,
+                };
+            }
+            Err(e) if e.is_precondition_failed() && (conflicts as u32) < max_retries => {
+                conflicts += 1;
+                tracing::info!(device = %device.device, "ETag conflict; re-reading the twin");
+                match hub.get_twin(&device.device).await {
+                    Ok(twin) => {
+                        let view = TwinView::from_twin(&twin);
+                        etag = view.etag.clone();
+                        current = view.desired_raw.clone();
+                        change = decide(assigned(&view).as_ref(), winner);
+                    }
+                    Err(error) => {
+                        return Written::Failed {
+                            conflicts,
+                            error: error.to_string(),
+                        };
+                    }
+                }
+            }
+            Err(error) => {
+                return Written::Failed {
+                    conflicts,
+                    error: error.to_string(),
+                };
+            }
+        }
+    }
+}
+
+/// Writes the plan's changes (unless `plan_only`) and sums up.
+pub async fn execute<H: HubApi + Clone>(
+    hub: &H,
+    set: &PolicySet,
+    plan: &Plan,
+    options: &ApplyOptions,
+    progress: &dyn Progress,
+) -> ApplySummary {
+    let mut summary = ApplySummary {
+        targeted: plan.targeted(),
+        plan_only: options.plan_only,
+        ..ApplySummary::default()
+    };
+    let writes: Vec<&DevicePlan> = plan.devices.iter().filter(|d| d.change.writes()).collect();
+    summary.unchanged = plan
+        .devices
+        .iter()
+        .filter(|d| d.winner.is_some() && !d.change.writes())
+        .count();
+    if options.plan_only {
+        summary.changed = writes.iter().filter(|d| d.winner.is_some()).count();
+        summary.cleared = writes.len() - summary.changed;
+        return summary;
+    }
+    let desired: Arc<BTreeMap<String, (DesiredMaintenance, Policy)>> = Arc::new(
+        set.iter()
+            .map(|p| {
+                (
+                    p.name().to_owned(),
+                    (DesiredMaintenance::from(p), p.clone()),
+                )
+            })
+            .collect(),
+    );
+    progress.start(writes.len() as u64);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut pending = writes.into_iter();
+    let limit = options.concurrency.max(1);
+    let handle = |result: Result<(DevicePlan, Written), tokio::task::JoinError>,
+                  summary: &mut ApplySummary| {
+        progress.advance();
+        match result {
+            Ok((device, Written::Done { conflicts, wrote })) => {
+                summary.conflicts += conflicts;
+                match (wrote, device.winner.is_some()) {
+                    (true, true) => summary.changed += 1,
+                    (true, false) => summary.cleared += 1,
+                    (false, true) => summary.unchanged += 1,
+                    (false, false) => {}
+                }
+            }
+            Ok((device, Written::Failed { conflicts, error })) => {
+                summary.conflicts += conflicts;
+                tracing::warn!(device = %device.device, %error, "could not write the twin");
+                summary.failed.push(DeviceFailure {
+                    device: device.device,
+                    error,
+                });
+            }
+            Err(e) => summary.failed.push(DeviceFailure {
+                device: "?".into(),
+                error: format!("write task failed: {e}"),
+            }),
+        }
+    };
+    loop {
+        while tasks.len() < limit {
+            let Some(device) = pending.next() else {
+                break;
+            };
+            let device = device.clone();
+            let hub = hub.clone();
+            let desired = desired.clone();
+            let retries = options.max_conflict_retries;
+            tasks.spawn(async move {
+                let found = device.winner.as_ref().and_then(|w| desired.get(w));
+                let written = write_device(
+                    &hub,
+                    &device,
+                    found.map(|(d, _)| d),
+                    found.map(|(_, p)| p),
+                    retries,
+                )
+                .await;
+                (device, written)
+            });
+        }
+        match tasks.join_next().await {
+            Some(result) => handle(result, &mut summary),
+            None => break,
+        }
+    }
+    progress.finish();
+    summary.failed.sort_by(|a, b| a.device.cmp(&b.device));
+    summary
+}
+
+/// The plan and the summary as text tables.
+pub fn render_text(plan: &Plan, summary: &ApplySummary, list_changes: bool) -> String {
+    let mut out = String::new();
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header([
+        "POLICY", "PRIORITY", "REVISION", "TARGETED", "WINS", "CHANGES",
+    ]);
+    for p in &plan.policies {
+        table.add_row([
+            p.name.clone(),
+            p.priority.to_string(),
+            p.revision.clone(),
+            p.targeted.to_string(),
+            p.wins.to_string(),
+            p.changes.to_string(),
+        ]);
+    }
+    let _ = writeln!(out, "{table}");
+    let overlaps: Vec<&DevicePlan> = plan.overlaps().collect();
+    if !overlaps.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nOverlaps ({} devices; the first policy wins):",
+            overlaps.len()
+        );
+        for d in overlaps {
+            let _ = writeln!(out, "  {}: {}", d.device, d.overlap.join(" > "));
+        }
+    }
+    if list_changes {
+        let changes: Vec<&DevicePlan> = plan.devices.iter().filter(|d| d.change.writes()).collect();
+        if !changes.is_empty() {
+            let _ = writeln!(out, "\nChanges:");
+            for d in changes {
+                let from = d
+                    .current
+                    .as_ref()
+                    .map(|c| format!("{}@{}", c.policy, c.revision))
+                    .unwrap_or_else(|| "-".into());
+                let to = d
+                    .winner
+                    .as_ref()
+                    .and_then(|w| plan.policies.iter().find(|p| &p.name == w))
+                    .map(|p| format!("{}@{}", p.name, p.revision))
+                    .unwrap_or_else(|| "-".into());
+                let _ = writeln!(
+                    out,
+                    "  {:<7} {}  {from} -> {to}",
+                    d.change.as_str(),
+                    d.device
+                );
+            }
+        }
+    }
+    for f in &summary.failed {
+        let _ = writeln!(out, "error: {}: {}", f.device, f.error);
+    }
+    let verb = if summary.plan_only {
+        "would change"
+    } else {
+        "changed"
+    };
+    let clear_verb = if summary.plan_only {
+        "would clear"
+    } else {
+        "cleared"
+    };
+    let _ = writeln!(
+        out,
+        "\n{} devices targeted, {verb} {}, unchanged {}, {clear_verb} {}, conflicts {}{}",
+        summary.targeted,
+        summary.changed,
+        summary.unchanged,
+        summary.cleared,
+        summary.conflicts,
+        if summary.failed.is_empty() {
+            String::new()
+        } else {
+            format!(", failed {}", summary.failed.len())
+        }
+    );
+    out
+}
+
+/// The plan and the summary as one JSON document.
+pub fn render_json(plan: &Plan, summary: &ApplySummary) -> Value {
+    serde_json::json!({ "plan": plan, "summary": summary })
+}
+
+#[cfg(test)]
+mod tests;

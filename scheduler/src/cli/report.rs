@@ -1,0 +1,122 @@
+//! `casement report [--policy P] [--format table|json|csv] [--devices] [--fail-under PCT]`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use casement_policy::Clock as _;
+
+use super::hub_args::{HubArgs, runtime};
+use super::{EXIT_FINDINGS, EXIT_OK};
+use crate::journal::{DEFAULT_STATE_DIR, JournalView};
+use crate::report::{self, DEFAULT_LOOKBACK, Format};
+
+/// Output formats of `report`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// Aligned columns.
+    Table,
+    /// One JSON document.
+    Json,
+    /// CSV: a row per policy, or per device with --devices.
+    Csv,
+}
+
+/// Flags of `casement report`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Per policy: devices targeted, applied, rejected, compliant (rebooted in the latest window that
+has opened), in window now, pending (no window yet), missed (the latest window closed without a
+reboot), failed, paused (the failure budget paused the window), offline, and the percentage
+compliant = compliant / (targeted - pending - in window). Reads the twins, and the scheduler's
+journal in --state-dir (its snapshot while `casement run` holds it).
+Exit codes: 0, or 1 when the percentage is below --fail-under.
+
+Examples:
+  casement report
+  casement report --policy canary --devices
+  casement report --format csv --fail-under 95")]
+pub struct Args {
+    /// Only this policy.
+    #[arg(long, value_name = "POLICY")]
+    pub policy: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+    /// List every device: state, zone, last window, last reboot.
+    #[arg(long)]
+    pub devices: bool,
+    /// Exit 1 when the percentage compliant is below this.
+    #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+    pub fail_under: Option<f64>,
+    /// The scheduler's state directory (its journal).
+    #[arg(long, env = "CASEMENT_STATE_DIR", default_value = DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// The hub.
+    #[command(flatten)]
+    pub hub: HubArgs,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let n: f64 = text
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a percentage"))?;
+    if (0.0..=100.0).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not between 0 and 100"))
+    }
+}
+
+/// Runs `casement report`.
+pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<u8> {
+    let clock = Arc::new(casement_policy::SystemClock);
+    let journal = JournalView::load(&args.state_dir)?;
+    if let Some(taken) = journal.taken_at {
+        writeln!(
+            err,
+            "casement: the journal is in use by `casement run`; using its snapshot of {}",
+            casement_iothub::time::format_timestamp(taken)
+        )?;
+    }
+    let client = args.hub.client(clock.clone(), err)?;
+    let now = clock.now();
+    let r = runtime()?.block_on(report::compute(
+        &client,
+        &journal,
+        now,
+        DEFAULT_LOOKBACK,
+        args.policy.as_deref(),
+    ))?;
+    let format = match args.format {
+        ReportFormat::Table => Format::Table,
+        ReportFormat::Json => Format::Json,
+        ReportFormat::Csv => Format::Csv,
+    };
+    write!(out, "{}", report::render(&r, format, args.devices))?;
+    match args.fail_under {
+        Some(threshold) if r.below(threshold) => {
+            writeln!(
+                err,
+                "casement: {:.1}% compliant is below --fail-under {threshold}",
+                r.total.percent_compliant
+            )?;
+            Ok(EXIT_FINDINGS)
+        }
+        _ => Ok(EXIT_OK),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentages() {
+        assert_eq!(parse_percent("95"), Ok(95.0));
+        assert_eq!(parse_percent("99.5%"), Ok(99.5));
+        assert!(parse_percent("101").is_err());
+        assert!(parse_percent("x").is_err());
+    }
+}

@@ -1,0 +1,303 @@
+//! `casement apply`, `run --once` and `report`: the built binary against an in-process hub
+//! (system clock), checked for output, exit codes and what reached the twins.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use casement_agent::{Simulation, SimulationConfig};
+use casement_hub::{Hub, HubConfig, RunningHub};
+use casement_iothub::rest::TwinPatch;
+use casement_scheduler::fleet::TwinView;
+use casement_scheduler::service::{HubTarget, ServiceClient, ServiceConfig};
+use common::{PolicyFile, init_tracing};
+use serde_json::{Value, json};
+
+async fn casement(dir: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_casement"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("IOTHUB_CONNECTION_STRING")
+        .env_remove("CASEMENT_CA")
+        .env_remove("CASEMENT_ENDPOINT")
+        .env_remove("CASEMENT_STATE_DIR")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("run casement")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+struct Setup {
+    hub: RunningHub,
+    dir: tempfile::TempDir,
+    client: ServiceClient,
+    url: String,
+    cs: String,
+}
+
+async fn setup() -> Setup {
+    init_tracing();
+    let hub = Hub::start(HubConfig::for_tests()).await.unwrap();
+    let url = hub.http_url().unwrap();
+    let cs = hub.service_connection_string();
+    let client = ServiceClient::new(
+        HubTarget::new(cs.parse().unwrap())
+            .with_endpoint(&url)
+            .unwrap(),
+        ServiceConfig::default(),
+        std::sync::Arc::new(casement_policy::SystemClock),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    Setup {
+        hub,
+        dir,
+        client,
+        url,
+        cs,
+    }
+}
+
+impl Setup {
+    fn hub_flags(&self) -> Vec<String> {
+        vec![
+            "--hub".into(),
+            self.cs.clone(),
+            "--endpoint".into(),
+            self.url.clone(),
+        ]
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut all: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        all.extend(self.hub_flags());
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        casement(self.dir.path(), &refs).await
+    }
+
+    fn policy(&self, file: &str, text: &str) {
+        std::fs::write(self.dir.path().join("policies").join(file), text).unwrap();
+    }
+
+    async fn desired_versions(&self) -> Vec<(String, Value)> {
+        let mut v: Vec<(String, Value)> = self
+            .client
+            .query_all("SELECT * FROM devices")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| {
+                (
+                    t["deviceId"].as_str().unwrap().to_owned(),
+                    t["properties"]["desired"].clone(),
+                )
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_validates_everything_first_plans_and_applies() {
+    let s = setup().await;
+    for id in ["g1", "g2", "g3"] {
+        s.hub
+            .create_device(id, json!({"role": "gateway"}))
+            .await
+            .unwrap();
+    }
+    s.policy("weekly.toml", &PolicyFile::default().text());
+    s.policy(
+        "bad-zone.toml",
+        &PolicyFile {
+            name: "bad-zone",
+            timezone: "Europe/Amsterdan",
+            ..PolicyFile::default()
+        }
+        .text(),
+    );
+    s.policy(
+        "bad-cron.toml",
+        &PolicyFile {
+            name: "bad-cron",
+            schedule: "0 25 * * *",
+            ..PolicyFile::default()
+        }
+        .text(),
+    );
+    let before = s.desired_versions().await;
+
+    let out = s.run(&["apply", "policies"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("bad-zone.toml:") && err.contains("Europe/Amsterdam"),
+        "{err}"
+    );
+    assert!(err.contains("bad-cron.toml:"), "{err}");
+    assert_eq!(s.desired_versions().await, before, "nothing written");
+
+    std::fs::remove_file(s.dir.path().join("policies/bad-zone.toml")).unwrap();
+    std::fs::remove_file(s.dir.path().join("policies/bad-cron.toml")).unwrap();
+    let out = s
+        .run(&["apply", "policies", "--plan", "--output", "json"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["summary"]["planOnly"], true);
+    assert_eq!(json["summary"]["changed"], 3);
+    assert_eq!(s.desired_versions().await, before, "--plan wrote nothing");
+
+    let out = s.run(&["apply", "policies"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("3 devices targeted, changed 3, unchanged 0, cleared 0, conflicts 0"),
+        "{stdout}"
+    );
+    let out = s.run(&["apply", "policies"]).await;
+    assert!(
+        text(&out.stdout)
+            .contains("3 devices targeted, changed 0, unchanged 3, cleared 0, conflicts 0"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // run --once: a pass, nothing in a window now, the journal created.
+    let out = s
+        .run(&["run", "policies", "--once", "--state-dir", "state"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("passes 1, invocations 0"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(s.dir.path().join("state/journal").is_dir());
+    // An unreachable hub is an error, not a hang.
+    let out = casement(
+        s.dir.path(),
+        &[
+            "run",
+            "policies",
+            "--once",
+            "--state-dir",
+            "state2",
+            "--hub",
+            &s.cs,
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--retries",
+            "1",
+        ],
+    )
+    .await;
+    assert_ne!(out.status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_exits_1_under_the_threshold_and_finds_the_local_hub() {
+    let s = setup().await;
+    // One real (simulated) device, on the system clock.
+    let mut config = SimulationConfig::new(s.cs.parse().unwrap(), 1, s.dir.path().join("sim"));
+    config.hub_url = Some(s.url.clone());
+    config.mqtt_endpoint = Some(
+        format!("mqtt://{}", s.hub.mqtt_addr().unwrap())
+            .parse()
+            .unwrap(),
+    );
+    config.tags = vec![("role".into(), "gateway".into())];
+    let sim = Simulation::start(config).await.unwrap();
+    s.policy("weekly.toml", &PolicyFile::default().text());
+    let out = s.run(&["apply", "policies"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // The device rejects what it is given: not compliant, and counted as due.
+    let mut bad = TwinView::from_twin(&s.client.twin("sim-0000").await.unwrap())
+        .desired_raw
+        .unwrap();
+    bad["window"]["timezone"] = json!("Nowhere/Special");
+    s.client
+        .patch(
+            "sim-0000",
+            &TwinPatch::desired(json!({"maintenance": bad})),
+            None,
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let view = TwinView::from_twin(&s.client.twin("sim-0000").await.unwrap());
+        if view
+            .reported()
+            .is_some_and(|r| r.status == casement_policy::MaintenanceStatus::Rejected)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never rejected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let out = s
+        .run(&["report", "--format", "csv", "--fail-under", "50"])
+        .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let csv = text(&out.stdout);
+    assert_eq!(
+        csv.lines().nth(1),
+        Some("weekly,1,0,1,0,0,0,0,0,0,0,0.0"),
+        "{csv}"
+    );
+    assert!(
+        text(&out.stderr).contains("below --fail-under 50"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = s.run(&["report", "--devices"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).contains("sim-0000  weekly  rejected")
+            || text(&out.stdout).contains("rejected"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Without --hub: the local hub's connection file in the working directory is used.
+    let local = s.dir.path().join(".casement/hub");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(
+        local.join("connection.env"),
+        format!(
+            "IOTHUB_CONNECTION_STRING='{}'\nCASEMENT_HUB_HTTP='{}'\n",
+            s.cs, s.url
+        ),
+    )
+    .unwrap();
+    let out = casement(s.dir.path(), &["report", "--format", "json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("using the local hub from .casement/hub/connection.env"),
+        "{}",
+        text(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["total"]["rejected"], 1);
+    // And with nothing at all, a clear error.
+    std::fs::remove_file(local.join("connection.env")).unwrap();
+    let out = casement(s.dir.path(), &["report"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no hub given"),
+        "{}",
+        text(&out.stderr)
+    );
+    sim.shutdown().await;
+}

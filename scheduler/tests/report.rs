@@ -1,0 +1,190 @@
+//! `casement report` after a real window: applied, rejected, compliant, failed, paused, missed
+//! and offline devices counted exactly, the journal read through the running scheduler's
+//! snapshot, and the threshold.
+
+mod common;
+
+use std::time::Duration;
+
+use casement_iothub::rest::TwinPatch;
+use casement_scheduler::journal::JournalView;
+use casement_scheduler::report::{self, DeviceState, Format};
+use chrono::TimeDelta;
+use chrono_tz::UTC;
+use common::*;
+use serde_json::json;
+
+const REBOOT: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_counts_every_kind_of_device_exactly() {
+    let mut env = Env::start(utc(2026, 3, 28, 12, 0, 0)).await;
+    let daily = PolicyFile {
+        name: "nightly",
+        schedule: "0 2 * * *",
+        timezone: "UTC",
+        max_failures: "5",
+        ..PolicyFile::default()
+    };
+    env.write_policy("nightly.toml", &daily);
+    env.write_policy(
+        "canary.toml",
+        &PolicyFile {
+            name: "canary",
+            priority: 100,
+            target: "tags.ring = 'canary'",
+            max_concurrent: 1,
+            max_failures: "0",
+            ..daily
+        },
+    );
+    env.simulate(6, &[UTC], REBOOT, TimeDelta::zero()).await;
+    for id in ["sim-0003", "sim-0004", "sim-0005"] {
+        env.client
+            .patch(id, &TwinPatch::tags(json!({"ring": "canary"})), None)
+            .await
+            .unwrap();
+    }
+    // A device that never connects.
+    env.hub
+        .create_device("ghost-1", json!({"role": "gateway"}))
+        .await
+        .unwrap();
+
+    // sim-0002 (nightly) and sim-0003 (canary, invoked first: one at a time) refuse.
+    let mut faulty = Faulty::new(env.client.clone());
+    faulty.refuse = std::sync::Arc::new(
+        ["sim-0002", "sim-0003"]
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+    );
+    let mut scheduler = env.scheduler(faulty).await;
+    env.eventually("every device applied its policy", || async {
+        let views = env.views().await;
+        views
+            .iter()
+            .filter(|v| v.device_id.starts_with("sim-"))
+            .all(|v| v.reported().is_some())
+    })
+    .await;
+    // sim-0001 is given a policy it rejects (a bad zone under the same name and revision).
+    let bad = {
+        let mut d = env.view("sim-0001").await.desired_raw.unwrap();
+        d["window"]["timezone"] = json!("Mars/Olympus_Mons");
+        d
+    };
+    env.client
+        .patch(
+            "sim-0001",
+            &TwinPatch::desired(json!({"maintenance": bad})),
+            None,
+        )
+        .await
+        .unwrap();
+    env.wait_for("sim-0001 rejected its policy", |views| {
+        views.iter().any(|v| {
+            v.device_id == "sim-0001"
+                && v.reported()
+                    .is_some_and(|r| r.status == casement_policy::MaintenanceStatus::Rejected)
+        })
+    })
+    .await;
+
+    env.clock.set(utc(2026, 3, 29, 2, 0, 10));
+    let spec = env.load_policies().get("nightly").unwrap().window().clone();
+    drive(
+        &env,
+        &mut scheduler,
+        &spec,
+        utc(2026, 3, 29, 4, 10, 0),
+        TimeDelta::seconds(60),
+        REBOOT,
+    )
+    .await;
+    assert_eq!(
+        env.reboots().len(),
+        1,
+        "only sim-0000 rebooted: {:?}",
+        env.reboots()
+    );
+
+    // The scheduler still holds the journal: the report reads its snapshot.
+    let journal = JournalView::load(&env.state_dir()).unwrap();
+    assert!(journal.taken_at.is_some(), "read from the snapshot");
+    let now = utc(2026, 3, 29, 4, 10, 0);
+    let r = report::compute(&env.client, &journal, now, report::DEFAULT_LOOKBACK, None)
+        .await
+        .unwrap();
+    let state = |id: &str| r.devices.iter().find(|d| d.device == id).unwrap().state;
+    assert_eq!(state("sim-0000"), DeviceState::Compliant);
+    assert_eq!(state("sim-0001"), DeviceState::Rejected);
+    assert_eq!(state("sim-0002"), DeviceState::Failed);
+    assert_eq!(state("ghost-1"), DeviceState::Missed);
+    assert_eq!(state("sim-0003"), DeviceState::Failed);
+    assert_eq!(state("sim-0004"), DeviceState::Paused);
+    assert_eq!(state("sim-0005"), DeviceState::Paused);
+
+    let nightly = &r
+        .policies
+        .iter()
+        .find(|p| p.policy == "nightly")
+        .unwrap()
+        .counts;
+    assert_eq!(
+        (
+            nightly.targeted,
+            nightly.applied,
+            nightly.rejected,
+            nightly.compliant,
+            nightly.failed,
+            nightly.missed,
+            nightly.offline,
+            nightly.pending,
+            nightly.paused,
+            nightly.in_window
+        ),
+        (4, 2, 1, 1, 1, 1, 1, 0, 0, 0),
+        "{nightly:?}"
+    );
+    assert!((nightly.percent_compliant - 25.0).abs() < 1e-9);
+    let canary = r.policies.iter().find(|p| p.policy == "canary").unwrap();
+    let c = &canary.counts;
+    assert_eq!(
+        (
+            c.targeted,
+            c.applied,
+            c.compliant,
+            c.failed,
+            c.paused,
+            c.offline
+        ),
+        (3, 3, 0, 1, 2, 0),
+        "{c:?}"
+    );
+    assert_eq!(canary.pauses.len(), 1, "the pause is shown");
+    assert_eq!(canary.pauses[0].occurrence, utc(2026, 3, 29, 2, 0, 0));
+    assert!(r.below(50.0), "1 of 7 compliant");
+    let ghost = r.devices.iter().find(|d| d.device == "ghost-1").unwrap();
+    assert_eq!(ghost.online, Some(false));
+    assert_eq!(ghost.missed_streak, 1);
+
+    let text = report::render(&r, Format::Table, true);
+    assert!(
+        text.contains("paused: canary in the window 2026-03-29T02:00:00.000Z"),
+        "{text}"
+    );
+    // A policy filter queries only that policy's devices.
+    let only = report::compute(
+        &env.client,
+        &journal,
+        now,
+        report::DEFAULT_LOOKBACK,
+        Some("canary"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(only.policies.len(), 1);
+    assert_eq!(only.total.targeted, 3);
+    drop(scheduler);
+}

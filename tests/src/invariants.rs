@@ -1,0 +1,680 @@
+//! The invariants of DESIGN.md, checked against what really happened in a run: pure functions
+//! from the facts of the run (the simulated devices' own reboot log, the invocations the
+//! scheduler made, the outages the test caused) and the hub's twins and the scheduler's report
+//! to a list of [`Violation`]s. An empty list is the pass.
+//!
+//! The window math is the policy crate's (the same function the agent and the scheduler call);
+//! these checks ask whether the system *obeyed* it, under faults. The DST arithmetic itself is
+//! checked independently by the scenario (local wall-clock times read with chrono-tz).
+//!
+//! Each check is unit-tested below with a log that breaks it, so none of them can pass
+//! vacuously.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use casement_agent::simulate::SimulatedReboot;
+use casement_policy::{Policy, RebootStatus};
+use casement_scheduler::fleet::TwinView;
+use casement_scheduler::report::{DeviceState, Report};
+use chrono::{DateTime, TimeDelta, Utc};
+use chrono_tz::Tz;
+
+/// One reboot, as the device lived it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reboot {
+    /// The device.
+    pub device: String,
+    /// When the power went, by the reference clock.
+    pub at: DateTime<Utc>,
+    /// The same instant by the device's own (skewed) clock.
+    pub device_time: DateTime<Utc>,
+    /// The occurrence it was for.
+    pub occurrence: Option<DateTime<Utc>>,
+    /// The policy it was for.
+    pub policy: Option<String>,
+    /// Forced outside the window gate.
+    pub forced: bool,
+}
+
+impl From<&SimulatedReboot> for Reboot {
+    fn from(r: &SimulatedReboot) -> Self {
+        Self {
+            device: r.device.clone(),
+            at: r.at,
+            device_time: r.device_time,
+            occurrence: r.occurrence,
+            policy: r.policy.clone(),
+            forced: r.forced,
+        }
+    }
+}
+
+/// A `reboot` invocation the scheduler made, seen at its hub client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// When the call started, by the scheduler's clock.
+    pub at: DateTime<Utc>,
+    /// The device.
+    pub device: String,
+    /// The policy named in the payload.
+    pub policy: String,
+}
+
+/// A stretch of time in which the test kept one device off the network on purpose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outage {
+    /// The device.
+    pub device: String,
+    /// From (reference clock).
+    pub from: DateTime<Utc>,
+    /// To (reference clock).
+    pub to: DateTime<Utc>,
+}
+
+/// One simulated device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Its id.
+    pub id: String,
+    /// Its zone.
+    pub zone: Tz,
+}
+
+/// Everything known about a run.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    /// The policies applied.
+    pub policies: Vec<Policy>,
+    /// The policy each device should carry (highest priority among those targeting it).
+    pub assignment: BTreeMap<String, String>,
+    /// The devices.
+    pub devices: Vec<Device>,
+    /// The ground truth of reboots.
+    pub reboots: Vec<Reboot>,
+    /// Every `reboot` invocation.
+    pub invocations: Vec<Invocation>,
+    /// Deliberate per-device outages.
+    pub outages: Vec<Outage>,
+    /// (policy, occurrence) pairs the failure budget paused.
+    pub paused: BTreeSet<(String, DateTime<Utc>)>,
+    /// Windows that open at or after `.0` and close at or before `.1` are judged for
+    /// completeness (every available device rebooted).
+    pub judged: (DateTime<Utc>, DateTime<Utc>),
+    /// How long a simulated device stays dark.
+    pub reboot_time: TimeDelta,
+    /// The largest device clock skew.
+    pub max_skew: TimeDelta,
+    /// How far an invocation's recorded instant may trail the scheduler's decision (the
+    /// recording happens in the call task, a moment later).
+    pub record_slack: TimeDelta,
+}
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// A reboot that no policy window covers (invariant 1).
+    OutsideWindow {
+        /// The reboot.
+        reboot: Reboot,
+        /// Why.
+        why: String,
+    },
+    /// A reboot for a policy the device does not carry, or for none.
+    WrongPolicy {
+        /// The reboot.
+        reboot: Reboot,
+        /// The policy the device carries.
+        expected: Option<String>,
+    },
+    /// A forced reboot (nothing in the scenario forces one).
+    Forced {
+        /// The reboot.
+        reboot: Reboot,
+    },
+    /// More than one reboot of one device for one occurrence (invariant 2).
+    Twice {
+        /// The device.
+        device: String,
+        /// The policy.
+        policy: String,
+        /// The occurrence.
+        occurrence: DateTime<Utc>,
+        /// How many.
+        count: usize,
+    },
+    /// More devices rebooting at once than `max_concurrent` (invariant 3).
+    Concurrency {
+        /// The policy.
+        policy: String,
+        /// When.
+        at: DateTime<Utc>,
+        /// How many.
+        count: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// More invocations in a minute than `max_per_minute` (invariant 3).
+    Rate {
+        /// The policy.
+        policy: String,
+        /// Start of the minute.
+        from: DateTime<Utc>,
+        /// How many.
+        count: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// A device that was available for a whole window was not rebooted in it (invariant 4).
+    Missed {
+        /// The device.
+        device: String,
+        /// The policy.
+        policy: String,
+        /// The occurrence.
+        occurrence: DateTime<Utc>,
+    },
+    /// The twin disagrees with the ground truth.
+    Twin {
+        /// The device.
+        device: String,
+        /// What disagrees.
+        what: String,
+    },
+    /// The report disagrees with the ground truth.
+    Report {
+        /// The device or policy.
+        subject: String,
+        /// What disagrees.
+        what: String,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ts = |t: &DateTime<Utc>| t.format("%H:%M:%S%.3f").to_string();
+        match self {
+            Violation::OutsideWindow { reboot, why } => write!(
+                f,
+                "{} rebooted outside its window at {} (device clock {}): {why}",
+                reboot.device,
+                ts(&reboot.at),
+                ts(&reboot.device_time)
+            ),
+            Violation::WrongPolicy { reboot, expected } => write!(
+                f,
+                "{} rebooted at {} for policy {:?}, but carries {expected:?}",
+                reboot.device,
+                ts(&reboot.at),
+                reboot.policy
+            ),
+            Violation::Forced { reboot } => {
+                write!(
+                    f,
+                    "{} was force-rebooted at {}",
+                    reboot.device,
+                    ts(&reboot.at)
+                )
+            }
+            Violation::Twice {
+                device,
+                policy,
+                occurrence,
+                count,
+            } => write!(
+                f,
+                "{device} rebooted {count} times for {policy} occurrence {}",
+                ts(occurrence)
+            ),
+            Violation::Concurrency {
+                policy,
+                at,
+                count,
+                max,
+            } => write!(
+                f,
+                "{count} devices rebooting at once under {policy} at {} (max_concurrent {max})",
+                ts(at)
+            ),
+            Violation::Rate {
+                policy,
+                from,
+                count,
+                max,
+            } => write!(
+                f,
+                "{count} invocations under {policy} in the minute from {} (max_per_minute {max})",
+                ts(from)
+            ),
+            Violation::Missed {
+                device,
+                policy,
+                occurrence,
+            } => write!(
+                f,
+                "{device} was available for the whole {policy} window {} but not rebooted in it",
+                ts(occurrence)
+            ),
+            Violation::Twin { device, what } => write!(f, "twin of {device}: {what}"),
+            Violation::Report { subject, what } => write!(f, "report, {subject}: {what}"),
+        }
+    }
+}
+
+impl Facts {
+    fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name() == name)
+    }
+
+    fn zone_of(&self, device: &str) -> Option<Tz> {
+        self.devices.iter().find(|d| d.id == device).map(|d| d.zone)
+    }
+
+    /// The zone `policy`'s windows are computed in for `device`.
+    fn window_zone(&self, policy: &Policy, device: &str) -> Option<Tz> {
+        policy.window().timezone().resolve(self.zone_of(device))
+    }
+
+    /// Every check of the run's own log: invariants 1 to 4.
+    pub fn check(&self) -> Vec<Violation> {
+        let mut out = Vec::new();
+        out.extend(self.check_windows());
+        out.extend(self.check_once_per_occurrence());
+        out.extend(self.check_concurrency());
+        out.extend(self.check_rate());
+        out.extend(self.check_completeness());
+        out
+    }
+
+    /// Invariant 1: every reboot is for the device's policy, inside the window of the
+    /// occurrence it names by the device's own clock, with the policy's expected duration
+    /// left, and — by the true clock — no further outside it than the largest skew.
+    pub fn check_windows(&self) -> Vec<Violation> {
+        let mut out = Vec::new();
+        for reboot in &self.reboots {
+            if reboot.forced {
+                out.push(Violation::Forced {
+                    reboot: reboot.clone(),
+                });
+                continue;
+            }
+            let expected = self.assignment.get(&reboot.device);
+            let policy = match (&reboot.policy, expected) {
+                (Some(name), Some(exp)) if name == exp => self.policy(name),
+                _ => None,
+            };
+            let Some(policy) = policy else {
+                out.push(Violation::WrongPolicy {
+                    reboot: reboot.clone(),
+                    expected: expected.cloned(),
+                });
+                continue;
+            };
+            let outside = |why: String| Violation::OutsideWindow {
+                reboot: reboot.clone(),
+                why,
+            };
+            let Some(zone) = self.window_zone(policy, &reboot.device) else {
+                out.push(outside("no zone to compute its windows in".into()));
+                continue;
+            };
+            let Some(state) = policy.window().window_at(zone, reboot.device_time) else {
+                out.push(outside("the policy has no window at all".into()));
+                continue;
+            };
+            let window = state.window;
+            if !state.open {
+                out.push(outside(format!(
+                    "the next window opens at {}",
+                    window.opens_at
+                )));
+                continue;
+            }
+            if reboot.occurrence != Some(window.occurrence) {
+                out.push(outside(format!(
+                    "it names occurrence {:?}, the open window is {}",
+                    reboot.occurrence, window.occurrence
+                )));
+            }
+            let expected_duration =
+                TimeDelta::from_std(policy.reboot().expected_duration).unwrap_or(TimeDelta::MAX);
+            // The power goes a moment after the gate accepted; allow that moment.
+            if reboot.device_time + expected_duration > window.closes_at + self.record_slack {
+                out.push(outside(format!(
+                    "less than the expected duration was left (window closes {})",
+                    window.closes_at
+                )));
+            }
+            if reboot.at < window.opens_at - self.max_skew
+                || reboot.at >= window.closes_at + self.max_skew
+            {
+                out.push(outside(format!(
+                    "by the true clock, more than the largest skew outside {} – {}",
+                    window.opens_at, window.closes_at
+                )));
+            }
+        }
+        out
+    }
+
+    /// Invariant 2: at most one reboot per device and occurrence.
+    pub fn check_once_per_occurrence(&self) -> Vec<Violation> {
+        let mut counts: BTreeMap<(String, String, DateTime<Utc>), usize> = BTreeMap::new();
+        for r in &self.reboots {
+            if let (Some(policy), Some(occurrence)) = (&r.policy, r.occurrence) {
+                *counts
+                    .entry((r.device.clone(), policy.clone(), occurrence))
+                    .or_default() += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|((device, policy, occurrence), count)| Violation::Twice {
+                device,
+                policy,
+                occurrence,
+                count,
+            })
+            .collect()
+    }
+
+    /// Invariant 3a: under each policy, never more devices dark at once than `max_concurrent`
+    /// (a device is dark from its power cut for the reboot time; the scheduler counts it in
+    /// flight for longer, from before the call until it sees the completion).
+    pub fn check_concurrency(&self) -> Vec<Violation> {
+        let mut out = Vec::new();
+        for policy in &self.policies {
+            let mut events: Vec<(DateTime<Utc>, i32)> = self
+                .reboots
+                .iter()
+                .filter(|r| r.policy.as_deref() == Some(policy.name()))
+                .flat_map(|r| [(r.at, 1), (r.at + self.reboot_time, -1)])
+                .collect();
+            // Ends before starts at the same instant: half-open intervals.
+            events.sort();
+            let max = policy.rollout().max_concurrent;
+            let mut dark = 0i32;
+            let mut worst: Option<(DateTime<Utc>, i32)> = None;
+            for (at, delta) in events {
+                dark += delta;
+                if dark > i32::try_from(max).unwrap_or(i32::MAX)
+                    && worst.is_none_or(|(_, w)| dark > w)
+                {
+                    worst = Some((at, dark));
+                }
+            }
+            if let Some((at, count)) = worst {
+                out.push(Violation::Concurrency {
+                    policy: policy.name().to_owned(),
+                    at,
+                    count: usize::try_from(count).unwrap_or(0),
+                    max,
+                });
+            }
+        }
+        out
+    }
+
+    /// Invariant 3b: under each policy, never more invocations than `max_per_minute` in any
+    /// 60 seconds (the recorded instants trail the decisions by up to `record_slack`, so the
+    /// interval examined is that much shorter).
+    pub fn check_rate(&self) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let span = TimeDelta::seconds(60) - self.record_slack;
+        for policy in &self.policies {
+            let mut times: Vec<DateTime<Utc>> = self
+                .invocations
+                .iter()
+                .filter(|i| i.policy == policy.name())
+                .map(|i| i.at)
+                .collect();
+            times.sort();
+            let max = policy.rollout().max_per_minute;
+            let mut worst: Option<(DateTime<Utc>, usize)> = None;
+            let mut end = 0;
+            for (start, from) in times.iter().enumerate() {
+                while end < times.len() && times[end] < *from + span {
+                    end += 1;
+                }
+                let count = end - start;
+                if count > max as usize && worst.is_none_or(|(_, w)| count > w) {
+                    worst = Some((*from, count));
+                }
+            }
+            if let Some((from, count)) = worst {
+                out.push(Violation::Rate {
+                    policy: policy.name().to_owned(),
+                    from,
+                    count,
+                    max,
+                });
+            }
+        }
+        out
+    }
+
+    /// The windows of `policy` for `device` that are judged: opening and closing inside
+    /// [`Facts::judged`].
+    pub fn judged_windows(&self, policy: &Policy, device: &str) -> Vec<casement_policy::Window> {
+        let Some(zone) = self.window_zone(policy, device) else {
+            return Vec::new();
+        };
+        let (from, to) = self.judged;
+        policy
+            .window()
+            .windows(zone, from - TimeDelta::days(1))
+            .filter(|w| w.kind.opens())
+            .map(|w| w.window)
+            .take_while(|w| w.opens_at < to)
+            .filter(|w| w.opens_at >= from && w.closes_at <= to)
+            .collect()
+    }
+
+    /// Whether the test kept `device` off the network at any time in `[from, to)`.
+    fn had_outage(&self, device: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> bool {
+        self.outages
+            .iter()
+            .any(|o| o.device == device && o.from < to && o.to > from)
+    }
+
+    /// Invariant 4: every device available for a whole judged window (no outage caused by the
+    /// test in it, the policy not paused) rebooted in it.
+    pub fn check_completeness(&self) -> Vec<Violation> {
+        let mut rebooted: BTreeSet<(&str, &str, DateTime<Utc>)> = BTreeSet::new();
+        for r in &self.reboots {
+            if let (Some(policy), Some(occurrence)) = (&r.policy, r.occurrence) {
+                rebooted.insert((r.device.as_str(), policy.as_str(), occurrence));
+            }
+        }
+        let mut out = Vec::new();
+        for (device, policy_name) in &self.assignment {
+            let Some(policy) = self.policy(policy_name) else {
+                continue;
+            };
+            for window in self.judged_windows(policy, device) {
+                if self
+                    .paused
+                    .contains(&(policy_name.clone(), window.occurrence))
+                    || self.had_outage(device, window.opens_at - self.max_skew, window.closes_at)
+                {
+                    continue;
+                }
+                if !rebooted.contains(&(device.as_str(), policy_name.as_str(), window.occurrence)) {
+                    out.push(Violation::Missed {
+                        device: device.clone(),
+                        policy: policy_name.clone(),
+                        occurrence: window.occurrence,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The hub's twins agree with the ground truth: each device carries its assigned policy
+    /// (desired), reports it applied at its revision, and its `iothubDM.reboot` names its last
+    /// true reboot, completed.
+    pub fn check_twins(&self, twins: &[TwinView]) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let by_id: BTreeMap<&str, &TwinView> =
+            twins.iter().map(|t| (t.device_id.as_str(), t)).collect();
+        let mut last: BTreeMap<&str, &Reboot> = BTreeMap::new();
+        for r in &self.reboots {
+            let entry = last.entry(r.device.as_str()).or_insert(r);
+            if r.at > entry.at {
+                *entry = r;
+            }
+        }
+        for device in &self.devices {
+            let id = device.id.as_str();
+            let twin_err = |what: String| Violation::Twin {
+                device: id.to_owned(),
+                what,
+            };
+            let Some(twin) = by_id.get(id) else {
+                out.push(twin_err("no twin".into()));
+                continue;
+            };
+            let assigned = self.assignment.get(id);
+            let desired = twin.desired_policy_name();
+            if desired != assigned.map(String::as_str) {
+                out.push(twin_err(format!(
+                    "desired policy {desired:?}, but its tags make it {assigned:?}"
+                )));
+            }
+            if let Some(policy) = assigned.and_then(|a| self.policy(a)) {
+                match twin.reported() {
+                    Some(r)
+                        if r.policy == policy.name()
+                            && r.revision == policy.revision().as_str()
+                            && r.status == casement_policy::MaintenanceStatus::Applied => {}
+                    other => out.push(twin_err(format!(
+                        "reports {other:?}, not {} {} applied",
+                        policy.name(),
+                        policy.revision()
+                    ))),
+                }
+            }
+            match (last.get(id), twin.reboot()) {
+                (None, None) => {}
+                (None, Some(report)) => out.push(twin_err(format!(
+                    "reports a reboot ({report:?}) that never happened"
+                ))),
+                (Some(truth), None) => out.push(twin_err(format!(
+                    "does not report its reboot at {}",
+                    truth.at
+                ))),
+                (Some(truth), Some(report)) => {
+                    if report.occurrence != truth.occurrence {
+                        out.push(twin_err(format!(
+                            "reports occurrence {:?}, the last reboot was for {:?}",
+                            report.occurrence, truth.occurrence
+                        )));
+                    }
+                    if report.status != RebootStatus::Completed {
+                        out.push(twin_err(format!(
+                            "reboot status {:?} long after the device came back",
+                            report.status
+                        )));
+                    }
+                    // lastReboot is the device's own clock when it accepted, a moment before
+                    // the power went.
+                    let close = report.last_reboot.is_some_and(|t| {
+                        t <= truth.device_time && truth.device_time - t <= self.record_slack
+                    });
+                    if !close {
+                        out.push(twin_err(format!(
+                            "lastReboot {:?}, but the power went at {} by its clock",
+                            report.last_reboot, truth.device_time
+                        )));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `casement report` agrees with the ground truth: a device is compliant exactly when it
+    /// really rebooted in its latest window, every device with a policy is listed once, and
+    /// the per-policy compliant counts add up.
+    pub fn check_report(&self, report: &Report) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let err = |subject: &str, what: String| Violation::Report {
+            subject: subject.to_owned(),
+            what,
+        };
+        let listed: BTreeMap<&str, usize> =
+            report.devices.iter().fold(BTreeMap::new(), |mut m, d| {
+                *m.entry(d.device.as_str()).or_default() += 1;
+                m
+            });
+        for device in self.assignment.keys() {
+            match listed.get(device.as_str()) {
+                Some(1) => {}
+                n => out.push(err(device, format!("listed {n:?} times"))),
+            }
+        }
+        let mut compliant: BTreeMap<&str, u32> = BTreeMap::new();
+        for d in &report.devices {
+            let Some(window) = d.last_window else {
+                if d.state == DeviceState::Compliant {
+                    out.push(err(&d.device, "compliant without any window".into()));
+                }
+                continue;
+            };
+            let truly = self.reboots.iter().any(|r| {
+                r.device == d.device
+                    && r.policy.as_deref() == Some(d.policy.as_str())
+                    && r.occurrence == Some(window.opens_at)
+            });
+            if truly {
+                *compliant.entry(d.policy.as_str()).or_default() += 1;
+            }
+            match (d.state, truly) {
+                (DeviceState::Compliant, false) => out.push(err(
+                    &d.device,
+                    format!(
+                        "compliant, but it did not reboot in the window {}",
+                        window.opens_at
+                    ),
+                )),
+                (state, true) if state != DeviceState::Compliant => out.push(err(
+                    &d.device,
+                    format!(
+                        "{}, but it rebooted in the window {}",
+                        state.as_str(),
+                        window.opens_at
+                    ),
+                )),
+                _ => {}
+            }
+            if self.assignment.get(&d.device) != Some(&d.policy) {
+                out.push(err(
+                    &d.device,
+                    format!(
+                        "listed under {}, but carries {:?}",
+                        d.policy,
+                        self.assignment.get(&d.device)
+                    ),
+                ));
+            }
+        }
+        for p in &report.policies {
+            let truth = compliant.get(p.policy.as_str()).copied().unwrap_or(0);
+            if p.counts.compliant != truth {
+                out.push(err(
+                    &p.policy,
+                    format!(
+                        "{} compliant, but {truth} devices really rebooted in their latest window",
+                        p.counts.compliant
+                    ),
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
