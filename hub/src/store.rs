@@ -10,6 +10,7 @@
 //! write survives `kill -9`; session changes ride on sled's periodic flush.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -72,6 +73,23 @@ pub(crate) struct Store {
     devices: sled::Tree,
     sessions: sled::Tree,
     meta: sled::Tree,
+    flusher: GroupFlush,
+}
+
+/// Group commit for [`Store::flush`]: one blocking `sled::Db::flush` at a time on the blocking
+/// pool, and a caller whose write an already finished flush covered returns without flushing.
+///
+/// sled 0.34's `flush_async` from many tasks at once starves its own I/O threads (every
+/// `sled-io-*` thread parked in `make_stable`, spacejam/sled#1308): with a few hundred devices
+/// writing twins, every write hung. Here concurrent writers share one flush instead.
+#[derive(Debug, Default)]
+struct GroupFlush {
+    /// Serialises flushes.
+    lock: tokio::sync::Mutex<()>,
+    /// Flush requests so far; a writer takes a ticket after its write.
+    requested: AtomicU64,
+    /// The highest ticket a finished flush covers.
+    completed: AtomicU64,
 }
 
 impl Store {
@@ -102,6 +120,7 @@ impl Store {
             sessions: open_tree(SESSIONS)?,
             meta: open_tree(META)?,
             db,
+            flusher: GroupFlush::default(),
         })
     }
 
@@ -197,15 +216,30 @@ impl Store {
 
     /// Flushes everything written so far to disk.
     pub(crate) async fn flush(&self) -> Result<(), StoreError> {
-        self.db
-            .flush_async()
+        let flusher = &self.flusher;
+        // Every write this caller made happened before its ticket.
+        let ticket = flusher.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = flusher.lock.lock().await;
+        if flusher.completed.load(Ordering::SeqCst) >= ticket {
+            return Ok(()); // a flush that started after our write has finished
+        }
+        // This flush covers every ticket taken before it starts.
+        let covers = flusher.requested.load(Ordering::SeqCst);
+        let db = self.db.clone();
+        let flushed = tokio::task::spawn_blocking(move || db.flush())
             .await
-            .map(|_| ())
-            .map_err(|source| StoreError::Io {
+            .map_err(|join| StoreError::Io {
                 op: "flush",
                 key: String::new(),
-                source,
-            })
+                source: sled::Error::Io(std::io::Error::other(join.to_string())),
+            })?;
+        flushed.map_err(|source| StoreError::Io {
+            op: "flush",
+            key: String::new(),
+            source,
+        })?;
+        flusher.completed.fetch_max(covers, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Flushes synchronously.
@@ -264,6 +298,39 @@ fn load_all<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hundreds of writers flushing at once all finish, and every write is durable: the
+    /// group commit never lets a caller return before a flush that covers its write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_flushes_all_finish_and_persist_every_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::Dir(dir.path().to_owned());
+        let store = std::sync::Arc::new(Store::open(&storage).expect("open"));
+        let mut writers = tokio::task::JoinSet::new();
+        for i in 0..600 {
+            let store = store.clone();
+            writers.spawn(async move {
+                store
+                    .put_device(&format!("d{i}"), &serde_json::json!({ "n": i }))
+                    .expect("put");
+                store.flush().await.expect("flush");
+            });
+        }
+        // A bound for a hang (the sled flush_async starvation this replaces), not a timing assert.
+        tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            while let Some(done) = writers.join_next().await {
+                done.expect("writer");
+            }
+        })
+        .await
+        .expect("every flush finishes");
+        let flushes = store.flusher.completed.load(Ordering::SeqCst);
+        assert_eq!(flushes, 600, "the last flush covers every ticket");
+        drop(store);
+        let reopened = Store::open(&storage).expect("reopen");
+        let devices: Vec<serde_json::Value> = reopened.load_devices().expect("load");
+        assert_eq!(devices.len(), 600);
+    }
 
     #[test]
     fn values_survive_reopen() {
