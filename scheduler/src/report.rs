@@ -227,12 +227,21 @@ impl WindowCache {
         self.windows
             .entry((key.0.to_owned(), key.1.to_owned(), tz))
             .or_insert_with(|| {
-                spec.windows(tz, from)
+                // Keep the *latest* MAX_WINDOWS that have opened: a frequent schedule has more
+                // than that over the lookback, and the latest window is the one that matters.
+                let mut latest = std::collections::VecDeque::with_capacity(MAX_WINDOWS);
+                for w in spec
+                    .windows(tz, from)
                     .filter(|w| w.kind.opens())
                     .map(|w| w.window)
                     .take_while(|w| w.opens_at <= now)
-                    .take(MAX_WINDOWS)
-                    .collect()
+                {
+                    if latest.len() == MAX_WINDOWS {
+                        latest.pop_front();
+                    }
+                    latest.push_back(w);
+                }
+                Vec::from(latest)
             })
     }
 }

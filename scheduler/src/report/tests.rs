@@ -268,3 +268,25 @@ fn outputs_in_table_json_and_csv() {
     assert_eq!(csv.lines().count(), 12);
     assert_eq!(csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
 }
+
+/// A frequent schedule has more windows over the lookback than the cache keeps: the latest
+/// window must still be the one that opened last, not one from the start of the lookback.
+#[test]
+fn a_frequent_schedule_is_judged_by_its_latest_window() {
+    let spec = WindowSpec::new(
+        casement_policy::schedule::Schedule::parse("*/5 * * * *").unwrap(),
+        Duration::from_secs(120),
+        casement_policy::zone::ZoneSpec::Named(chrono_tz::UTC),
+        Vec::new(),
+    )
+    .unwrap();
+    let now = at("2026-03-10T12:31:00Z");
+    // 100 days of 5-minute windows: 28,800, more than MAX_WINDOWS.
+    let from = now - TimeDelta::days(100);
+    let mut cache = WindowCache::default();
+    let opened = cache.opened(("p", REV), &spec, chrono_tz::UTC, from, now);
+    assert_eq!(opened.len(), MAX_WINDOWS);
+    let latest = opened.last().unwrap();
+    assert_eq!(latest.opens_at, at("2026-03-10T12:30:00Z"));
+    assert!(latest.contains(now));
+}
