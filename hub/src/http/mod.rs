@@ -193,10 +193,35 @@ pub(crate) fn json_body<T: DeserializeOwned>(
             )
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::IotHubFormatError,
+            format!("{what}: the body is not valid JSON: {e}"),
+        )
+    })?;
+    // Every body of the service API is a JSON object. serde would read a struct from an array
+    // by position (`[{"x":1}]` as a twin patch's tags), so arrays are refused here.
+    if !value.is_object() {
+        return Err(ApiError::new(
+            ErrorCode::IotHubFormatError,
+            format!("{what}: the body must be a JSON object, not {}", json_kind(&value)),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| {
         ApiError::new(
             ErrorCode::IotHubFormatError,
             format!("{what}: the body is not valid JSON for this request: {e}"),
         )
     })
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
