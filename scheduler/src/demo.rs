@@ -373,8 +373,8 @@ struct SchedulerTask {
 }
 
 impl SchedulerTask {
-    /// Stops it gracefully (the calls under way are awaited), or at once after
-    /// [`SCHEDULER_STOP`].
+    /// Stops it gracefully (the calls under way are awaited); after [`SCHEDULER_STOP`] tells it
+    /// to stop at once, and after as long again aborts it.
     async fn stop(mut self) -> Result<RunStats, DemoError> {
         self.signals.stop();
         let joined = match tokio::time::timeout(SCHEDULER_STOP, &mut self.handle).await {
@@ -382,7 +382,15 @@ impl SchedulerTask {
             Err(_) => {
                 tracing::warn!("the scheduler did not stop in time; abandoning its calls");
                 self.signals.stop();
-                self.handle.await
+                match tokio::time::timeout(SCHEDULER_STOP, &mut self.handle).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        self.handle.abort();
+                        return Err(DemoError::SchedulerTask(
+                            "it did not stop when told twice".into(),
+                        ));
+                    }
+                }
             }
         };
         match joined {
@@ -446,19 +454,16 @@ impl Session<'_> {
         display.finish();
 
         let mut stats = None;
+        if !config.keep_running
+            && let Some(task) = self.scheduler.take()
+        {
+            stats = Some(task.stop().await?);
+        }
+        // The report that showed every device compliant is the one to print; otherwise a fresh
+        // one, from the final journal when the scheduler has stopped.
         let report = if ending == Ending::Compliant {
-            if !config.keep_running
-                && let Some(task) = self.scheduler.take()
-            {
-                stats = Some(task.stop().await?);
-            }
             report
         } else {
-            if !config.keep_running
-                && let Some(task) = self.scheduler.take()
-            {
-                stats = Some(task.stop().await?);
-            }
             self.report(&client, self.scheduler.is_some())
                 .await
                 .map_err(|e| DemoError::Report(Box::new(e)))?
@@ -973,4 +978,63 @@ fn try_commands(device: &str, policy: Option<&Path>) -> Vec<(&'static str, Strin
         ));
     }
     commands
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_hub_listens_on_loopback_only_without_tls() {
+        let config = hub_config(PathBuf::from("/tmp/x"));
+        for addr in [config.mqtt, config.http].into_iter().flatten() {
+            assert!(addr.ip().is_loopback(), "{addr}");
+            assert_eq!(addr.port(), 0, "any free port");
+        }
+        assert!(config.mqtts.is_none() && config.https.is_none());
+        assert_eq!(config.storage, Storage::Dir(PathBuf::from("/tmp/x")));
+    }
+
+    #[test]
+    fn only_commands_this_binary_has_are_suggested() {
+        assert!(has_subcommand("report"));
+        assert!(!has_subcommand("no-such-command"));
+        let commands = try_commands("demo-0000", Some(Path::new("p/demo-pos.toml")));
+        assert!(commands.iter().any(|(c, _)| *c == "report"));
+        assert!(commands.iter().any(
+            |(_, line)| line == "casement windows p/demo-pos.toml --zone Asia/Tokyo --count 3"
+        ));
+    }
+
+    fn outcome(ending: Ending, compliant: u32, truth: Truth) -> DemoOutcome {
+        let mut report = report::build(
+            &[],
+            &JournalView::default(),
+            Utc::now(),
+            REPORT_LOOKBACK,
+            None,
+        );
+        report.total.targeted = 3;
+        report.total.compliant = compliant;
+        DemoOutcome {
+            ending,
+            report,
+            truth,
+            stats: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn compliant_means_every_device_and_no_broken_invariant() {
+        assert!(outcome(Ending::Compliant, 3, Truth::default()).compliant());
+        assert!(!outcome(Ending::Compliant, 2, Truth::default()).compliant());
+        assert!(!outcome(Ending::TimedOut, 3, Truth::default()).compliant());
+        assert!(!outcome(Ending::Interrupted, 3, Truth::default()).compliant());
+        let broken = Truth {
+            repeated: vec![("d".into(), Utc::now())],
+            ..Truth::default()
+        };
+        assert!(!outcome(Ending::Compliant, 3, broken).compliant());
+    }
 }

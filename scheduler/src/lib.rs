@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`cli`]: the `casement` command line — clap definitions, one module per subcommand
-//!   (`validate`, `windows`), exit codes.
+//!   (`validate`, `windows`, `apply`, `run`, `report`; the hub flags in `cli::hub_args`),
+//!   exit codes.
 //! - [`service`]: the service REST client (twins, paged queries, direct methods; SAS, timeouts,
 //!   retries with back-off, client-side tier quotas) and the [`service::HubApi`] seam.
 //! - [`rollout`]: the per-policy rollout state machine — candidates, `max_concurrent`,

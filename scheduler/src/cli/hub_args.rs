@@ -128,7 +128,7 @@ impl HubArgs {
     }
 }
 
-/// A tokio runtime for a command: current-thread, because [`super::run`] holds the stderr lock
+/// A tokio runtime for a command: current-thread, because [`super::run()`] holds the stderr lock
 /// while a command runs and log lines written from other threads would wait for it.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

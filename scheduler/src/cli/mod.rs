@@ -1,6 +1,6 @@
 //! The `casement` command line: clap definitions and dispatch, one module per subcommand.
 //!
-//! `main` parses [`Cli`] and calls [`run`]; each subcommand module has an `Args` (the raw flags)
+//! `main` parses [`Cli`] and calls [`run()`]; each subcommand module has an `Args` (the raw flags)
 //! and a `run` that writes to the given output streams and returns the exit code, so the
 //! commands are library code. Exit codes: [`EXIT_OK`] 0, [`EXIT_FINDINGS`] 1 (a check found
 //! something), [`EXIT_INPUT`] 2 (usage or input error; clap's own usage errors exit 2 too).
