@@ -53,12 +53,17 @@ impl From<&SimulatedReboot> for Reboot {
 /// A `reboot` invocation the scheduler made, seen at its hub client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
-    /// When the call started, by the scheduler's clock.
+    /// When the scheduler decided on it, by its clock — or, when only a later observation is
+    /// known, the latest it can have been.
     pub at: DateTime<Utc>,
+    /// The earliest the decision can have been (`at` when it is known exactly).
+    pub earliest: DateTime<Utc>,
     /// The device.
     pub device: String,
     /// The policy named in the payload.
     pub policy: String,
+    /// The occurrence named in the payload.
+    pub occurrence: Option<DateTime<Utc>>,
 }
 
 /// A stretch of time in which the test kept one device off the network on purpose.
@@ -105,9 +110,10 @@ pub struct Facts {
     pub reboot_time: TimeDelta,
     /// The largest device clock skew.
     pub max_skew: TimeDelta,
-    /// How far an invocation's recorded instant may trail the scheduler's decision (the
-    /// recording happens in the call task, a moment later).
-    pub record_slack: TimeDelta,
+    /// How long a device may take from accepting a reboot (when the gate checks the time left)
+    /// to losing power (when the ground truth records it): it persists its state, answers and
+    /// reports first.
+    pub power_off_lag: TimeDelta,
 }
 
 /// A broken invariant.
@@ -339,7 +345,7 @@ impl Facts {
             let expected_duration =
                 TimeDelta::from_std(policy.reboot().expected_duration).unwrap_or(TimeDelta::MAX);
             // The power goes a moment after the gate accepted; allow that moment.
-            if reboot.device_time + expected_duration > window.closes_at + self.record_slack {
+            if reboot.device_time + expected_duration > window.closes_at + self.power_off_lag {
                 out.push(outside(format!(
                     "less than the expected duration was left (window closes {})",
                     window.closes_at
@@ -417,27 +423,27 @@ impl Facts {
     }
 
     /// Invariant 3b: under each policy, never more invocations than `max_per_minute` in any
-    /// 60 seconds (the recorded instants trail the decisions by up to `record_slack`, so the
-    /// interval examined is that much shorter).
+    /// 60 seconds. An invocation whose decision instant is only known to lie in
+    /// `[earliest, at]` counts in a minute only when that whole span lies inside it, so an
+    /// uncertain instant can hide a violation but never invent one.
     pub fn check_rate(&self) -> Vec<Violation> {
         let mut out = Vec::new();
-        let span = TimeDelta::seconds(60) - self.record_slack;
+        let minute = TimeDelta::seconds(60);
         for policy in &self.policies {
-            let mut times: Vec<DateTime<Utc>> = self
+            let mut spans: Vec<(DateTime<Utc>, DateTime<Utc>)> = self
                 .invocations
                 .iter()
                 .filter(|i| i.policy == policy.name())
-                .map(|i| i.at)
+                .map(|i| (i.earliest.min(i.at), i.at))
                 .collect();
-            times.sort();
+            spans.sort();
             let max = policy.rollout().max_per_minute;
             let mut worst: Option<(DateTime<Utc>, usize)> = None;
-            let mut end = 0;
-            for (start, from) in times.iter().enumerate() {
-                while end < times.len() && times[end] < *from + span {
-                    end += 1;
-                }
-                let count = end - start;
+            for (from, _) in &spans {
+                let count = spans
+                    .iter()
+                    .filter(|(earliest, at)| earliest >= from && *at < *from + minute)
+                    .count();
                 if count > max as usize && worst.is_none_or(|(_, w)| count > w) {
                     worst = Some((*from, count));
                 }
@@ -454,21 +460,12 @@ impl Facts {
         out
     }
 
-    /// The windows of `policy` for `device` that are judged: opening and closing inside
-    /// [`Facts::judged`].
+    /// The windows of `policy` for `device` that are judged ([`judged_windows`]).
     pub fn judged_windows(&self, policy: &Policy, device: &str) -> Vec<casement_policy::Window> {
-        let Some(zone) = self.window_zone(policy, device) else {
-            return Vec::new();
-        };
-        let (from, to) = self.judged;
-        policy
-            .window()
-            .windows(zone, from - TimeDelta::days(1))
-            .filter(|w| w.kind.opens())
-            .map(|w| w.window)
-            .take_while(|w| w.opens_at < to)
-            .filter(|w| w.opens_at >= from && w.closes_at <= to)
-            .collect()
+        match self.window_zone(policy, device) {
+            Some(zone) => judged_windows(policy, zone, self.judged),
+            None => Vec::new(),
+        }
     }
 
     /// Whether the test kept `device` off the network at any time in `[from, to)`.
@@ -581,7 +578,7 @@ impl Facts {
                     // lastReboot is the device's own clock when it accepted, a moment before
                     // the power went.
                     let close = report.last_reboot.is_some_and(|t| {
-                        t <= truth.device_time && truth.device_time - t <= self.record_slack
+                        t <= truth.device_time && truth.device_time - t <= self.power_off_lag
                     });
                     if !close {
                         out.push(twin_err(format!(
@@ -674,6 +671,24 @@ impl Facts {
         }
         out
     }
+}
+
+/// The windows of `policy` in `zone` that open at or after `judged.0` and close at or before
+/// `judged.1` (blackout dates skipped).
+pub fn judged_windows(
+    policy: &Policy,
+    zone: Tz,
+    judged: (DateTime<Utc>, DateTime<Utc>),
+) -> Vec<casement_policy::Window> {
+    let (from, to) = judged;
+    policy
+        .window()
+        .windows(zone, from - TimeDelta::days(1))
+        .filter(|w| w.kind.opens())
+        .map(|w| w.window)
+        .take_while(|w| w.opens_at < to)
+        .filter(|w| w.opens_at >= from && w.closes_at <= to)
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,9 +1,14 @@
 //! Whole-system tests of Casement, and the tools they need: the real hub, agents and scheduler
 //! run in-process on `127.0.0.1:0`, with faults injected between them.
 //!
-//! The tests themselves are in `tests/`: `proxy.rs` (the fault proxy, mode by mode),
-//! `bad_input.rs` (invalid input across the whole surface, and the system still working after
-//! it) and `scenario.rs` (the seeded fleet run whose invariants are asserted).
+//! The tests themselves are in `tests/`: `proxy.rs` (the fault proxy, mode by mode, on real
+//! sockets), `bad_input.rs` (invalid input across the whole surface — policy files through the
+//! `casement` command line, twin patches read by a real agent, MQTT bytes, REST bodies and
+//! queries, SAS tokens — each with its documented error and the system still working after it)
+//! and `scenario.rs` (the seeded fleet run whose invariants are asserted).
+//!
+//! Randomised tests print their seed; `CASEMENT_SEED=<seed>` replays one. `RUST_LOG` turns on
+//! the components' logs ([`init_tracing`]).
 //!
 //! # Layout
 //! - [`proxy`]: a TCP fault proxy on loopback (pass, delay, blackhole, cut, refuse, rules on a

@@ -1197,10 +1197,17 @@ max_concurrent = 5
         let seed = Seed::from_env_or_random();
         let _replay = seed.replay_hint("bad_input", "randomly_damaged_policy_files");
         let mut rng = seed.rng("policy-files");
-        let examples: Vec<String> = std::fs::read_dir(repo_policies())
+        // The example policy files, in name order (so a seed replays the same rounds).
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(repo_policies())
             .expect("policies/")
             .flatten()
-            .map(|e| std::fs::read_to_string(e.path()).expect("read"))
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+            .collect();
+        paths.sort();
+        let examples: Vec<String> = paths
+            .iter()
+            .map(|p| std::fs::read_to_string(p).expect("read"))
             .collect();
         assert!(examples.len() >= 3);
         for round in 0..150 {

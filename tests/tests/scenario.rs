@@ -16,8 +16,26 @@ fn env_number(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_invariants_hold_for_a_fleet_under_faults() {
+/// The run happens on its own runtime, in a task: a panic inside it comes back as an error
+/// here (not as an unwind through the runtime), and the runtime is shut down with a time limit,
+/// so a failure ends the test instead of hanging it.
+fn run_scenario(config: ScenarioConfig) -> scenario::ScenarioOutcome {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let outcome = runtime.block_on(async { tokio::spawn(scenario::run(config)).await });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(10));
+    match outcome {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => panic!("the scenario could not run: {e}"),
+        Err(e) => panic!("the scenario panicked: {e}"),
+    }
+}
+
+#[test]
+fn the_invariants_hold_for_a_fleet_under_faults() {
     casement_tests::init_tracing();
     let seed = Seed::from_env_or_random();
     let _replay = seed.replay_hint("scenario", "the_invariants_hold_for_a_fleet_under_faults");
@@ -29,7 +47,7 @@ async fn the_invariants_hold_for_a_fleet_under_faults() {
         config.speed = u32::try_from(speed).unwrap_or(config.speed);
     }
     let devices = config.devices;
-    let outcome = scenario::run(config).await.expect("the scenario runs");
+    let outcome = run_scenario(config);
 
     eprintln!("faults:\n  {}", outcome.timeline.join("\n  "));
     eprintln!("{:#?}", outcome.stats);
@@ -49,7 +67,10 @@ async fn the_invariants_hold_for_a_fleet_under_faults() {
     // The run was not vacuous: what the invariants were checked against really happened.
     let stats = &outcome.stats;
     assert!(devices >= 500 || std::env::var("CASEMENT_SCENARIO_DEVICES").is_ok());
-    assert_eq!(stats.scheduler_restarts, 2, "the scheduler was killed twice");
+    assert_eq!(
+        stats.scheduler_restarts, 2,
+        "the scheduler was killed twice"
+    );
     assert_eq!(stats.hub_restarts, 1, "the hub was restarted");
     assert!(stats.outages > 0, "some devices lost their network");
     // Every device has at least one judged window; the New York ones three.
@@ -59,6 +80,26 @@ async fn the_invariants_hold_for_a_fleet_under_faults() {
         stats.reboots
     );
     assert!(stats.invocations >= stats.reboots);
+    // The scheduler was killed and the hub restarted in the middle of waves: devices were
+    // rebooting in the minutes before and after each.
+    for (what, at) in &stats.disruptions {
+        let near = |from: chrono::TimeDelta, to: chrono::TimeDelta| {
+            outcome
+                .facts
+                .reboots
+                .iter()
+                .filter(|r| r.at >= *at + from && r.at < *at + to)
+                .count()
+        };
+        let (before, after) = (
+            near(-chrono::TimeDelta::minutes(2), chrono::TimeDelta::zero()),
+            near(chrono::TimeDelta::zero(), chrono::TimeDelta::minutes(3)),
+        );
+        assert!(
+            before > 0 && after > 0,
+            "{what} at {at}: {before} reboots in the 2 minutes before, {after} in the 3 after"
+        );
+    }
     for policy in &outcome.facts.policies {
         let n = outcome
             .facts
@@ -105,7 +146,10 @@ async fn the_invariants_hold_for_a_fleet_under_faults() {
             other => panic!("{} in {other} rebooted under europe-nightly", r.device),
         }
     }
-    assert!(seen[0] > 0 && seen[1] > 0, "reboots on the DST night: {seen:?}");
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "reboots on the DST night: {seen:?}"
+    );
     // The report covered every device with a policy, at the end of the run.
     assert_eq!(outcome.report.devices.len(), outcome.facts.assignment.len());
     assert!(outcome.report.generated_at <= Utc::now() + chrono::TimeDelta::days(365));
