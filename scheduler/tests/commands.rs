@@ -301,3 +301,50 @@ async fn report_exits_1_under_the_threshold_and_finds_the_local_hub() {
     );
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_and_twin_show_read_the_hub_and_a_bad_query_names_its_column() {
+    let s = setup().await;
+    s.hub
+        .create_device("gw-1", json!({"role": "gateway"}))
+        .await
+        .unwrap();
+    s.hub
+        .create_device("pos-1", json!({"role": "pos"}))
+        .await
+        .unwrap();
+
+    let out = s
+        .run(&[
+            "query",
+            "SELECT deviceId FROM devices WHERE tags.role = 'gateway'",
+        ])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let items: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(items, json!([{"deviceId": "gw-1"}]));
+
+    let out = s
+        .run(&["query", "SELECT * FROM devices WHERE tags.role 'pos'"])
+        .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("bad query: column 39"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = s.run(&["twin", "show", "pos-1"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let twin: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(twin["deviceId"], "pos-1");
+    assert_eq!(twin["tags"]["role"], "pos");
+
+    let out = s.run(&["twin", "show", "nosuch"]).await;
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("DeviceNotFound"),
+        "{}",
+        text(&out.stderr)
+    );
+}

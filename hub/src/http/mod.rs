@@ -204,7 +204,10 @@ pub(crate) fn json_body<T: DeserializeOwned>(
     if !value.is_object() {
         return Err(ApiError::new(
             ErrorCode::IotHubFormatError,
-            format!("{what}: the body must be a JSON object, not {}", json_kind(&value)),
+            format!(
+                "{what}: the body must be a JSON object, not {}",
+                json_kind(&value)
+            ),
         ));
     }
     serde_json::from_value(value).map_err(|e| {

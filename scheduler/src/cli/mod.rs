@@ -16,6 +16,7 @@ pub mod hub;
 pub mod hub_args;
 pub mod report;
 pub mod run;
+pub mod twin;
 pub mod validate;
 pub mod windows;
 
@@ -71,6 +72,10 @@ pub enum Command {
     /// Run a local IoT Hub (MQTT + HTTPS, twins, methods, queries) for development and tests.
     #[command(long_about = hub::ABOUT)]
     Hub(hub::Args),
+    /// Run an IoT Hub query against the hub (all pages) and print the results as JSON.
+    Query(twin::QueryArgs),
+    /// Show a device twin.
+    Twin(twin::TwinArgs),
 }
 
 /// Runs a parsed command line against the process's stdout and stderr.
@@ -95,6 +100,8 @@ pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::R
         Command::Report(args) => report::run(&args, out, err),
         Command::Demo(args) => demo::run(&args, out, err),
         Command::Hub(args) => hub::run(&args, out, err),
+        Command::Query(args) => twin::query(&args, out, err),
+        Command::Twin(args) => twin::twin(&args, out, err),
     }
 }
 
