@@ -105,7 +105,7 @@ impl Store {
                 PathBuf::from("(temporary)"),
             ),
         };
-        let db = config.open().map_err(|source| StoreError::Open {
+        let db = open_with_lock_retry(&config).map_err(|source| StoreError::Open {
             path: path.clone(),
             source,
         })?;
@@ -293,6 +293,28 @@ fn load_all<T: DeserializeOwned>(
         );
     }
     Ok(out)
+}
+
+/// How long [`Store::open`] waits for another holder of the database's file lock to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens the database, waiting up to [`LOCK_WAIT`] for its file lock: sled's background
+/// threads release a dropped database's lock a moment after the drop, so a hub restarted at once
+/// on the same data dir (and every test that reopens one) would otherwise fail at random.
+/// Another running hub still fails, after the wait.
+fn open_with_lock_retry(config: &sled::Config) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]
