@@ -262,6 +262,10 @@ enum DeviceState {
     Unresolved { at: DateTime<Utc> },
     /// Accepted; completion not seen yet (in flight).
     Rebooting { accepted_at: DateTime<Utc> },
+    /// Accepted, and no completion within the completion timeout: counted as a failure, but
+    /// the device may still be down, so it keeps its `max_concurrent` slot until the twin shows
+    /// it back (completed or failed) or its window closes and the completion bound passes.
+    TimedOut,
     /// Done for this occurrence, one way or the other.
     Done { completed: bool },
 }
@@ -273,6 +277,7 @@ impl DeviceState {
             DeviceState::Invoking { .. }
                 | DeviceState::Unresolved { .. }
                 | DeviceState::Rebooting { .. }
+                | DeviceState::TimedOut
         )
     }
 }
@@ -649,9 +654,18 @@ impl PolicyRollout {
                 let mut failed = false;
                 let changed = match (status, &dev.state) {
                     (_, DeviceState::Done { .. }) => false,
+                    (Some(RebootStatus::Completed), DeviceState::TimedOut) => {
+                        // Back after all: the slot is free; the failure stays counted.
+                        dev.state = DeviceState::Done { completed: false };
+                        true
+                    }
                     (Some(RebootStatus::Completed), _) => {
                         dev.state = DeviceState::Done { completed: true };
                         dev.detail = EntryState::Completed;
+                        true
+                    }
+                    (Some(RebootStatus::Failed), DeviceState::TimedOut) => {
+                        dev.state = DeviceState::Done { completed: false };
                         true
                     }
                     (Some(RebootStatus::Failed), _) => {
@@ -661,7 +675,12 @@ impl PolicyRollout {
                         failed = true;
                         true
                     }
-                    (_, DeviceState::Rebooting { .. } | DeviceState::Invoking { .. }) => false,
+                    (
+                        _,
+                        DeviceState::Rebooting { .. }
+                        | DeviceState::Invoking { .. }
+                        | DeviceState::TimedOut,
+                    ) => false,
                     _ => {
                         // Unresolved, retrying or eligible, and the twin says it is rebooting
                         // for this occurrence: it was accepted.
@@ -701,7 +720,8 @@ impl PolicyRollout {
                 }
                 DeviceState::Done { .. }
                 | DeviceState::Invoking { .. }
-                | DeviceState::Rebooting { .. } => return,
+                | DeviceState::Rebooting { .. }
+                | DeviceState::TimedOut => return,
             }
         }
         if let Some(window) = candidate {
@@ -794,12 +814,23 @@ impl PolicyRollout {
             })
             .map(|(id, _)| id.clone())
             .collect();
+        // Timed-out reboots give their slot back once their occurrence is over.
+        let bound = self.completion_bound();
+        for d in self.devices.values_mut() {
+            if matches!(d.state, DeviceState::TimedOut) && now >= d.window.closes_at + bound {
+                d.state = DeviceState::Done { completed: false };
+            }
+        }
         for id in timed_out {
             let Some(dev) = self.devices.get_mut(&id) else {
                 continue;
             };
             let window = dev.window;
-            dev.state = DeviceState::Done { completed: false };
+            dev.state = if matches!(dev.state, DeviceState::Rebooting { .. }) {
+                DeviceState::TimedOut
+            } else {
+                DeviceState::Done { completed: false }
+            };
             dev.failures += 1;
             dev.detail =
                 EntryState::Failed(format!("no completion within {}s", timeout.num_seconds()));

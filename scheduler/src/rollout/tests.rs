@@ -406,7 +406,8 @@ fn no_completion_within_the_bound_is_a_failure() {
     let recs = records(&r.tick(NOW() + TimeDelta::minutes(7)));
     assert_eq!(recs.len(), 1);
     assert!(matches!(recs[0].state, EntryState::Failed(_)));
-    assert_eq!(r.in_flight_count(), 0);
+    // It may still be down: it keeps its slot until its window is over.
+    assert_eq!(r.in_flight_count(), 1);
     // ... and it is not invoked again in this occurrence.
     assert!(invoked_ids(&r.observe(NOW() + TimeDelta::minutes(8), &[obs("d1")], true)).is_empty());
 }
@@ -629,4 +630,36 @@ fn backoff_doubles_and_caps() {
     assert_eq!(backoff(&c, 3), TimeDelta::seconds(60));
     assert_eq!(backoff(&c, 10), TimeDelta::seconds(300));
     assert_eq!(backoff(&c, u32::MAX), TimeDelta::seconds(300));
+}
+
+/// Invariant 3 under a completion timeout: a device that has not come back may still be down,
+/// so the next device starts only when the twin shows it back (or its window is over).
+#[test]
+fn a_timed_out_reboot_keeps_its_slot_until_the_device_is_back() {
+    let mut r = rollout(limits(1, 1000, MaxFailures::Count(100)));
+    let devices = fleet(2);
+    assert_eq!(invoked_ids(&r.observe(NOW(), &devices, true)), ["d000"]);
+    let _ = r.invoked(NOW(), "d000", window(), MethodOutcome::Accepted);
+    // Past expected 5 min + grace 2 min: a failure, but no new invocation.
+    let later = NOW() + TimeDelta::minutes(8);
+    let a = r.observe(later, &devices, true);
+    assert!(matches!(records(&a)[0].state, EntryState::Failed(_)));
+    assert!(invoked_ids(&a).is_empty());
+    assert!(invoked_ids(&r.observe(later + TimeDelta::minutes(5), &devices, true)).is_empty());
+    // The device reports its reboot completed: the slot is free, d001 starts.
+    let mut seen = devices.clone();
+    seen[0] = rebooted("d000", RebootStatus::Completed, later);
+    let a = r.observe(later + TimeDelta::minutes(6), &seen, true);
+    assert_eq!(invoked_ids(&a), ["d001"]);
+}
+
+#[test]
+fn a_timed_out_reboot_gives_its_slot_back_when_its_occurrence_is_over() {
+    let mut r = rollout(limits(1, 1000, MaxFailures::Count(100)));
+    let _ = r.observe(NOW(), &[obs("d1")], true);
+    let _ = r.invoked(NOW(), "d1", window(), MethodOutcome::Accepted);
+    let _ = r.tick(NOW() + TimeDelta::minutes(8));
+    assert_eq!(r.in_flight_count(), 1);
+    let _ = r.tick(window().closes_at + TimeDelta::hours(1));
+    assert_eq!(r.in_flight_count(), 0);
 }
