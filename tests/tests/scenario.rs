@@ -34,13 +34,7 @@ fn run_scenario(config: ScenarioConfig) -> scenario::ScenarioOutcome {
     }
 }
 
-// Known failure, not yet fixed: with CASEMENT_SEED=14430238315762676582 one run saw 29 devices
-// rebooting at once under apac-utc (max_concurrent 20). The suspect is the scheduler freeing a
-// slot when a reboot's completion times out while the device is still down (see the session
-// note on the scheduler issue). Run it with `cargo test -p casement-tests --test scenario --
-// --ignored`; it passes for most seeds (1-4 and several random ones).
 #[test]
-#[ignore = "known invariant-3 violation for some seeds (max_concurrent exceeded after completion timeouts); run with --ignored"]
 fn the_invariants_hold_for_a_fleet_under_faults() {
     casement_tests::init_tracing();
     let seed = Seed::from_env_or_random();
