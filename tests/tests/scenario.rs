@@ -95,6 +95,9 @@ fn the_invariants_hold_for_a_fleet_under_faults() {
             near(-chrono::TimeDelta::minutes(2), chrono::TimeDelta::zero()),
             near(chrono::TimeDelta::zero(), chrono::TimeDelta::minutes(3)),
         );
+        eprintln!(
+            "{what} at {at}: {before} reboots in the 2 minutes before, {after} in the 3 after"
+        );
         assert!(
             before > 0 && after > 0,
             "{what} at {at}: {before} reboots in the 2 minutes before, {after} in the 3 after"
