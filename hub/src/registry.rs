@@ -7,6 +7,7 @@
 //! callback *under* the lock, so devices see them in `$version` order.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use base64::Engine as _;
@@ -79,6 +80,17 @@ pub(crate) struct TwinUpdate {
     pub(crate) tags: Option<Value>,
     /// `properties.desired` from the body, if present.
     pub(crate) desired: Option<Value>,
+}
+
+/// One page of [`Registry::scan_twins`].
+#[derive(Debug, Default)]
+pub(crate) struct TwinScan {
+    /// The page's items, in id order.
+    pub(crate) items: Vec<Value>,
+    /// The id of the twin that gave the last item, when the page is full.
+    pub(crate) last: Option<String>,
+    /// Whether a twin after `last` yields an item too.
+    pub(crate) more: bool,
 }
 
 /// The registry.
@@ -277,6 +289,38 @@ impl Registry {
     /// Every twin, in id order (for queries).
     pub(crate) fn twins(&self) -> Vec<Value> {
         self.read().values().map(twin_json).collect()
+    }
+
+    /// One page of a per-twin query: `item` run over the twins in id order after the id
+    /// `after` (from the start when `None`) until it has yielded `limit` items. Reads only as
+    /// far as the page needs, plus the look-ahead to the next yielding twin that tells whether
+    /// there is another page.
+    pub(crate) fn scan_twins(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        item: impl Fn(&Value) -> Option<Value>,
+    ) -> TwinScan {
+        let entries = self.read();
+        let mut rest = match after {
+            Some(id) => entries.range::<str, _>((Bound::Excluded(id), Bound::Unbounded)),
+            None => entries.range::<str, _>(..),
+        };
+        let mut scan = TwinScan::default();
+        if limit == 0 {
+            return scan;
+        }
+        for (id, entry) in rest.by_ref() {
+            if let Some(found) = item(&twin_json(entry)) {
+                scan.items.push(found);
+                if scan.items.len() == limit {
+                    scan.last = Some(id.clone());
+                    break;
+                }
+            }
+        }
+        scan.more = scan.last.is_some() && rest.any(|(_, entry)| item(&twin_json(entry)).is_some());
+        scan
     }
 
     /// The MQTT twin GET body: `{"desired":{…,"$version":N},"reported":{…,"$version":M}}`.

@@ -32,6 +32,72 @@ pub(crate) fn output_names(items: &[SelectItem]) -> Vec<String> {
         .collect()
 }
 
+/// Whether the query computes its items from each twin alone (no `GROUP BY`, no aggregate).
+pub(crate) fn is_per_twin(query: &Query) -> bool {
+    match &query.select {
+        Select::All => true,
+        Select::Items(items) => {
+            query.group_by.is_empty()
+                && !items
+                    .iter()
+                    .any(|i| matches!(i.value, Projection::Aggregate(_)))
+        }
+    }
+}
+
+/// The item a per-twin query yields for `twin`: `None` when the twin does not match.
+/// `names` are [`output_names`] of a projection (unused for `SELECT *`).
+fn row(query: &Query, names: &[String], twin: &Value) -> Option<Value> {
+    if !query.condition.as_ref().is_none_or(|c| matches(c, twin)) {
+        return None;
+    }
+    let items = match &query.select {
+        Select::All => return Some(twin.clone()),
+        Select::Items(items) => items,
+    };
+    let mut out = Map::new();
+    for (item, name) in items.iter().zip(names) {
+        if let Projection::Expr(expr) = &item.value
+            && let Some(value) = eval(expr, twin)
+        {
+            out.insert(name.clone(), value.into_owned());
+        }
+    }
+    Some(Value::Object(out))
+}
+
+/// A per-twin query (no `GROUP BY`, no aggregate) prepared to run one twin at a time, so a caller
+/// can page through a large fleet without evaluating all of it for every page. Made by
+/// [`Query::rows`](super::Query::rows).
+#[derive(Debug)]
+pub struct Rows<'q> {
+    query: &'q Query,
+    names: Vec<String>,
+}
+
+impl<'q> Rows<'q> {
+    pub(crate) fn new(query: &'q Query) -> Self {
+        let names = match &query.select {
+            Select::All => Vec::new(),
+            Select::Items(items) => output_names(items),
+        };
+        Rows { query, names }
+    }
+
+    /// The item the query yields for `twin` (service REST twin JSON), or `None` when the twin
+    /// does not satisfy the `WHERE` condition. `TOP` is the caller's to apply.
+    pub fn item(&self, twin: &Value) -> Option<Value> {
+        row(self.query, &self.names, twin)
+    }
+}
+
+pub(crate) fn item_type(query: &Query) -> ItemType {
+    match query.select {
+        Select::All => ItemType::Twin,
+        Select::Items(_) => ItemType::Raw,
+    }
+}
+
 pub(crate) fn execute<'a>(
     query: &Query,
     twins: impl IntoIterator<Item = &'a Value>,
@@ -39,50 +105,29 @@ pub(crate) fn execute<'a>(
     let top = query
         .top
         .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
-    let selected = twins
-        .into_iter()
-        .filter(|twin| query.condition.as_ref().is_none_or(|c| matches(c, twin)));
+    let item_type = item_type(query);
     let items = match &query.select {
-        Select::All => {
-            let items = selected.take(top).cloned().collect();
-            return QueryOutput {
-                item_type: ItemType::Twin,
-                items,
-            };
+        Select::Items(items) if !is_per_twin(query) => {
+            let names = output_names(items);
+            let selected = twins
+                .into_iter()
+                .filter(|twin| query.condition.as_ref().is_none_or(|c| matches(c, twin)));
+            group(selected, &query.group_by)
+                .iter()
+                .take(top)
+                .map(|group| aggregate_row(items, &names, &query.group_by, group))
+                .collect()
         }
-        Select::Items(items) => items,
+        _ => {
+            let rows = Rows::new(query);
+            twins
+                .into_iter()
+                .filter_map(|twin| rows.item(twin))
+                .take(top)
+                .collect()
+        }
     };
-    let names = output_names(items);
-    let aggregating = !query.group_by.is_empty()
-        || items
-            .iter()
-            .any(|i| matches!(i.value, Projection::Aggregate(_)));
-    let rows = if aggregating {
-        group(selected, &query.group_by)
-            .iter()
-            .take(top)
-            .map(|group| aggregate_row(items, &names, &query.group_by, group))
-            .collect()
-    } else {
-        selected
-            .take(top)
-            .map(|twin| {
-                let mut row = Map::new();
-                for (item, name) in items.iter().zip(&names) {
-                    if let Projection::Expr(expr) = &item.value
-                        && let Some(value) = eval(expr, twin)
-                    {
-                        row.insert(name.clone(), value.into_owned());
-                    }
-                }
-                Value::Object(row)
-            })
-            .collect()
-    };
-    QueryOutput {
-        item_type: ItemType::Raw,
-        items: rows,
-    }
+    QueryOutput { item_type, items }
 }
 
 /// Twins sharing the values of the GROUP BY attributes.

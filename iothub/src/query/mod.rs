@@ -56,7 +56,9 @@
 //! - `AVG` and `SUM` use the numeric values (`SUM` of none is 0, `AVG` of none is undefined);
 //!   `MIN` and `MAX` order primitives as `null < false < true < numbers < strings`.
 //!
-//! Paging is the caller's business: [`QueryOutput::items`] holds every result.
+//! Paging is the caller's business: [`QueryOutput::items`] holds every result. A query whose
+//! items each come from one twin ([`Query::rows`]) can instead be run a twin at a time, so a
+//! pager can resume after the last twin it read instead of re-running the query per page.
 //!
 //! # Layout
 //! - [`ast`]: the syntax tree and its canonical printing.
@@ -68,6 +70,8 @@ pub mod ast;
 mod eval;
 mod lexer;
 mod parser;
+
+pub use eval::Rows;
 
 pub use ast::{
     Aggregate, ArithOp, Call, Collection, CompareOp, Condition, Expr, Function, Literal, Path,
@@ -158,6 +162,29 @@ impl Query {
         twins: impl IntoIterator<Item = &'a serde_json::Value>,
     ) -> Result<QueryOutput, QueryError> {
         Ok(eval::execute(self, twins))
+    }
+
+    /// What the items are: whole twins for `SELECT *`, else projections.
+    pub fn item_type(&self) -> ItemType {
+        eval::item_type(self)
+    }
+
+    /// The query prepared to run one twin at a time, when each item comes from one twin alone
+    /// (no `GROUP BY`, no aggregate); `None` for an aggregating query, which needs all of them.
+    ///
+    /// ```
+    /// use casement_iothub::query;
+    /// use serde_json::json;
+    ///
+    /// let q = query::parse("SELECT deviceId FROM devices WHERE tags.env = 'prod'").unwrap();
+    /// let rows = q.rows().unwrap();
+    /// assert_eq!(rows.item(&json!({"deviceId": "d1", "tags": {"env": "prod"}})),
+    ///            Some(json!({"deviceId": "d1"})));
+    /// assert_eq!(rows.item(&json!({"deviceId": "d2", "tags": {"env": "test"}})), None);
+    /// assert!(query::parse("SELECT COUNT() FROM devices").unwrap().rows().is_none());
+    /// ```
+    pub fn rows(&self) -> Option<Rows<'_>> {
+        eval::is_per_twin(self).then(|| Rows::new(self))
     }
 }
 
