@@ -37,14 +37,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
-        let hint = if bad.is_ascii_uppercase() || bad == '_' || bad == ' ' || bad == '.' {
-            format!(
-                " (try \"{}\")",
-                name.to_ascii_lowercase().replace(['_', ' ', '.'], "-")
-            )
-        } else {
-            String::new()
-        };
+        let hint = suggest_name(name)
+            .map(|s| format!(" (try \"{s}\")"))
+            .unwrap_or_default();
         return Err(format!(
             "invalid character {bad:?} in name \"{name}\": use a-z, 0-9 and -{hint}"
         ));
@@ -53,6 +48,22 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err(format!("name \"{name}\" must not start or end with '-'"));
     }
     Ok(())
+}
+
+/// A valid name close to `name`: lower case, every run of other characters one `-`, no `-` at
+/// either end, at most [`MAX_NAME_LEN`] long; `None` when nothing of it is left.
+fn suggest_name(name: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in name.chars().map(|c| c.to_ascii_lowercase()) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    out.truncate(MAX_NAME_LEN);
+    let out = out.trim_end_matches('-');
+    (!out.is_empty()).then(|| out.to_owned())
 }
 
 /// How a reboot is started.
@@ -393,6 +404,29 @@ mod tests {
                 .contains("at most 63")
         );
         assert!(validate_name("café").is_err());
+    }
+
+    #[test]
+    fn the_suggested_name_is_itself_valid() {
+        for (bad, suggested) in [
+            ("../../etc/passwd", Some("etc-passwd")),
+            ("Store Gateways (EU)", Some("store-gateways-eu")),
+            ("-_x_-", Some("x")),
+            ("café-night", Some("caf-night")),
+            ("///", None),
+        ] {
+            let message = validate_name(bad).unwrap_err();
+            match suggested {
+                Some(name) => {
+                    assert!(message.contains(&format!("(try \"{name}\")")), "{message}");
+                    assert_eq!(validate_name(name), Ok(()));
+                }
+                None => assert!(!message.contains("try"), "{message}"),
+            }
+        }
+        let long = format!("{}.x", "a".repeat(62));
+        let message = validate_name(&long).unwrap_err();
+        assert!(message.contains("at most 63"), "{message}");
     }
 
     #[test]
