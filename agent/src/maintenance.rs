@@ -9,7 +9,7 @@
 //! the scheduler calls.
 
 use casement_policy::maintenance::{
-    DesiredMaintenance, MAINTENANCE, MaintenancePlan, MaintenanceStatus, ReportedMaintenance,
+    self, DesiredMaintenance, MAINTENANCE, MaintenancePlan, MaintenanceStatus, ReportedMaintenance,
     ReportedWindow,
 };
 use casement_policy::window::WindowState;
@@ -262,13 +262,8 @@ fn parse(value: &Value) -> Result<Applied, (String, String, String)> {
             .unwrap_or_default()
             .to_owned()
     };
-    let desired: DesiredMaintenance = serde_json::from_value(value.clone()).map_err(|err| {
-        (
-            text("policy"),
-            text("revision"),
-            format!("maintenance: {err}"),
-        )
-    })?;
+    let desired: DesiredMaintenance = maintenance::parse_section(MAINTENANCE, value)
+        .map_err(|err| (text("policy"), text("revision"), err.to_string()))?;
     let plan = desired.validate().map_err(|err| {
         (
             desired.policy.clone(),
@@ -404,6 +399,23 @@ mod tests {
         let outcome = state.apply_desired(Some(&json!({"policy": "weekly", "revision": 7})));
         assert!(
             matches!(&outcome, ApplyOutcome::Rejected { policy, kept: None, .. } if policy == "weekly")
+        );
+        // The error names the offending field, so an operator reading the twin can fix it.
+        let ApplyOutcome::Rejected { error, .. } = &outcome else {
+            unreachable!("matched above")
+        };
+        assert!(
+            error.starts_with("maintenance.revision: invalid type: integer `7`"),
+            "{error}"
+        );
+        let mut nested = desired("aa01", "0 2 * * SUN");
+        nested["window"]["durationSeconds"] = json!("2h");
+        let ApplyOutcome::Rejected { error, .. } = state.apply_desired(Some(&nested)) else {
+            panic!("a string duration is rejected")
+        };
+        assert!(
+            error.starts_with("maintenance.window.durationSeconds: invalid type: string \"2h\""),
+            "{error}"
         );
         let (patch, window) = state.report(saturday());
         assert_eq!(patch["maintenance"]["status"], "rejected");

@@ -127,8 +127,8 @@ impl RebootRequest {
                 ));
             }
         }
-        let request: maintenance::RebootRequest = serde_json::from_value(Value::Object(object))
-            .map_err(|err| {
+        let request: maintenance::RebootRequest =
+            maintenance::parse_section("payload", &Value::Object(object)).map_err(|err| {
                 format!(
                     "{err}: send {{\"policy\",\"revision\",\"occurrence\"}}, null for the current window, \
                      or {{\"force\":true,\"reason\":\"…\"}}"

@@ -57,7 +57,7 @@ pub use duration::{format_duration, parse_duration};
 pub use file::{Diagnostic, load, load_file, parse_policy};
 pub use maintenance::{
     DesiredMaintenance, MaintenanceError, MaintenancePlan, MaintenanceStatus, RebootReport,
-    RebootRequest, RebootStatus, ReportedMaintenance, ReportedWindow,
+    RebootRequest, RebootStatus, ReportedMaintenance, ReportedWindow, SchemaError,
 };
 pub use policy::{MaxFailures, Policy, PolicySet, RebootSettings, Revision, Rollout};
 pub use schedule::Schedule;

@@ -240,8 +240,8 @@ impl DesiredMaintenance {
 
     /// Reads `maintenance` from a twin's desired properties (the `properties.desired` object).
     /// `None` when absent or `null` (no policy targets the device).
-    pub fn from_desired(desired: &Value) -> Option<Result<Self, serde_json::Error>> {
-        from_section(desired.get(MAINTENANCE)?)
+    pub fn from_desired(desired: &Value) -> Option<Result<Self, SchemaError>> {
+        from_section(MAINTENANCE, desired.get(MAINTENANCE)?)
     }
 
     /// The desired patch that sets this policy: `{"maintenance": {…}}`.
@@ -261,13 +261,48 @@ impl DesiredMaintenance {
 }
 
 fn from_section<T: serde::de::DeserializeOwned>(
+    section: &str,
     value: &Value,
-) -> Option<Result<T, serde_json::Error>> {
+) -> Option<Result<T, SchemaError>> {
     if value.is_null() {
         None
     } else {
-        Some(serde_json::from_value(value.clone()))
+        Some(parse_section(section, value))
     }
+}
+
+/// A twin section that does not follow the schema: the JSON path of the offending value and
+/// what is wrong with it, e.g. `maintenance.window.durationSeconds: invalid type: string
+/// "2h", expected u64`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct SchemaError {
+    /// Where, from the twin property down (`maintenance.revision`).
+    pub path: String,
+    /// What is wrong, as serde says it.
+    pub message: String,
+}
+
+/// Reads one section of the schema (named `section`, e.g. [`MAINTENANCE`], for the error's
+/// path) from its JSON.
+///
+/// # Errors
+/// A [`SchemaError`] naming the path of the first value that does not fit.
+pub fn parse_section<T: serde::de::DeserializeOwned>(
+    section: &str,
+    value: &Value,
+) -> Result<T, SchemaError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let inner = err.path().to_string();
+        SchemaError {
+            path: if inner == "." || inner.is_empty() {
+                section.to_owned()
+            } else {
+                format!("{section}.{inner}")
+            },
+            message: err.into_inner().to_string(),
+        }
+    })
 }
 
 /// Whether the device applied the desired policy.
@@ -326,8 +361,8 @@ impl From<crate::window::WindowState> for ReportedWindow {
 
 impl ReportedMaintenance {
     /// Reads `maintenance` from a twin's reported properties (the `properties.reported` object).
-    pub fn from_reported(reported: &Value) -> Option<Result<Self, serde_json::Error>> {
-        from_section(reported.get(MAINTENANCE)?)
+    pub fn from_reported(reported: &Value) -> Option<Result<Self, SchemaError>> {
+        from_section(MAINTENANCE, reported.get(MAINTENANCE)?)
     }
 
     /// The reported patch: `{"maintenance": {…}}`.
@@ -385,8 +420,8 @@ pub struct RebootReport {
 
 impl RebootReport {
     /// Reads `iothubDM.reboot` from a twin's reported properties.
-    pub fn from_reported(reported: &Value) -> Option<Result<Self, serde_json::Error>> {
-        from_section(reported.get(IOTHUB_DM)?.get(REBOOT)?)
+    pub fn from_reported(reported: &Value) -> Option<Result<Self, SchemaError>> {
+        from_section("iothubDM.reboot", reported.get(IOTHUB_DM)?.get(REBOOT)?)
     }
 
     /// The reported patch: `{"iothubDM": {"reboot": {…}}}`.

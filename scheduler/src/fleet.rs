@@ -8,7 +8,9 @@
 use casement_iothub::rest::{ConnectionState, Twin};
 use casement_iothub::time::parse_timestamp;
 use casement_policy::maintenance::{MAINTENANCE, paths};
-use casement_policy::{DesiredMaintenance, RebootReport, ReportedMaintenance, WindowSpec};
+use casement_policy::{
+    DesiredMaintenance, RebootReport, ReportedMaintenance, SchemaError, WindowSpec,
+};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
@@ -36,7 +38,7 @@ pub struct TwinView {
     pub reboot: Option<Result<RebootReport, String>>,
 }
 
-fn parse_section<T>(found: Option<Result<T, serde_json::Error>>) -> Option<Result<T, String>> {
+fn parse_section<T>(found: Option<Result<T, SchemaError>>) -> Option<Result<T, String>> {
     found.map(|r| r.map_err(|e| e.to_string()))
 }
 

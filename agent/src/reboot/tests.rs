@@ -123,11 +123,11 @@ fn malformed_payloads_are_explained() {
         (br#"{"policy":"p"}"#, "missing field `revision`"),
         (
             br#"{"policy":"p","revision":"r","occurrence":"yesterday"}"#,
-            "invalid timestamp",
+            "payload.occurrence: invalid timestamp",
         ),
         (
             br#"{"policy":1,"revision":"r","occurrence":"2026-11-29T01:00:00Z"}"#,
-            "invalid type: integer `1`, expected a string",
+            "payload.policy: invalid type: integer `1`, expected a string",
         ),
         (br#"{"force":true}"#, "needs a non-empty \"reason\""),
         (
