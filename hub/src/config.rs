@@ -35,8 +35,15 @@ pub struct Limits {
     pub max_packet_size: usize,
     /// Largest REST request body; bigger gets 413.
     pub max_body_size: usize,
-    /// How long a new MQTT connection may take to send CONNECT (and finish TLS).
+    /// How long a new MQTT connection may take to send CONNECT (and finish TLS); also the
+    /// HTTPS handshake limit.
     pub connect_timeout: Duration,
+    /// How long an HTTP connection may go without a complete request header — idle between
+    /// requests, or trickling one in — before the hub closes it. Longer than the 90 s that
+    /// HTTP clients (reqwest, hyper) keep an idle pooled connection, so a client normally
+    /// closes first; a request in progress (a direct method waiting for its device) is not
+    /// cut.
+    pub http_idle_timeout: Duration,
     /// Packets queued for one device before the hub gives up on it (a device that does not
     /// read its socket is disconnected rather than buffered without bound).
     pub device_queue: usize,
@@ -51,6 +58,7 @@ impl Default for Limits {
             max_packet_size: 256 * 1024 + 8 * 1024,
             max_body_size: 512 * 1024,
             connect_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(100),
             device_queue: 256,
         }
     }

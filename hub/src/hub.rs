@@ -355,27 +355,20 @@ impl Hub {
                         Endpoint::Https => tls.as_ref().map(|t| TlsAcceptor::from(t.https.clone())),
                         _ => None,
                     };
-                    let incoming = listener::http_listener(
+                    let serving = listener::HttpServing {
+                        router: router.clone(),
+                        handshake_timeout: config.limits.connect_timeout,
+                        idle_timeout: config.limits.http_idle_timeout,
+                    };
+                    listener::http_listener(
                         tcp,
                         endpoint,
                         acceptor,
                         http_cap.clone(),
-                        config.limits.connect_timeout,
+                        serving,
                         shutdown.clone(),
                         &tasks,
-                    )
-                    .map_err(|source| listener::BindError {
-                        endpoint,
-                        addr: local,
-                        source,
-                    })?;
-                    let serve = axum::serve(incoming, router.clone())
-                        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-                    tasks.spawn(async move {
-                        if let Err(e) = serve.await {
-                            tracing::error!(%endpoint, error = %e, "HTTP server failed");
-                        }
-                    });
+                    );
                 }
             }
             addrs.set(endpoint, local);
@@ -651,8 +644,8 @@ impl RunningHub {
         if let Err(e) = self.shared.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
-        // axum's connection tasks drop their router (and with it the database handle) just
-        // after they report closed; wait for that so the data directory is unlocked on return.
+        // Tasks spawned by handlers (and a task past its tracker's wait) may still hold the
+        // database handle for a moment; wait for it so the data directory is unlocked on return.
         let store = Arc::downgrade(&self.shared.store);
         drop(self.shared);
         for _ in 0..200 {

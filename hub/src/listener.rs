@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -214,54 +214,29 @@ pub(crate) async fn accept_loop<F>(
 /// Either a plain or a TLS stream, for code that serves both.
 pub(crate) type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
-/// An `axum::serve::Listener` fed by an accept task, so TLS handshakes (and the connection cap)
-/// happen off axum's accept path.
-pub(crate) struct ChannelListener<S> {
-    rx: mpsc::Receiver<(S, SocketAddr)>,
-    local: SocketAddr,
+/// How HTTP(S) connections are served.
+#[derive(Clone)]
+pub(crate) struct HttpServing {
+    /// The REST API.
+    pub(crate) router: axum::Router,
+    /// How long a TLS handshake may take.
+    pub(crate) handshake_timeout: Duration,
+    /// How long a connection may go without a complete request header: the keep-alive idle
+    /// limit, and the bound on a client that trickles its header (slowloris).
+    pub(crate) idle_timeout: Duration,
 }
 
-impl<S> ChannelListener<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    pub(crate) fn new(rx: mpsc::Receiver<(S, SocketAddr)>, local: SocketAddr) -> Self {
-        Self { rx, local }
-    }
-}
-
-impl<S> axum::serve::Listener for ChannelListener<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Io = S;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The accept task has stopped (shutdown): never yield another connection.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-/// Spawns the accept task for an HTTP(S) listener and returns the axum listener it feeds.
+/// Spawns the accept task for an HTTP(S) listener; every connection is served on its own task
+/// in `tasks`, so shutting down waits for them.
 pub(crate) fn http_listener(
     listener: TcpListener,
     endpoint: Endpoint,
     tls: Option<TlsAcceptor>,
     cap: Arc<Semaphore>,
-    handshake_timeout: Duration,
+    serving: HttpServing,
     cancel: CancellationToken,
     tasks: &TaskTracker,
-) -> io::Result<ChannelListener<Counted<HttpStream>>> {
-    let local = listener.local_addr()?;
-    let (tx, rx) = mpsc::channel(64);
+) {
     let inner_tasks = tasks.clone();
     tasks.spawn(accept_loop(
         listener,
@@ -269,20 +244,20 @@ pub(crate) fn http_listener(
         cap,
         cancel.clone(),
         move |stream, peer, permit| {
-            let tx = tx.clone();
+            let serving = serving.clone();
+            let cancel = cancel.clone();
             match &tls {
                 None => {
                     let conn = Counted::new(HttpStream::Plain(stream), permit);
-                    inner_tasks.spawn(async move {
-                        let _ = tx.send((conn, peer)).await;
-                    });
+                    inner_tasks.spawn(serve_http(conn, peer, serving, cancel));
                 }
                 Some(acceptor) => {
                     let acceptor = acceptor.clone();
-                    let cancel = cancel.clone();
                     inner_tasks.spawn(async move {
-                        let handshake =
-                            tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                        let handshake = tokio::time::timeout(
+                            serving.handshake_timeout,
+                            acceptor.accept(stream),
+                        );
                         let stream = tokio::select! {
                             () = cancel.cancelled() => return,
                             r = handshake => r,
@@ -290,7 +265,7 @@ pub(crate) fn http_listener(
                         match stream {
                             Ok(Ok(stream)) => {
                                 let conn = Counted::new(HttpStream::Tls(Box::new(stream)), permit);
-                                let _ = tx.send((conn, peer)).await;
+                                serve_http(conn, peer, serving, cancel).await;
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed")
@@ -302,7 +277,37 @@ pub(crate) fn http_listener(
             }
         },
     ));
-    Ok(ChannelListener::new(rx, local))
+}
+
+/// Serves one HTTP/1.1 connection until the client closes it, it goes `idle_timeout` without a
+/// complete request header (hyper's header-read timer runs from the connection's start and
+/// again from each response's end), or the hub shuts down — gracefully: a request in progress
+/// (a direct method waiting for its device) is still answered.
+async fn serve_http<S>(io: S, peer: SocketAddr, serving: HttpServing, cancel: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(serving.router);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(serving.idle_timeout);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        () = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    match served {
+        Ok(()) => {}
+        Err(e) if e.is_timeout() => {
+            tracing::debug!(%peer, "HTTP connection idle or too slow to send a request; closed");
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "HTTP connection failed"),
+    }
 }
 
 /// A plain or TLS HTTP connection.

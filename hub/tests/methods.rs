@@ -312,3 +312,102 @@ async fn shutdown_answers_waiting_calls() {
     let r = call.await.expect("join");
     r.expect_error(503, "ServiceUnavailable");
 }
+
+/// Reads one HTTP/1.1 response (headers and a `content-length` body) from `stream`.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed before a whole response: {raw:?}");
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if raw.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+/// Waits (bounded) for the hub to close `stream`: EOF or a reset.
+async fn expect_closed_by_hub(stream: &mut tokio::net::TcpStream, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "{what}: the hub kept the connection open");
+}
+
+#[tokio::test]
+async fn idle_and_trickling_http_connections_are_closed_but_a_long_method_call_is_not() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = HubConfig::for_tests();
+    config.limits.http_idle_timeout = Duration::from_millis(300);
+    let hub = common::start_with(config).await;
+    let api = Api::new(&hub);
+    let addr = hub.http_addr().expect("http");
+
+    // Connects and says nothing.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // Sends half a request header and stops (slowloris).
+    let mut trickling = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    trickling
+        .write_all(b"GET /devices/d1?api-version=2021-04-12 HTTP/1.1\r\nHost: hub\r\n")
+        .await
+        .expect("write");
+    // Makes one request, keeps the connection alive, and goes quiet.
+    let mut kept = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    kept.write_all(b"GET /devices/d1?api-version=2021-04-12 HTTP/1.1\r\nHost: hub\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_response(&mut kept).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    expect_closed_by_hub(&mut silent, "a silent connection").await;
+    expect_closed_by_hub(&mut trickling, "a trickling header").await;
+    expect_closed_by_hub(&mut kept, "an idle keep-alive connection").await;
+
+    // A direct method whose device answers well after the idle limit is still answered: the
+    // limit is on waiting for a request, not on handling one.
+    let mut dev = subscribed(&hub, "d1").await;
+    let call = tokio::spawn({
+        let api = api.clone();
+        async move {
+            api.invoke(
+                "d1",
+                &json!({"methodName": "reboot", "responseTimeoutInSeconds": 30}),
+            )
+            .await
+        }
+    });
+    let (_, rid, _) = next_request(&mut dev).await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    dev.mqtt
+        .publish(
+            &format!("$iothub/methods/res/200/?$rid={rid}"),
+            QoS::AtLeastOnce,
+            br#"{"ok":true}"#,
+        )
+        .await;
+    let r = call.await.expect("join");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json, json!({"status": 200, "payload": {"ok": true}}));
+    hub.shutdown().await;
+}
