@@ -9,11 +9,9 @@ use casement_iothub::rest::{AuthenticationType, Device};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{AppState, State, authorize, if_match, json_body, json_response};
-use crate::auth::need;
+use super::{Access, AppState, State, admit, device_resource, if_match, json_body, json_response};
 use crate::error::ApiError;
 use crate::registry::{DeviceSpec, validate_device_id};
-use crate::throttle::Operation;
 
 /// Most devices `GET /devices` returns.
 const MAX_LIST: usize = 1000;
@@ -28,8 +26,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
-    authorize(&shared, &headers, &[need::REGISTRY_READ], "devices")?;
-    shared.throttle(Operation::Registry)?;
+    admit(&shared, &headers, Access::REGISTRY_READ, "devices")?;
     let top = params.top.unwrap_or(MAX_LIST).min(MAX_LIST);
     Ok(json_response(StatusCode::OK, &shared.registry.list(top)))
 }
@@ -39,13 +36,12 @@ pub(super) async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(
+    admit(
         &shared,
         &headers,
-        &[need::REGISTRY_READ],
-        &format!("devices/{id}"),
+        Access::REGISTRY_READ,
+        &device_resource(&id),
     )?;
-    shared.throttle(Operation::Registry)?;
     Ok(json_response(StatusCode::OK, &shared.registry.get(&id)?))
 }
 
@@ -55,13 +51,12 @@ pub(super) async fn put(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(
+    admit(
         &shared,
         &headers,
-        &[need::REGISTRY_WRITE],
-        &format!("devices/{id}"),
+        Access::REGISTRY_WRITE,
+        &device_resource(&id),
     )?;
-    shared.throttle(Operation::Registry)?;
     validate_device_id(&id)?;
     let mut value: Value = json_body(body, "device")?;
     // The path names the device; a body without deviceId means that one.
@@ -96,13 +91,12 @@ pub(super) async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(
+    admit(
         &shared,
         &headers,
-        &[need::REGISTRY_WRITE],
-        &format!("devices/{id}"),
+        Access::REGISTRY_WRITE,
+        &device_resource(&id),
     )?;
-    shared.throttle(Operation::Registry)?;
     shared.delete_device(&id, if_match(&headers)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

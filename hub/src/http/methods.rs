@@ -7,8 +7,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use casement_iothub::rest::MethodRequest;
 
-use super::{AppState, State, authorize, json_body, json_response};
-use crate::auth::need;
+use super::{Access, AppState, State, admit, device_resource, json_body, json_response};
 use crate::error::ApiError;
 
 pub(super) async fn invoke(
@@ -17,12 +16,7 @@ pub(super) async fn invoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &shared,
-        &headers,
-        &[need::SERVICE_CONNECT],
-        &format!("devices/{id}"),
-    )?;
+    admit(&shared, &headers, Access::METHOD, &device_resource(&id))?;
     let request: MethodRequest = json_body(body, "method invocation")?;
     let response = shared.invoke_method(&id, request).await?;
     Ok(json_response(StatusCode::OK, &response))

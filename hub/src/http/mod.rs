@@ -27,9 +27,10 @@ use rand::RngCore;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::auth::{AuthError, Identity};
+use crate::auth::{AuthError, Identity, need};
 use crate::error::ApiError;
 use crate::hub::Shared;
+use crate::throttle::Operation;
 
 pub(crate) use axum::extract::State;
 
@@ -138,9 +139,65 @@ pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Respo
     }
 }
 
+/// What a REST operation needs: the permissions checked against the caller's token, and the
+/// tier quota it counts against (`None` when the operation is throttled further in, as
+/// direct methods are once their payload has been read).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Access {
+    required: &'static [Permissions],
+    quota: Option<Operation>,
+}
+
+impl Access {
+    pub(crate) const REGISTRY_READ: Access = Access {
+        required: &[need::REGISTRY_READ],
+        quota: Some(Operation::Registry),
+    };
+    pub(crate) const REGISTRY_WRITE: Access = Access {
+        required: &[need::REGISTRY_WRITE],
+        quota: Some(Operation::Registry),
+    };
+    pub(crate) const TWIN_READ: Access = Access {
+        required: &[need::SERVICE_CONNECT, need::REGISTRY_READ],
+        quota: Some(Operation::TwinReads),
+    };
+    pub(crate) const TWIN_WRITE: Access = Access {
+        required: &[need::SERVICE_CONNECT],
+        quota: Some(Operation::TwinUpdates),
+    };
+    pub(crate) const QUERY: Access = Access {
+        required: &[need::SERVICE_CONNECT, need::REGISTRY_READ],
+        quota: Some(Operation::Queries),
+    };
+    pub(crate) const METHOD: Access = Access {
+        required: &[need::SERVICE_CONNECT],
+        quota: None,
+    };
+}
+
+/// Lets a request in: authenticates and authorizes it for `access` on `resource` (`""` for
+/// the whole hub, `devices/{id}` for one device), then takes its quota (429 beyond it).
+pub(crate) fn admit(
+    shared: &Shared,
+    headers: &HeaderMap,
+    access: Access,
+    resource: &str,
+) -> Result<(), ApiError> {
+    authorize(shared, headers, access.required, resource)?;
+    match access.quota {
+        Some(op) => shared.throttle(op),
+        None => Ok(()),
+    }
+}
+
+/// The resource a device's operations are authorized on.
+pub(crate) fn device_resource(id: &str) -> String {
+    format!("devices/{id}")
+}
+
 /// Checks the `Authorization` header for a service endpoint needing one of `required` on
 /// `resource` (`""` for the whole hub, `devices/{id}` for one device).
-pub(crate) fn authorize(
+fn authorize(
     shared: &Shared,
     headers: &HeaderMap,
     required: &[Permissions],

@@ -21,23 +21,15 @@ use casement_iothub::rest::{
 };
 use sha2::{Digest, Sha256};
 
-use super::{AppState, State, authorize, json_body, json_response};
-use crate::auth::need;
+use super::{Access, AppState, State, admit, json_body, json_response};
 use crate::error::ApiError;
-use crate::throttle::Operation;
 
 pub(super) async fn query(
     State(shared): AppState,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &shared,
-        &headers,
-        &[need::SERVICE_CONNECT, need::REGISTRY_READ],
-        "",
-    )?;
-    shared.throttle(Operation::Queries)?;
+    admit(&shared, &headers, Access::QUERY, "")?;
     let request: QueryRequest = json_body(body, "query")?;
     let parsed =
         query::parse(&request.query).map_err(|e| ApiError::invalid(format!("query: {e}")))?;

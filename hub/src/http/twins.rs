@@ -8,24 +8,16 @@ use axum::response::Response;
 use casement_iothub::rest::TwinPatch;
 use casement_iothub::twin;
 
-use super::{AppState, State, authorize, if_match, json_body, json_response};
-use crate::auth::need;
+use super::{Access, AppState, State, admit, device_resource, if_match, json_body, json_response};
 use crate::error::ApiError;
 use crate::registry::TwinUpdate;
-use crate::throttle::Operation;
 
 pub(super) async fn get(
     State(shared): AppState,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &shared,
-        &headers,
-        &[need::SERVICE_CONNECT, need::REGISTRY_READ],
-        &format!("devices/{id}"),
-    )?;
-    shared.throttle(Operation::TwinReads)?;
+    admit(&shared, &headers, Access::TWIN_READ, &device_resource(&id))?;
     Ok(json_response(StatusCode::OK, &shared.registry.twin(&id)?))
 }
 
@@ -54,13 +46,7 @@ async fn write(
     body: Result<Bytes, BytesRejection>,
     replace: bool,
 ) -> Result<Response, ApiError> {
-    authorize(
-        &shared,
-        &headers,
-        &[need::SERVICE_CONNECT],
-        &format!("devices/{id}"),
-    )?;
-    shared.throttle(Operation::TwinUpdates)?;
+    admit(&shared, &headers, Access::TWIN_WRITE, &device_resource(&id))?;
     let mut patch: TwinPatch = json_body(body, "twin")?;
     if replace {
         // A replace commonly sends back a whole twin from a GET: drop what the service
