@@ -730,6 +730,17 @@ enum Attempt<T> {
     Fail(HubError),
 }
 
+impl<T> Attempt<T> {
+    /// `error`, retried (after `retry_after` when the hub said so) when `retry` holds.
+    fn failed(error: HubError, retry: bool, retry_after: Option<Duration>) -> Self {
+        if retry {
+            Attempt::Retry { error, retry_after }
+        } else {
+            Attempt::Fail(error)
+        }
+    }
+}
+
 impl ServiceClient {
     /// A client for `target`. `clock` dates SAS tokens (the hub checks them against its clock).
     pub fn new(
@@ -875,35 +886,8 @@ impl ServiceClient {
             Ok::<_, reqwest::Error>((status, headers, body))
         };
         let (status, headers, body) = match tokio::time::timeout(timeout, call).await {
-            Err(_) => {
-                let error = HubError::Timeout {
-                    op: op.to_owned(),
-                    after: timeout,
-                };
-                return Ok(if idempotent {
-                    Attempt::Retry {
-                        error,
-                        retry_after: None,
-                    }
-                } else {
-                    Attempt::Fail(error)
-                });
-            }
-            Ok(Err(e)) if e.is_timeout() => {
-                let error = HubError::Timeout {
-                    op: op.to_owned(),
-                    after: timeout,
-                };
-                return Ok(if idempotent {
-                    Attempt::Retry {
-                        error,
-                        retry_after: None,
-                    }
-                } else {
-                    Attempt::Fail(error)
-                });
-            }
-            Ok(Err(e)) => {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) if !e.is_timeout() => {
                 // Connection refused or reset before an answer: the request was not processed
                 // when it never connected; otherwise only idempotent calls are retried.
                 let retry = e.is_connect() || idempotent;
@@ -911,16 +895,17 @@ impl ServiceClient {
                     op: op.to_owned(),
                     source: e,
                 };
-                return Ok(if retry {
-                    Attempt::Retry {
-                        error,
-                        retry_after: None,
-                    }
-                } else {
-                    Attempt::Fail(error)
-                });
+                return Ok(Attempt::failed(error, retry, None));
             }
-            Ok(Ok(answer)) => answer,
+            // Our timer or reqwest's: the answer may still come, so only an idempotent call is
+            // sent again.
+            _ => {
+                let error = HubError::Timeout {
+                    op: op.to_owned(),
+                    after: timeout,
+                };
+                return Ok(Attempt::failed(error, idempotent, None));
+            }
         };
         if status.is_success() {
             return read(status, &headers, &body).map(Attempt::Done);
@@ -935,14 +920,7 @@ impl ServiceClient {
             op: op.to_owned(),
             error,
         };
-        if retryable {
-            Ok(Attempt::Retry {
-                error,
-                retry_after: retry_after(&headers),
-            })
-        } else {
-            Ok(Attempt::Fail(error))
-        }
+        Ok(Attempt::failed(error, retryable, retry_after(&headers)))
     }
 
     /// One page of a query.
