@@ -190,6 +190,23 @@ fn occurrence_key(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Every record of `tree` (keys start with the policy name), optionally only `policy`'s.
+fn read_all<T: serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    policy: Option<&str>,
+) -> Result<Vec<T>, JournalError> {
+    let prefix = policy.map(|p| key(&[p, ""])).unwrap_or_default();
+    tree.scan_prefix(prefix)
+        .map(|item| {
+            let (k, v) = item.map_err(JournalError::Read)?;
+            serde_json::from_slice(&v).map_err(|source| JournalError::Corrupt {
+                key: printable(&k),
+                source,
+            })
+        })
+        .collect()
+}
+
 fn key(parts: &[&str]) -> Vec<u8> {
     let mut k = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
     for (i, p) in parts.iter().enumerate() {
@@ -345,32 +362,12 @@ impl Journal {
 
     /// Every invocation record, optionally only those of one policy.
     pub fn entries(&self, policy: Option<&str>) -> Result<Vec<Entry>, JournalError> {
-        let prefix = policy.map(|p| key(&[p, ""])).unwrap_or_default();
-        self.entries
-            .scan_prefix(prefix)
-            .map(|item| {
-                let (k, v) = item.map_err(JournalError::Read)?;
-                serde_json::from_slice(&v).map_err(|source| JournalError::Corrupt {
-                    key: printable(&k),
-                    source,
-                })
-            })
-            .collect()
+        read_all(&self.entries, policy)
     }
 
     /// Every pause, optionally only those of one policy.
     pub fn pauses(&self, policy: Option<&str>) -> Result<Vec<PauseRecord>, JournalError> {
-        let prefix = policy.map(|p| key(&[p, ""])).unwrap_or_default();
-        self.pauses
-            .scan_prefix(prefix)
-            .map(|item| {
-                let (k, v) = item.map_err(JournalError::Read)?;
-                serde_json::from_slice(&v).map_err(|source| JournalError::Corrupt {
-                    key: printable(&k),
-                    source,
-                })
-            })
-            .collect()
+        read_all(&self.pauses, policy)
     }
 
     /// Everything in the journal (optionally only one policy), stamped `taken_at`.
