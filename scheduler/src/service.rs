@@ -752,7 +752,11 @@ impl ServiceClient {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("casement/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(64);
+            .pool_max_idle_per_host(64)
+            // Drop an idle connection well before a hub would (the local hub closes one after
+            // 100 s idle): a POST sent on a connection the hub is closing fails, and a direct
+            // method is not idempotent, so it is not retried.
+            .pool_idle_timeout(Duration::from_secs(50));
         if let Some(pem) = &target.ca_pem {
             let certs =
                 reqwest::Certificate::from_pem_bundle(pem).map_err(|e| TargetError::Ca {
