@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use casement_hub::{Hub, HubConfig, HubError, RunningHub};
 use casement_iothub::connection_string::ServiceConnectionString;
-use chrono::{DateTime, Utc};
 
 /// Errors of the test hub.
 #[derive(Debug, thiserror::Error)]
@@ -25,16 +24,6 @@ pub enum TestHubError {
     /// A connection string the hub printed did not parse.
     #[error("the hub's connection string does not parse: {0}")]
     ConnectionString(String),
-}
-
-/// Lets the hub read a [`casement_policy::Clock`] (the one the agents and the scheduler read).
-#[derive(Debug, Clone)]
-pub struct SharedClock(pub Arc<dyn casement_policy::Clock>);
-
-impl casement_hub::Clock for SharedClock {
-    fn now(&self) -> DateTime<Utc> {
-        self.0.now()
-    }
 }
 
 /// A hub on loopback ports with on-disk data that survives [`restart`](Self::restart).
@@ -71,7 +60,7 @@ impl TestHub {
         let data_dir = dir.path().join("hub");
         let mut config = HubConfig::for_tests_in(&data_dir);
         if let Some(clock) = clock {
-            config.clock = Arc::new(SharedClock(clock));
+            config.clock = clock;
         }
         configure(&mut config);
         let running = Hub::start(config.clone()).await?;
