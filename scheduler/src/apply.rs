@@ -42,6 +42,15 @@ pub enum ApplyError {
     Carriers(#[source] HubError),
 }
 
+impl ApplyError {
+    /// The hub call that failed.
+    pub fn hub_error(&self) -> &HubError {
+        match self {
+            ApplyError::Target { source, .. } | ApplyError::Carriers(source) => source,
+        }
+    }
+}
+
 /// What happens to one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]

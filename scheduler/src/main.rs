@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use casement_scheduler::cli::{Cli, EXIT_INPUT, run};
+use casement_scheduler::cli::{Cli, describe, exit_code, run};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -11,8 +11,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(EXIT_INPUT)
+            eprintln!("error: {}", describe(&error));
+            ExitCode::from(exit_code(&error))
         }
     }
 }

@@ -62,6 +62,37 @@ pub enum RunError {
     /// `--once` could not complete its pass.
     #[error("the pass did not complete: {0}")]
     Pass(String),
+    /// `--once`: calls to the hub failed, so the pass saw only part of the fleet.
+    #[error("the pass did not complete: {errors} hub error(s), the first: {first}")]
+    Hub {
+        /// How many calls failed.
+        errors: u64,
+        /// The first failure, as logged.
+        first: String,
+        /// Whether every failure was the hub being unavailable (unreachable, throttled,
+        /// failing) rather than refusing a call — see [`HubError::is_unavailable`].
+        unavailable: bool,
+    },
+}
+
+impl RunError {
+    /// Whether the run failed only because the hub was unavailable (try again later).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            RunError::Hub {
+                unavailable: true,
+                ..
+            }
+        )
+    }
+}
+
+/// The hub errors of a run, for `--once` to report.
+#[derive(Debug, Default)]
+struct HubErrors {
+    first: Option<String>,
+    refused: bool,
 }
 
 /// How `casement run` runs.
@@ -321,6 +352,7 @@ pub struct Scheduler<H: HubApi + Clone> {
     calls: JoinSet<CallResult>,
     draining: bool,
     stats: RunStats,
+    hub_errors: HubErrors,
 }
 
 impl<H: HubApi + Clone> std::fmt::Debug for Scheduler<H> {
@@ -371,6 +403,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
             calls: JoinSet::new(),
             draining: false,
             stats: RunStats::default(),
+            hub_errors: HubErrors::default(),
         };
         scheduler.install(policies)?;
         let unresolved = scheduler
@@ -480,7 +513,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 self.apply_pending = !summary.failed.is_empty();
             }
             Err(e) => {
-                self.stats.hub_errors += 1;
+                self.hub_error(&e, e.hub_error().is_unavailable());
                 tracing::warn!(error = %e, "could not apply the policies; retrying at the next pass");
             }
         }
@@ -550,7 +583,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 .filter_map(|item| TwinView::from_value(item).ok())
                 .collect(),
             Err(e) => {
-                self.stats.hub_errors += 1;
+                self.hub_error(&e, e.is_unavailable());
                 tracing::warn!(policy = name, error = %e, "candidate query failed; retrying at the next pass");
                 return Ok(());
             }
@@ -608,7 +641,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
             match tasks.join_next().await {
                 Some(Ok((_, Ok(twin)))) => out.push(TwinView::from_twin(&twin)),
                 Some(Ok((id, Err(e)))) => {
-                    self.stats.hub_errors += 1;
+                    self.hub_error(&format!("{id}: {e}"), e.is_unavailable());
                     tracing::warn!(device = %id, error = %e, "cannot read the twin of a device in flight");
                 }
                 Some(Err(e)) => tracing::warn!(error = %e, "twin read task failed"),
@@ -810,12 +843,22 @@ impl<H: HubApi + Clone> Scheduler<H> {
         self.pass().await?;
         self.settle().await?;
         if self.stats.hub_errors > 0 {
-            return Err(RunError::Pass(format!(
-                "{} hub error(s); see the log",
-                self.stats.hub_errors
-            )));
+            return Err(RunError::Hub {
+                errors: self.stats.hub_errors,
+                first: self.hub_errors.first.take().unwrap_or_default(),
+                unavailable: !self.hub_errors.refused,
+            });
         }
         Ok(self.stats)
+    }
+
+    /// Counts a failed call to the hub (the pass goes on; the next one retries it).
+    fn hub_error(&mut self, error: &dyn std::fmt::Display, unavailable: bool) {
+        self.stats.hub_errors += 1;
+        self.hub_errors.refused |= !unavailable;
+        if self.hub_errors.first.is_none() {
+            self.hub_errors.first = Some(error.to_string());
+        }
     }
 
     /// The loop: a pass every `tick`, call outcomes as they arrive, reloads on request, until

@@ -56,13 +56,14 @@ pub enum HubError {
         error: ServiceError,
     },
     /// The request never got an answer (connection refused, TLS failure, reset), after retries.
-    #[error("{op}: {source}")]
+    /// The message carries the root cause once (reqwest's own chain repeats the URL at every
+    /// level), so the error is not also a `source`.
+    #[error("{op}: {}", transport_message(error))]
     Transport {
         /// The operation.
         op: String,
         /// Why.
-        #[source]
-        source: reqwest::Error,
+        error: reqwest::Error,
     },
     /// No answer within the call's timeout.
     #[error("{op}: no answer within {after:?}")]
@@ -85,7 +86,48 @@ pub enum HubError {
     Sas(#[from] SasError),
 }
 
+/// `cannot connect to 127.0.0.1:8080: Connection refused (os error 111) (is the hub running
+/// there? --hub and --endpoint say where it is)`, or `no answer from <url>: <root cause>`.
+fn transport_message(error: &reqwest::Error) -> String {
+    let mut root: &dyn std::error::Error = error;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let url = error.url();
+    let place = url.map_or_else(
+        || "the hub".to_owned(),
+        |u| match (u.host_str(), u.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            _ => u.as_str().to_owned(),
+        },
+    );
+    if error.is_connect() {
+        format!(
+            "cannot connect to {place}: {root} (is the hub running there? --hub and --endpoint \
+             say where it is)"
+        )
+    } else {
+        let url = url.map_or_else(
+            || place.clone(),
+            |u| format!("{}{}", u.origin().ascii_serialization(), u.path()),
+        );
+        format!("no answer from {url}: {root}")
+    }
+}
+
 impl HubError {
+    /// Whether the hub could not be reached or could not serve the call — unreachable, no
+    /// answer in time, throttled or failing (429, 5xx) even after retries — as opposed to a
+    /// call it refused on its merits (a wrong key, an unknown device). Trying again later may
+    /// help; changing the input will not.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            HubError::Transport { .. } | HubError::Timeout { .. } => true,
+            HubError::Service { error, .. } => error.status == 429 || error.status >= 500,
+            HubError::Decode { .. } | HubError::Sas(_) => false,
+        }
+    }
+
     /// The hub's error, when it answered with one.
     pub fn service_error(&self) -> Option<&ServiceError> {
         match self {
@@ -897,7 +939,7 @@ impl ServiceClient {
                 let retry = e.is_connect() || idempotent;
                 let error = HubError::Transport {
                     op: op.to_owned(),
-                    source: e,
+                    error: e,
                 };
                 return Ok(Attempt::failed(error, retry, None));
             }

@@ -200,7 +200,31 @@ async fn apply_validates_everything_first_plans_and_applies() {
         ],
     )
     .await;
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot connect to 127.0.0.1:9") && stderr.contains("--endpoint"),
+        "{stderr}"
+    );
+    // The same for report and query: 3 means "the hub is unavailable, try again later".
+    for args in [&["report"][..], &["query", "SELECT * FROM devices"][..]] {
+        let mut argv = args.to_vec();
+        argv.extend([
+            "--hub",
+            &s.cs,
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--retries",
+            "1",
+        ]);
+        let out = casement(s.dir.path(), &argv).await;
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,10 +364,12 @@ async fn query_and_twin_show_read_the_hub_and_a_bad_query_names_its_column() {
     assert_eq!(twin["deviceId"], "pos-1");
     assert_eq!(twin["tags"]["role"], "pos");
 
+    // A device the hub does not know is an input error (2), said once.
     let out = s.run(&["twin", "show", "nosuch"]).await;
-    assert_ne!(out.status.code(), Some(0));
-    assert!(
-        text(&out.stderr).contains("DeviceNotFound"),
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr).matches("DeviceNotFound").count(),
+        1,
         "{}",
         text(&out.stderr)
     );

@@ -3,7 +3,8 @@
 //! `main` parses [`Cli`] and calls [`run()`]; each subcommand module has an `Args` (the raw flags)
 //! and a `run` that writes to the given output streams and returns the exit code, so the
 //! commands are library code. Exit codes: [`EXIT_OK`] 0, [`EXIT_FINDINGS`] 1 (a check found
-//! something), [`EXIT_INPUT`] 2 (usage or input error; clap's own usage errors exit 2 too).
+//! something), [`EXIT_INPUT`] 2 (usage or input error; clap's own usage errors exit 2 too),
+//! [`EXIT_UNAVAILABLE`] 3 (the hub could not be reached or kept failing).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -24,8 +25,45 @@ pub mod windows;
 pub const EXIT_OK: u8 = 0;
 /// A check ran and found something (for example, compliance under a threshold).
 pub const EXIT_FINDINGS: u8 = 1;
-/// Usage or input error: bad flags, invalid policy files.
+/// Usage or input error: bad flags, invalid policy files, a call the hub refused on its merits
+/// (a wrong key, an unknown device).
 pub const EXIT_INPUT: u8 = 2;
+/// The hub could not be reached or could not serve the calls, even after retries: try again
+/// later (see [`HubError::is_unavailable`](crate::service::HubError::is_unavailable)).
+pub const EXIT_UNAVAILABLE: u8 = 3;
+
+/// `error` and its causes on one line, each said once: an error whose message already quotes
+/// its cause (`resolving the target of policy p: POST /devices/query: …`) is not followed by
+/// the cause again, as anyhow's `{:#}` would.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// The exit code for a command that failed with `error`.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let unavailable = error.chain().any(|e| {
+        e.downcast_ref::<crate::service::HubError>()
+            .is_some_and(crate::service::HubError::is_unavailable)
+            || e.downcast_ref::<crate::run::RunError>()
+                .is_some_and(crate::run::RunError::is_unavailable)
+    });
+    if unavailable {
+        EXIT_UNAVAILABLE
+    } else {
+        EXIT_INPUT
+    }
+}
 
 const EXAMPLES: &str = "\
 Examples:
@@ -34,7 +72,11 @@ Examples:
   casement windows policies/pos-terminals-nightly.toml --from 2026-11-20T00:00:00Z
   casement apply policies/ --plan
   casement run policies/ --metrics 127.0.0.1:9464
-  casement report --devices --fail-under 95";
+  casement report --devices --fail-under 95
+
+Exit codes: 0 ok, 1 a check found something (report below --fail-under, failed writes),
+2 fix the input (flags, policy files, a key or device the hub refused), 3 the hub could not
+be reached or kept failing (try again later).";
 
 /// Maintenance windows for Azure IoT Hub fleets: reboot devices only inside their windows.
 #[derive(Debug, Parser)]

@@ -335,6 +335,14 @@ async fn a_refused_connection_is_a_transport_error() {
     );
     let err = c.twin("d1").await.unwrap_err();
     assert!(matches!(err, HubError::Transport { .. }), "{err}");
+    // Said once, with where and what to check; no repeated reqwest chain.
+    let text = format!("{:#}", anyhow::Error::new(err));
+    assert!(
+        text.starts_with(&format!("GET /twins/d1: cannot connect to {addr}: ")),
+        "{text}"
+    );
+    assert!(text.contains("--endpoint"), "{text}");
+    assert_eq!(text.matches("error sending request").count(), 0, "{text}");
 }
 
 #[test]
