@@ -44,6 +44,9 @@ pub struct Limits {
     /// closes first; a request in progress (a direct method waiting for its device) is not
     /// cut.
     pub http_idle_timeout: Duration,
+    /// How long a request body may take to arrive once its headers have: a client that sends
+    /// its headers and trickles the body gets a 400 and the connection is closed.
+    pub http_body_timeout: Duration,
     /// Packets queued for one device before the hub gives up on it (a device that does not
     /// read its socket is disconnected rather than buffered without bound).
     pub device_queue: usize,
@@ -59,6 +62,7 @@ impl Default for Limits {
             max_body_size: 512 * 1024,
             connect_timeout: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(100),
+            http_body_timeout: Duration::from_secs(30),
             device_queue: 256,
         }
     }

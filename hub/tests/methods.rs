@@ -1,5 +1,6 @@
 //! Direct methods: IoT Hub's timeouts and error codes, the connect-timeout wait, the in-flight
-//! cap, and that a device answers only its own requests.
+//! cap, and that a device answers only its own requests. Also the HTTP connection limits a
+//! long method call must not trip: the idle/header timeout and the request-body deadline.
 
 mod common;
 
@@ -409,5 +410,41 @@ async fn idle_and_trickling_http_connections_are_closed_but_a_long_method_call_i
     let r = call.await.expect("join");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json, json!({"status": 200, "payload": {"ok": true}}));
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trickled_request_body_gets_an_answer_and_the_connection_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = HubConfig::for_tests();
+    config.limits.http_body_timeout = Duration::from_millis(300);
+    let hub = common::start_with(config).await;
+    let addr = hub.http_addr().expect("http");
+    let token = common::policy_token(&hub, "iothubowner");
+
+    // Headers promise 100 bytes; 12 arrive, then nothing.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(
+        format!(
+            "PUT /devices/d1?api-version=2021-04-12 HTTP/1.1\r\nHost: hub\r\n\
+             Authorization: {token}\r\nContent-Type: application/json\r\n\
+             Content-Length: 100\r\n\r\n{{\"deviceId\":"
+        )
+        .as_bytes(),
+    )
+    .await
+    .expect("write");
+    let answer = tokio::time::timeout(Duration::from_secs(10), read_response(&mut slow))
+        .await
+        .expect("the hub answers a stalled body");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive within 0.3 s"), "{answer}");
+    expect_closed_by_hub(&mut slow, "a connection whose body stalled").await;
+
+    // Nothing was created, and the hub serves the next client.
+    let api = Api::new(&hub);
+    api.get("/devices/d1")
+        .await
+        .expect_error(404, "DeviceNotFound");
     hub.shutdown().await;
 }

@@ -10,10 +10,14 @@ mod methods;
 mod query;
 mod twins;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -23,6 +27,7 @@ use axum::routing::{get, post};
 use casement_iothub::error::{ERROR_CODE_HEADER, ErrorBody, ErrorCode};
 use casement_iothub::rest::CONTENT_TYPE_JSON;
 use casement_iothub::sas::Permissions;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use rand::RngCore;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -57,8 +62,65 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         )
         .fallback(not_found)
         .layer(middleware::from_fn(require_api_version))
+        .layer(middleware::from_fn_with_state(
+            shared.limits.http_body_timeout,
+            body_deadline,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
+}
+
+/// Gives the request body [`Limits::http_body_timeout`](crate::Limits::http_body_timeout) to
+/// arrive, counted from its headers; reading it after that fails (see [`json_body`]).
+async fn body_deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = Body::new(DeadlineBody {
+        inner: body,
+        deadline: Box::pin(tokio::time::sleep(limit)),
+        limit,
+    });
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// A request body that fails with [`BodyTimeout`] once its deadline passes.
+struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+}
+
+/// The request body did not arrive in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {} s", .0.as_secs_f64())]
+struct BodyTimeout(Duration);
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    Poll::Ready(Some(Err(axum::Error::new(BodyTimeout(this.limit)))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            ready => ready,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn no_modules() -> ApiError {
