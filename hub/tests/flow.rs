@@ -89,17 +89,11 @@ async fn device_and_service_talk_through_the_hub() {
     assert_eq!(body, json!({"fw": "2.0", "$version": 2}));
 
     // A direct method round trip: the hub's rid has no '&' or '='.
-    let invoke = tokio::spawn({
-        let api = api.clone();
-        async move {
-            api.invoke(
-                "dev1",
-                &json!({"methodName": "reboot", "payload": null, "timeoutInSeconds": 30,
-                        "responseTimeoutInSeconds": 30, "connectTimeoutInSeconds": 0}),
-            )
-            .await
-        }
-    });
+    let invoke = api.invoke_in_background(
+        "dev1",
+        json!({"methodName": "reboot", "payload": null, "timeoutInSeconds": 30,
+               "responseTimeoutInSeconds": 30, "connectTimeoutInSeconds": 0}),
+    );
     let request = dev.mqtt.next_publish().await;
     let rid = request
         .topic

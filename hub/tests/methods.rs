@@ -40,17 +40,11 @@ async fn device_status_and_payload_pass_through() {
     let hub = common::start().await;
     let api = Api::new(&hub);
     let mut dev = subscribed(&hub, "d1").await;
-    let call = tokio::spawn({
-        let api = api.clone();
-        async move {
-            api.invoke(
-                "d1",
-                &json!({"methodName": "reboot", "payload": {"policy": "p", "n": 1},
-                                     "responseTimeoutInSeconds": 30}),
-            )
-            .await
-        }
-    });
+    let call = api.invoke_in_background(
+        "d1",
+        json!({"methodName": "reboot", "payload": {"policy": "p", "n": 1},
+               "responseTimeoutInSeconds": 30}),
+    );
     let (name, rid, payload) = next_request(&mut dev).await;
     assert_eq!(name, "reboot");
     assert_eq!(payload, json!({"policy": "p", "n": 1}));
@@ -71,10 +65,7 @@ async fn device_status_and_payload_pass_through() {
         json!({"status": 409, "payload": {"reason": "outside-window"}})
     );
     // An empty answer body is a null payload.
-    let call = tokio::spawn({
-        let api = api.clone();
-        async move { api.invoke("d1", &json!({"methodName": "ping"})).await }
-    });
+    let call = api.invoke_in_background("d1", json!({"methodName": "ping"}));
     let (_, rid, payload) = next_request(&mut dev).await;
     assert_eq!(payload, Value::Null);
     dev.mqtt
@@ -97,16 +88,10 @@ async fn no_answer_in_time_is_504_gateway_timeout() {
     let api = Api::new(&hub);
     let mut dev = subscribed(&hub, "d1").await;
     tokio::time::pause();
-    let call = tokio::spawn({
-        let api = api.clone();
-        async move {
-            api.invoke(
-                "d1",
-                &json!({"methodName": "slow", "responseTimeoutInSeconds": 5}),
-            )
-            .await
-        }
-    });
+    let call = api.invoke_in_background(
+        "d1",
+        json!({"methodName": "slow", "responseTimeoutInSeconds": 5}),
+    );
     let (_, rid, _) = next_request(&mut dev).await;
     let r = call.await.expect("join");
     r.expect_error(504, "GatewayTimeout");
@@ -152,17 +137,11 @@ async fn connect_timeout_waits_for_the_device_to_connect_and_subscribe() {
     hub.create_device("late", Value::Null)
         .await
         .expect("device");
-    let call = tokio::spawn({
-        let api = api.clone();
-        async move {
-            api.invoke(
-                "late",
-                &json!({"methodName": "reboot", "responseTimeoutInSeconds": 30,
-                                       "connectTimeoutInSeconds": 60}),
-            )
-            .await
-        }
-    });
+    let call = api.invoke_in_background(
+        "late",
+        json!({"methodName": "reboot", "responseTimeoutInSeconds": 30,
+               "connectTimeoutInSeconds": 60}),
+    );
     // Connecting is not enough; the call waits for the methods subscription too.
     let mut dev = Device::create_and_connect(&hub, "late").await;
     dev.mqtt
@@ -238,10 +217,7 @@ async fn in_flight_methods_are_capped() {
     let hub = common::start_with(config).await;
     let api = Api::new(&hub);
     let mut dev = subscribed(&hub, "d1").await;
-    let first = tokio::spawn({
-        let api = api.clone();
-        async move { api.invoke("d1", &json!({"methodName": "a"})).await }
-    });
+    let first = api.invoke_in_background("d1", json!({"methodName": "a"}));
     let (_, rid, _) = next_request(&mut dev).await;
     api.invoke("d1", &json!({"methodName": "b"}))
         .await
@@ -263,10 +239,7 @@ async fn a_device_cannot_answer_another_devices_method() {
     let api = Api::new(&hub);
     let mut victim = subscribed(&hub, "victim").await;
     let mut intruder = subscribed(&hub, "intruder").await;
-    let call = tokio::spawn({
-        let api = api.clone();
-        async move { api.invoke("victim", &json!({"methodName": "reboot"})).await }
-    });
+    let call = api.invoke_in_background("victim", json!({"methodName": "reboot"}));
     let (_, rid, _) = next_request(&mut victim).await;
     intruder
         .mqtt
@@ -294,16 +267,10 @@ async fn shutdown_answers_waiting_calls() {
     let hub = common::start().await;
     let api = Api::new(&hub);
     let mut dev = subscribed(&hub, "d1").await;
-    let call = tokio::spawn({
-        let api = api.clone();
-        async move {
-            api.invoke(
-                "d1",
-                &json!({"methodName": "m", "responseTimeoutInSeconds": 300}),
-            )
-            .await
-        }
-    });
+    let call = api.invoke_in_background(
+        "d1",
+        json!({"methodName": "m", "responseTimeoutInSeconds": 300}),
+    );
     let _ = next_request(&mut dev).await;
     let stopped = tokio::time::timeout(Duration::from_secs(20), hub.shutdown()).await;
     assert!(
@@ -388,16 +355,10 @@ async fn idle_and_trickling_http_connections_are_closed_but_a_long_method_call_i
     // A direct method whose device answers well after the idle limit is still answered: the
     // limit is on waiting for a request, not on handling one.
     let mut dev = subscribed(&hub, "d1").await;
-    let call = tokio::spawn({
-        let api = api.clone();
-        async move {
-            api.invoke(
-                "d1",
-                &json!({"methodName": "reboot", "responseTimeoutInSeconds": 30}),
-            )
-            .await
-        }
-    });
+    let call = api.invoke_in_background(
+        "d1",
+        json!({"methodName": "reboot", "responseTimeoutInSeconds": 30}),
+    );
     let (_, rid, _) = next_request(&mut dev).await;
     tokio::time::sleep(Duration::from_millis(900)).await;
     dev.mqtt

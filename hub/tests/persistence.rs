@@ -77,10 +77,7 @@ async fn everything_survives_a_restart() {
     // The CleanSession=0 session survived too: no re-subscribe needed for methods.
     let mut dev = Device::connect(&hub, "d1", &device_cs, false).await;
     assert!(dev.session_present);
-    let call = tokio::spawn({
-        let api = api.clone();
-        async move { api.invoke("d1", &json!({"methodName": "reboot"})).await }
-    });
+    let call = api.invoke_in_background("d1", json!({"methodName": "reboot"}));
     let request = dev.mqtt.next_publish().await;
     let rid = request.topic.split("$rid=").nth(1).expect("rid").to_owned();
     dev.mqtt

@@ -190,6 +190,22 @@ fn occurrence_key(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// Removes `keys` from `tree`; returns how many.
+fn remove_all(
+    tree: &sled::Tree,
+    keys: impl Iterator<Item = Vec<u8>>,
+) -> Result<usize, JournalError> {
+    let mut removed = 0;
+    for k in keys {
+        tree.remove(&k).map_err(|source| JournalError::Write {
+            what: printable(&k),
+            source,
+        })?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
 /// Every record of `tree` (keys start with the policy name), optionally only `policy`'s.
 fn read_all<T: serde::de::DeserializeOwned>(
     tree: &sled::Tree,
@@ -381,32 +397,18 @@ impl Journal {
 
     /// Removes records of windows that closed before `before`; returns how many.
     pub fn prune(&self, before: DateTime<Utc>) -> Result<usize, JournalError> {
-        let mut removed = 0;
-        for e in self.entries(None)? {
-            if e.closes_at < before {
-                let k = entry_key(&e);
-                self.entries
-                    .remove(&k)
-                    .map_err(|source| JournalError::Write {
-                        what: printable(&k),
-                        source,
-                    })?;
-                removed += 1;
-            }
-        }
-        for p in self.pauses(None)? {
-            if p.closes_at < before {
-                let k = pause_key(&p);
-                self.pauses
-                    .remove(&k)
-                    .map_err(|source| JournalError::Write {
-                        what: printable(&k),
-                        source,
-                    })?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        let entries = self
+            .entries(None)?
+            .into_iter()
+            .filter(|e| e.closes_at < before)
+            .map(|e| entry_key(&e));
+        let removed = remove_all(&self.entries, entries)?;
+        let pauses = self
+            .pauses(None)?
+            .into_iter()
+            .filter(|p| p.closes_at < before)
+            .map(|p| pause_key(&p));
+        Ok(removed + remove_all(&self.pauses, pauses)?)
     }
 
     /// Writes the snapshot `journal.json` for `casement report` (temp file, fsync, rename).

@@ -207,6 +207,17 @@ impl Api {
     pub async fn invoke(&self, device: &str, body: &Value) -> Reply {
         self.post(&format!("/twins/{device}/methods"), body).await
     }
+
+    /// Invokes a method on a task of its own, so the test can play the device meanwhile.
+    pub fn invoke_in_background(
+        &self,
+        device: &str,
+        body: Value,
+    ) -> tokio::task::JoinHandle<Reply> {
+        let api = self.clone();
+        let device = device.to_owned();
+        tokio::spawn(async move { api.invoke(&device, &body).await })
+    }
 }
 
 pub async fn reply(response: reqwest::Response) -> Reply {
