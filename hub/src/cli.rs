@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use crate::clock::SystemClock;
 use crate::config::{DEFAULT_DATA_DIR, HubConfig, Limits};
 use crate::error::HubError;
-use crate::hub::{Hub, RunningHub};
+use crate::server::{Hub, RunningHub};
 use crate::store::Storage;
 use crate::throttle::{RateOverride, ThrottleConfig};
 use crate::tls::TlsSource;

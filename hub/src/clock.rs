@@ -4,7 +4,7 @@
 //! `lastActivityTime`) and for SAS token expiry. Timers (keep-alive, method timeouts) use
 //! tokio's clock instead, so `tokio::time::pause()` drives those.
 //!
-//! The clock is the one the whole system shares ([`casement_policy::clock`]), so a test can drive
+//! The clock is the one the whole system shares ([`casement_iothub::clock`]), so a test can drive
 //! the hub, the agents and the scheduler with one [`ManualClock`].
 
-pub use casement_policy::clock::{Clock, ManualClock, SystemClock};
+pub use casement_iothub::clock::{Clock, ManualClock, SystemClock};

@@ -21,7 +21,10 @@
 //! ```
 //!
 //! # Layout
-//! - `hub` (re-exported here): [`Hub::start`], [`RunningHub`], [`HubStats`].
+//! - `server` (re-exported here): [`Hub::start`] binds the listeners and spawns the accept
+//!   loops, [`RunningHub`] is the handle; `state`: `Shared`, the state every connection and
+//!   request works on, and [`HubStats`]. The server builds the state; the MQTT connections and
+//!   REST handlers use it; the state knows nothing of sockets.
 //! - [`config`]: [`HubConfig`] and [`Limits`]; [`cli`]: [`HubArgs`], [`run_cli`] and the
 //!   start-up banner.
 //! - `mqtt::connection`: one task per device connection (rumqttc's `mqttbytes::v4` codec,
@@ -40,11 +43,12 @@ pub mod clock;
 pub mod config;
 mod error;
 mod http;
-mod hub;
 pub mod listener;
 mod methods;
 mod mqtt;
 mod registry;
+mod server;
+mod state;
 pub mod store;
 pub mod throttle;
 pub mod tls;
@@ -53,7 +57,8 @@ pub use cli::{HubArgs, run_cli, shutdown_signal, startup_banner};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{HubConfig, Limits};
 pub use error::{ApiError, HubError};
-pub use hub::{Hub, HubStats, RunningHub};
+pub use server::{Hub, RunningHub};
+pub use state::HubStats;
 pub use store::Storage;
 pub use throttle::{Operation, Rate, ThrottleConfig};
 pub use tls::TlsSource;

@@ -3,7 +3,7 @@
 //!
 //! All operations are synchronous and hold the registry lock only briefly; they never await.
 //! Callers that must not acknowledge before the write is durable flush the store afterwards
-//! (see [`Shared`](crate::hub::Shared)). Desired-property notifications are handed to a
+//! (see [`Shared`](crate::state::Shared)). Desired-property notifications are handed to a
 //! callback *under* the lock, so devices see them in `$version` order.
 
 use std::collections::BTreeMap;

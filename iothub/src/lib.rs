@@ -23,6 +23,10 @@
 //! - [`error`]: IoT Hub error codes, the `ErrorCode:<Name>;<msg>` error body, and reading
 //!   errors back (with retry classification).
 //! - [`query`]: the IoT Hub query language — parser, printer and evaluator over twin JSON.
+//! - [`quota`]: the tiers' quotas (tier × operation × per-unit rule) and the token bucket that
+//!   meters them, for the hub's throttle and the client's self-limiting alike.
+//! - [`clock`]: the injected [`Clock`](clock::Clock) every component reads time from, and the
+//!   hand-driven [`ManualClock`](clock::ManualClock) for tests.
 //! - [`time`]: the timestamp format IoT Hub uses (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
 //!
 //! Test vectors for SAS tokens were computed independently with Python
@@ -51,9 +55,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod clock;
 pub mod connection_string;
 pub mod error;
 pub mod query;
+pub mod quota;
 pub mod rest;
 pub mod sas;
 pub mod time;

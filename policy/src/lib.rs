@@ -40,9 +40,10 @@
 //! - [`duration`]: `"90s"`, `"2h"`, `"1h30m"`, `"1d"`.
 //! - [`maintenance`]: the maintenance twin schema (desired, reported, `iothubDM.reboot`), query
 //!   paths, and validation of a desired policy on the device.
-//! - [`clock`]: the injected [`Clock`]: [`SystemClock`] and the test [`ManualClock`].
+//! - [`clock`]: the injected [`Clock`] (re-exported from [`casement_iothub::clock`]): [`SystemClock`]
+//!   and the test [`ManualClock`].
 
-pub mod clock;
+pub use casement_iothub::clock;
 pub mod duration;
 pub mod file;
 pub mod maintenance;

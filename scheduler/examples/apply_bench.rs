@@ -13,9 +13,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use casement_client::{ClientConfig, HubTarget, ServiceClient};
 use casement_hub::{Hub, HubConfig};
 use casement_scheduler::apply::{self, ApplyOptions};
-use casement_scheduler::service::{HubTarget, ServiceClient, ServiceConfig};
 use serde_json::json;
 
 const POLICY: &str = r#"
@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         .with_endpoint(&hub.http_url().unwrap_or_default())?;
     let client = ServiceClient::new(
         target,
-        ServiceConfig::default(),
+        ClientConfig::default(),
         Arc::new(casement_policy::SystemClock),
     )?;
     let options = ApplyOptions {

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use casement_agent::clock::AgentClock;
 use casement_agent::{Simulation, SimulationConfig};
+use casement_client::{ClientConfig, HubTarget, ServiceClient};
 use casement_hub::{Hub, HubConfig};
 use casement_scheduler::metrics::Metrics;
 use casement_scheduler::run::{RunConfig, Scheduler, Signals};
-use casement_scheduler::service::{HubTarget, ServiceClient, ServiceConfig};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
 /// Real time, shifted.
@@ -103,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let url = hub.http_url().unwrap_or_default();
     let client = ServiceClient::new(
         HubTarget::new(cs.parse()?).with_endpoint(&url)?,
-        ServiceConfig::default(),
+        ClientConfig::default(),
         Arc::new(clock),
     )?;
 

@@ -23,7 +23,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::fleet::{self, TwinView};
-use crate::service::{HubApi, HubError};
+use casement_client::{ClientError, HubApi};
 
 /// Why apply could not plan.
 #[derive(Debug, thiserror::Error)]
@@ -35,16 +35,16 @@ pub enum ApplyError {
         policy: String,
         /// Why.
         #[source]
-        source: HubError,
+        source: ClientError,
     },
     /// Listing the devices that carry a policy failed.
     #[error("listing devices that carry a Casement policy: {0}")]
-    Carriers(#[source] HubError),
+    Carriers(#[source] ClientError),
 }
 
 impl ApplyError {
     /// The hub call that failed.
-    pub fn hub_error(&self) -> &HubError {
+    pub fn hub_error(&self) -> &ClientError {
         match self {
             ApplyError::Target { source, .. } | ApplyError::Carriers(source) => source,
         }
@@ -411,34 +411,6 @@ impl Progress for () {
     fn start(&self, _: u64) {}
     fn advance(&self) {}
     fn finish(&self) {}
-}
-
-impl Progress for indicatif::ProgressBar {
-    fn start(&self, total: u64) {
-        self.set_length(total);
-    }
-    fn advance(&self) {
-        self.inc(1);
-    }
-    fn finish(&self) {
-        self.finish_and_clear();
-    }
-}
-
-/// A progress bar on stderr when it is a terminal, else nothing.
-pub fn terminal_progress() -> Box<dyn Progress> {
-    use std::io::IsTerminal;
-    if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(0);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{spinner} writing twins {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
-        ) {
-            bar.set_style(style);
-        }
-        Box::new(bar)
-    } else {
-        Box::new(())
-    }
 }
 
 /// How one device's write ended.

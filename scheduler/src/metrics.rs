@@ -247,7 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_endpoint_serves_metrics_and_stops_on_shutdown() {
-        crate::service::ensure_crypto_provider();
+        casement_client::ensure_crypto_provider();
         let m = Metrics::new();
         m.invocation("gw", "refused");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

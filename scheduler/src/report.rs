@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::fleet::{self, TwinView};
 use crate::journal::{JournalView, PauseRecord};
 use crate::rollout::EntryState;
-use crate::service::{HubApi, HubError};
+use casement_client::{ClientError, HubApi};
 
 /// How far back windows are looked at (for the missed streak).
 pub const DEFAULT_LOOKBACK: Duration = Duration::from_secs(400 * 86_400);
@@ -422,7 +422,7 @@ pub async fn compute<H: HubApi>(
     now: DateTime<Utc>,
     lookback: Duration,
     policy: Option<&str>,
-) -> Result<Report, HubError> {
+) -> Result<Report, ClientError> {
     let items = hub.query(&fleet::carriers_query(policy)).await?;
     let views: Vec<TwinView> = items
         .into_iter()

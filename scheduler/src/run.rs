@@ -47,7 +47,7 @@ use crate::rollout::{
     Action, Entry, Invocation, MethodOutcome, Observation, PolicyRollout, RolloutConfig,
     RolloutLimits, Window,
 };
-use crate::service::{HubApi, HubError};
+use casement_client::{ClientError, HubApi};
 
 /// Why the scheduler stopped (or could not start).
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +70,7 @@ pub enum RunError {
         /// The first failure, as logged.
         first: String,
         /// Whether every failure was the hub being unavailable (unreachable, throttled,
-        /// failing) rather than refusing a call — see [`HubError::is_unavailable`].
+        /// failing) rather than refusing a call — see [`ClientError::is_unavailable`].
         unavailable: bool,
     },
 }
@@ -90,7 +90,7 @@ impl RunError {
 
 /// The hub errors of a run, for `--once` to report.
 #[derive(Debug, Default)]
-struct HubErrors {
+struct ClientErrors {
     first: Option<String>,
     refused: bool,
 }
@@ -281,7 +281,7 @@ pub fn limits_of(policy: &Policy) -> RolloutLimits {
 
 /// How a `reboot` call ended, from the agent's answer (200 accepted / already done, 409 refused
 /// with a reason, 400 malformed) or the hub's error (404103 offline).
-pub fn classify(result: &Result<MethodResponse, HubError>) -> MethodOutcome {
+pub fn classify(result: &Result<MethodResponse, ClientError>) -> MethodOutcome {
     match result {
         Ok(response) => {
             let body = &response.payload;
@@ -352,7 +352,7 @@ pub struct Scheduler<H: HubApi + Clone> {
     calls: JoinSet<CallResult>,
     draining: bool,
     stats: RunStats,
-    hub_errors: HubErrors,
+    hub_errors: ClientErrors,
 }
 
 impl<H: HubApi + Clone> std::fmt::Debug for Scheduler<H> {
@@ -403,7 +403,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
             calls: JoinSet::new(),
             draining: false,
             stats: RunStats::default(),
-            hub_errors: HubErrors::default(),
+            hub_errors: ClientErrors::default(),
         };
         scheduler.install(policies)?;
         let unresolved = scheduler
@@ -956,7 +956,7 @@ mod tests {
     use casement_iothub::error::ServiceError;
     use serde_json::json;
 
-    fn answer(status: i32, payload: Value) -> Result<MethodResponse, HubError> {
+    fn answer(status: i32, payload: Value) -> Result<MethodResponse, ClientError> {
         Ok(MethodResponse { status, payload })
     }
 
@@ -992,12 +992,12 @@ mod tests {
             classify(&answer(500, Value::Null)),
             MethodOutcome::Error(_)
         ));
-        let offline = Err(HubError::Service {
+        let offline = Err(ClientError::Service {
             op: "POST".into(),
             error: ServiceError::parse(404, Some("DeviceNotOnline"), b""),
         });
         assert_eq!(classify(&offline), MethodOutcome::Offline);
-        let timeout = Err(HubError::Service {
+        let timeout = Err(ClientError::Service {
             op: "POST".into(),
             error: ServiceError::parse(504, Some("GatewayTimeout"), b""),
         });

@@ -5,9 +5,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use casement_client::HubApi;
 use casement_iothub::rest::TwinPatch;
 use casement_scheduler::apply::{self, ApplyOptions, ApplySummary, ChangeKind};
-use casement_scheduler::service::HubApi;
 use common::*;
 use serde_json::json;
 
@@ -248,8 +248,8 @@ async fn an_etag_conflict_is_resolved_by_re_reading_the_twin() {
 
 #[tokio::test]
 async fn a_tier_quota_in_the_client_keeps_apply_under_the_hubs_throttle() {
+    use casement_client::{ClientConfig, Quota, RetryPolicy};
     use casement_hub::{Operation, Rate, ThrottleConfig};
-    use casement_scheduler::service::{Quota, RetryPolicy, ServiceConfig};
     let env = Env::start_with(utc(2026, 3, 28, 12, 0, 0), |mut c| {
         c.throttle = ThrottleConfig {
             rates: [(Operation::TwinUpdates, Rate::per_second(5.0))]
@@ -264,16 +264,16 @@ async fn a_tier_quota_in_the_client_keeps_apply_under_the_hubs_throttle() {
     let client = Env::client_for(
         &env.hub,
         &env.clock,
-        ServiceConfig {
+        ClientConfig {
             retry: RetryPolicy {
                 max_attempts: 1,
                 ..RetryPolicy::default()
             },
-            quota: Quota {
-                twin_updates: Some(casement_scheduler::service::Rate::per_second(4.0)),
-                ..Quota::unlimited()
-            },
-            ..ServiceConfig::default()
+            quota: Quota::unlimited().with(
+                casement_client::Operation::TwinUpdates,
+                casement_client::Rate::per_second(4.0),
+            ),
+            ..ClientConfig::default()
         },
     );
     let (_, summary) = apply_with(&env, &client, false).await;
@@ -300,12 +300,12 @@ async fn a_tier_quota_in_the_client_keeps_apply_under_the_hubs_throttle() {
     let unlimited = Env::client_for(
         &env.hub,
         &env.clock,
-        ServiceConfig {
+        ClientConfig {
             retry: RetryPolicy {
                 max_attempts: 1,
                 ..RetryPolicy::default()
             },
-            ..ServiceConfig::default()
+            ..ClientConfig::default()
         },
     );
     // 4 updates and 2 clears at once against a bucket of 5: some are refused.

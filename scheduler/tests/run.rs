@@ -308,7 +308,7 @@ async fn a_throttling_hub_slows_the_run_down_but_it_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_method_quota_in_the_client_keeps_the_run_under_the_hubs_throttle() {
-    use casement_scheduler::service::{Quota, RetryPolicy, ServiceConfig};
+    use casement_client::{ClientConfig, Quota, RetryPolicy};
     let mut env = Env::start_with(utc(2026, 3, 28, 12, 0, 0), |mut config| {
         config.throttle = ThrottleConfig {
             rates: [(Operation::Methods, Rate::per_second(1.0))]
@@ -325,16 +325,16 @@ async fn a_method_quota_in_the_client_keeps_the_run_under_the_hubs_throttle() {
     let client = Env::client_for(
         &env.hub,
         &env.clock,
-        ServiceConfig {
+        ClientConfig {
             retry: RetryPolicy {
                 max_attempts: 1,
                 ..RetryPolicy::default()
             },
-            quota: Quota {
-                methods: Some(casement_scheduler::service::Rate::per_second(0.8)),
-                ..Quota::unlimited()
-            },
-            ..ServiceConfig::default()
+            quota: Quota::unlimited().with(
+                casement_client::Operation::Methods,
+                casement_client::Rate::per_second(0.8),
+            ),
+            ..ClientConfig::default()
         },
     );
     let mut scheduler = env.scheduler(client.clone()).await;

@@ -17,6 +17,7 @@
 //! - [`hub`]: the real hub on loopback ports, on disk so it can restart, on an injected clock.
 //! - [`rest`]: a raw service REST client that sends anything and reads errors.
 //! - [`mqtt`]: a raw MQTT device connection, and reading a client id from a CONNECT.
+//! - [`policy_file`]: policy files with every field set, for tests that write them.
 //! - [`invariants`]: DESIGN.md's invariants as pure checks over a run's facts, twins and report.
 //! - [`scenario`]: the seeded fleet run — hub, scheduler and simulated devices on a fast clock,
 //!   faults on a timeline — that gathers those facts.
@@ -24,6 +25,7 @@
 pub mod hub;
 pub mod invariants;
 pub mod mqtt;
+pub mod policy_file;
 pub mod proxy;
 pub mod rest;
 pub mod scenario;
@@ -38,9 +40,10 @@ pub fn install_crypto_provider() {
     }
 }
 
-/// Sends the components' `tracing` logs to the test output when `RUST_LOG` is set (once per
-/// process; later calls do nothing).
+/// Installs the crypto provider and sends the components' `tracing` logs to the test output
+/// when `RUST_LOG` is set (once per process; later calls do nothing).
 pub fn init_tracing() {
+    install_crypto_provider();
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

@@ -33,6 +33,7 @@ use casement_agent::backoff::BackoffPolicy;
 use casement_agent::clock::DrivenClock;
 use casement_agent::config::Endpoint;
 use casement_agent::simulate::{Simulation, SimulationConfig};
+use casement_client::{ClientConfig, ClientError, HubApi, HubTarget, RetryPolicy, ServiceClient};
 use casement_iothub::connection_string::ServiceConnectionString;
 use casement_iothub::rest::{MethodRequest, MethodResponse, Twin, TwinPatch};
 use casement_policy::{Clock, Policy};
@@ -42,9 +43,6 @@ use casement_scheduler::metrics::Metrics;
 use casement_scheduler::report::{self, Report};
 use casement_scheduler::rollout::RolloutConfig;
 use casement_scheduler::run::{RunConfig, RunError, RunStats, Scheduler, SignalSender, Signals};
-use casement_scheduler::service::{
-    HubApi, HubError, HubTarget, RetryPolicy, ServiceClient, ServiceConfig,
-};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 use rand::Rng;
@@ -357,10 +355,10 @@ struct Tap {
 }
 
 impl HubApi for Tap {
-    fn query(&self, sql: &str) -> impl Future<Output = Result<Vec<Value>, HubError>> + Send {
+    fn query(&self, sql: &str) -> impl Future<Output = Result<Vec<Value>, ClientError>> + Send {
         self.inner.query(sql)
     }
-    fn get_twin(&self, device: &str) -> impl Future<Output = Result<Twin, HubError>> + Send {
+    fn get_twin(&self, device: &str) -> impl Future<Output = Result<Twin, ClientError>> + Send {
         self.inner.get_twin(device)
     }
     fn patch_twin(
@@ -368,14 +366,14 @@ impl HubApi for Tap {
         device: &str,
         patch: &TwinPatch,
         etag: Option<&str>,
-    ) -> impl Future<Output = Result<Twin, HubError>> + Send {
+    ) -> impl Future<Output = Result<Twin, ClientError>> + Send {
         self.inner.patch_twin(device, patch, etag)
     }
     fn invoke_method(
         &self,
         device: &str,
         request: &MethodRequest,
-    ) -> impl Future<Output = Result<MethodResponse, HubError>> + Send {
+    ) -> impl Future<Output = Result<MethodResponse, ClientError>> + Send {
         let text = |key: &str| {
             request
                 .payload
@@ -801,14 +799,14 @@ async fn drive(rig: &mut Rig, config: &ScenarioConfig) -> Result<ScenarioOutcome
     let target = HubTarget::new(rig.owner.clone())
         .with_endpoint(&format!("http://{}", rig.rest_proxy.addr()))
         .map_err(|e| ScenarioError::Scheduler(e.to_string()))?;
-    let service = ServiceConfig {
+    let service = ClientConfig {
         request_timeout: Duration::from_secs(10),
         retry: RetryPolicy {
             max_attempts: 4,
             initial: Duration::from_millis(50),
             max: Duration::from_millis(500),
         },
-        ..ServiceConfig::default()
+        ..ClientConfig::default()
     };
     let client = ServiceClient::new(target, service, rig.clock.clone())
         .map_err(|e| ScenarioError::Scheduler(e.to_string()))?;

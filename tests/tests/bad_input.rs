@@ -934,7 +934,7 @@ async fn protocol_violations_close_the_connection_and_bad_reports_get_400() {
 mod policy_files {
     use std::path::{Path, PathBuf};
 
-    use casement_scheduler::cli::{Cli, run_with};
+    use casement::cli::{Cli, run_with};
     use casement_tests::seed::Seed;
     use clap::Parser;
     use rand::Rng;
@@ -971,7 +971,7 @@ max_concurrent = 5
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let code = run_with(cli, &mut out, &mut err).unwrap_or_else(|e| {
             err.extend_from_slice(format!("error: {e:#}").as_bytes());
-            casement_scheduler::cli::EXIT_INPUT
+            casement::cli::EXIT_INPUT
         });
         Run {
             code,

@@ -34,7 +34,7 @@ use serde::de::DeserializeOwned;
 
 use crate::auth::{AuthError, Identity, need};
 use crate::error::ApiError;
-use crate::hub::Shared;
+use crate::state::Shared;
 use crate::throttle::Operation;
 
 pub(crate) use axum::extract::State;

@@ -40,7 +40,7 @@ pub(super) async fn replace(
 }
 
 async fn write(
-    shared: std::sync::Arc<crate::hub::Shared>,
+    shared: std::sync::Arc<crate::state::Shared>,
     id: String,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::hub::Shared;
 use crate::methods::MethodReply;
 use crate::mqtt::broker::{Outbound, SubscribeRefusal};
+use crate::state::Shared;
 use crate::throttle::Operation;
 
 /// IoT Hub's cap on the keep-alive timeout: 1767 s (reference §2).

@@ -14,15 +14,13 @@ use casement_agent::backoff::BackoffPolicy;
 use casement_agent::clock::DrivenClock;
 use casement_agent::simulate::SimulatedReboot;
 use casement_agent::{Simulation, SimulationConfig};
+use casement_client::{ClientConfig, ClientError, HubApi, HubTarget, RetryPolicy, ServiceClient};
 use casement_hub::{Hub, HubConfig, RunningHub};
 use casement_iothub::rest::{MethodRequest, MethodResponse, Twin, TwinPatch};
 use casement_policy::PolicySet;
 use casement_scheduler::fleet::TwinView;
 use casement_scheduler::metrics::Metrics;
 use casement_scheduler::run::{RunConfig, Scheduler};
-use casement_scheduler::service::{
-    HubApi, HubError, HubTarget, RetryPolicy, ServiceClient, ServiceConfig,
-};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
@@ -46,72 +44,7 @@ impl casement_hub::Clock for HubTime {
     }
 }
 
-/// A policy file.
-pub struct PolicyFile<'a> {
-    pub name: &'a str,
-    pub priority: i32,
-    pub target: &'a str,
-    pub schedule: &'a str,
-    pub duration: &'a str,
-    pub timezone: &'a str,
-    pub expected: &'a str,
-    pub max_concurrent: u32,
-    pub max_per_minute: u32,
-    pub max_failures: &'a str,
-}
-
-impl Default for PolicyFile<'_> {
-    fn default() -> Self {
-        Self {
-            name: "weekly",
-            priority: 10,
-            target: "tags.role = 'gateway'",
-            schedule: "0 2 * * SUN",
-            duration: "2h",
-            timezone: "device",
-            expected: "5m",
-            max_concurrent: 10,
-            max_per_minute: 100,
-            max_failures: "10%",
-        }
-    }
-}
-
-impl PolicyFile<'_> {
-    pub fn text(&self) -> String {
-        format!(
-            r#"[policy]
-name = "{}"
-priority = {}
-target = "{}"
-
-[window]
-schedule = "{}"
-duration = "{}"
-timezone = "{}"
-
-[reboot]
-expected_duration = "{}"
-method_timeout = "10s"
-
-[rollout]
-max_concurrent = {}
-max_per_minute = {}
-max_failures = "{}"
-"#,
-            self.name,
-            self.priority,
-            self.target,
-            self.schedule,
-            self.duration,
-            self.timezone,
-            self.expected,
-            self.max_concurrent,
-            self.max_per_minute,
-            self.max_failures
-        )
-    }
-}
+pub use casement_tests::policy_file::PolicyFile;
 
 pub struct Env {
     pub hub: RunningHub,
@@ -151,7 +84,7 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let policies = dir.path().join("policies");
         std::fs::create_dir_all(&policies).unwrap();
-        let client = Self::client_for(&hub, &clock, ServiceConfig::default());
+        let client = Self::client_for(&hub, &clock, ClientConfig::default());
         Self {
             hub,
             clock,
@@ -166,7 +99,7 @@ impl Env {
     pub fn client_for(
         hub: &RunningHub,
         clock: &DrivenClock,
-        config: ServiceConfig,
+        config: ClientConfig,
     ) -> ServiceClient {
         let target = HubTarget::new(hub.service_connection_string().parse().unwrap())
             .with_endpoint(&hub.http_url().unwrap())
@@ -179,13 +112,13 @@ impl Env {
         Self::client_for(
             &self.hub,
             &self.clock,
-            ServiceConfig {
+            ClientConfig {
                 retry: RetryPolicy {
                     max_attempts: 30,
                     initial: Duration::from_millis(50),
                     max: Duration::from_secs(2),
                 },
-                ..ServiceConfig::default()
+                ..ClientConfig::default()
             },
         )
     }
@@ -519,10 +452,10 @@ impl Faulty {
 }
 
 impl HubApi for Faulty {
-    fn query(&self, sql: &str) -> impl Future<Output = Result<Vec<Value>, HubError>> + Send {
+    fn query(&self, sql: &str) -> impl Future<Output = Result<Vec<Value>, ClientError>> + Send {
         self.inner.query_all(sql)
     }
-    fn get_twin(&self, device: &str) -> impl Future<Output = Result<Twin, HubError>> + Send {
+    fn get_twin(&self, device: &str) -> impl Future<Output = Result<Twin, ClientError>> + Send {
         self.inner.twin(device)
     }
     fn patch_twin(
@@ -530,14 +463,14 @@ impl HubApi for Faulty {
         device: &str,
         patch: &TwinPatch,
         etag: Option<&str>,
-    ) -> impl Future<Output = Result<Twin, HubError>> + Send {
+    ) -> impl Future<Output = Result<Twin, ClientError>> + Send {
         self.inner.patch(device, patch, etag)
     }
     fn invoke_method(
         &self,
         device: &str,
         request: &MethodRequest,
-    ) -> impl Future<Output = Result<MethodResponse, HubError>> + Send {
+    ) -> impl Future<Output = Result<MethodResponse, ClientError>> + Send {
         let this = self.clone();
         let device = device.to_owned();
         let request = request.clone();

@@ -1,4 +1,5 @@
-//! The flags that say which hub to talk to and how hard, shared by `apply`, `run` and `report`.
+//! The client's flags — which hub to talk to and how hard — shared by every command that talks
+//! to a hub (`apply`, `run`, `report`, `query`, `twin`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,14 +9,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use casement_policy::Clock;
 
-use crate::service::{
-    CA_ENV, CONNECTION_STRING_ENV, HubTarget, LOCAL_HUB_FILE, Quota, Rate, RetryPolicy,
-    ServiceClient, ServiceConfig, Tier,
+use casement_client::{
+    CA_ENV, CONNECTION_STRING_ENV, ClientConfig, HubTarget, LOCAL_HUB_FILE, Operation, Quota, Rate,
+    RetryPolicy, ServiceClient, Tier,
 };
 
 /// Which hub, and the client-side limits to keep.
 #[derive(Debug, Clone, clap::Args)]
-pub struct HubArgs {
+pub struct ClientArgs {
     /// The hub's service connection string (HostName=…;SharedAccessKeyName=…;SharedAccessKey=…).
     /// Without it, a local `casement hub`'s .casement/hub/connection.env is used.
     #[arg(long, env = CONNECTION_STRING_ENV, hide_env_values = true, value_name = "CONNECTION_STRING")]
@@ -59,23 +60,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     casement_policy::parse_duration(text).map_err(|e| e.to_string())
 }
 
-impl HubArgs {
+impl ClientArgs {
     /// The quotas these flags ask for.
     pub fn quota(&self) -> Quota {
         let mut q = self
             .tier
             .map_or_else(Quota::unlimited, |t| Quota::tier(t, self.units));
         if let Some(n) = self.max_twin_updates_per_sec {
-            q.twin_updates = Some(Rate::per_second(n));
+            q = q.with(Operation::TwinUpdates, Rate::per_second(n));
         }
         if let Some(n) = self.max_twin_reads_per_sec {
-            q.twin_reads = Some(Rate::per_second(n));
+            q = q.with(Operation::TwinReads, Rate::per_second(n));
         }
         if let Some(n) = self.max_queries_per_min {
-            q.queries = Some(Rate::per_minute(n));
+            q = q.with(Operation::Queries, Rate::per_minute(n));
         }
         if let Some(n) = self.max_methods_per_sec {
-            q.methods = Some(Rate::per_second(n));
+            q = q.with(Operation::Methods, Rate::per_second(n));
         }
         q
     }
@@ -115,14 +116,14 @@ impl HubArgs {
             }
         }
         let target = self.target(err)?;
-        let config = ServiceConfig {
+        let config = ClientConfig {
             request_timeout: self.request_timeout,
             retry: RetryPolicy {
                 max_attempts: self.retries.saturating_add(1),
                 ..RetryPolicy::default()
             },
             quota: self.quota(),
-            ..ServiceConfig::default()
+            ..ClientConfig::default()
         };
         ServiceClient::new(target, config, clock).context("cannot set up the hub client")
     }

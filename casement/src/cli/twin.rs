@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use super::hub_args::{HubArgs, runtime};
+use super::client_args::{ClientArgs, runtime};
 use super::{EXIT_INPUT, EXIT_OK};
 
 /// Flags of `casement query`.
@@ -22,7 +22,7 @@ pub struct QueryArgs {
     pub query: String,
     /// The hub.
     #[command(flatten)]
-    pub hub: HubArgs,
+    pub hub: ClientArgs,
 }
 
 /// `casement twin <COMMAND>`.
@@ -51,7 +51,7 @@ pub struct TwinShowArgs {
     pub device: String,
     /// The hub.
     #[command(flatten)]
-    pub hub: HubArgs,
+    pub hub: ClientArgs,
 }
 
 /// Runs `casement query`.

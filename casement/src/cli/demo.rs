@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::hub_args::parse_duration;
+use super::client_args::parse_duration;
 use super::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, print_diagnostics};
 use crate::demo::{self, DemoConfig, DemoError, ProgressMode};
 

@@ -3,7 +3,7 @@
 use std::io::Write;
 
 use super::EXIT_OK;
-use super::hub_args::{init_logging, runtime};
+use super::client_args::{init_logging, runtime};
 
 /// The long help of `casement hub`.
 pub const ABOUT: &str = "Run a local IoT Hub: what Azurite is for Azure Storage, for Azure IoT Hub.\n\n\

@@ -3,11 +3,11 @@
 //! [`run`] starts an embedded hub ([`casement_hub`]) in a temporary directory on loopback ports,
 //! registers a tagged fleet of simulated devices across zones on several continents and starts
 //! them ([`casement_agent::Simulation`]: the real agent per device, each with its own MQTT
-//! connection), applies the demo policies ([`crate::apply`]) — windows every two minutes that
-//! let a reboot start within the first minute — and runs the scheduler ([`crate::run`]) with a
+//! connection), applies the demo policies ([`casement_scheduler::apply`]) — windows every two minutes that
+//! let a reboot start within the first minute — and runs the scheduler ([`casement_scheduler::run`]) with a
 //! one-second tick. While it runs it shows, per policy, the devices in their window, rebooting,
 //! completed, refused and failed; it stops when every device has rebooted inside its latest
-//! window (or at the deadline), prints the compliance report ([`crate::report`]) next to the
+//! window (or at the deadline), prints the compliance report ([`casement_scheduler::report`]) next to the
 //! devices' own log of reboots ([`truth`]), and keeps everything running for the user to query
 //! when asked to.
 //!
@@ -40,13 +40,13 @@ use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use tokio::task::JoinHandle;
 
-use crate::apply::{self, ApplyError, ApplyOptions};
-use crate::journal::JournalView;
-use crate::metrics::Metrics;
-use crate::report::{self, Format, Report};
-use crate::rollout::RolloutConfig;
-use crate::run::{RunConfig, RunError, RunStats, Scheduler, SignalSender, Signals};
-use crate::service::{HubTarget, ServiceClient, ServiceConfig, TargetError};
+use casement_client::{ClientConfig, HubTarget, ServiceClient, TargetError};
+use casement_scheduler::apply::{self, ApplyError, ApplyOptions};
+use casement_scheduler::journal::JournalView;
+use casement_scheduler::metrics::Metrics;
+use casement_scheduler::report::{self, Format, Report};
+use casement_scheduler::rollout::RolloutConfig;
+use casement_scheduler::run::{RunConfig, RunError, RunStats, Scheduler, SignalSender, Signals};
 
 pub use fleet::Site;
 pub use progress::ProgressMode;
@@ -185,7 +185,7 @@ pub enum DemoError {
     SchedulerTask(String),
     /// The final report could not be computed.
     #[error("the compliance report failed")]
-    Report(#[source] Box<crate::service::HubError>),
+    Report(#[source] Box<casement_client::ClientError>),
     /// Output could not be written.
     #[error("cannot write the demo's output")]
     Output(#[from] std::io::Error),
@@ -637,7 +637,7 @@ impl Session<'_> {
         let target = HubTarget::new(self.connection()?).with_endpoint(&url)?;
         Ok(ServiceClient::new(
             target,
-            ServiceConfig::default(),
+            ClientConfig::default(),
             Arc::new(casement_policy::SystemClock),
         )?)
     }
@@ -713,7 +713,7 @@ impl Session<'_> {
         &self,
         client: &ServiceClient,
         scheduler_running: bool,
-    ) -> Result<Report, crate::service::HubError> {
+    ) -> Result<Report, casement_client::ClientError> {
         let state = self.state_dir();
         let journal = if scheduler_running {
             JournalView::read_snapshot(&state)
@@ -907,10 +907,8 @@ impl Session<'_> {
         );
         let device = self.plan.first().map_or("demo-0000", |d| d.id.as_str());
         let policy = self.policies.iter().next().map(|p| p.file().to_owned());
-        for (command, example) in try_commands(device, policy.as_deref()) {
-            if has_subcommand(command) {
-                text.push_str(&format!("  {example}\n"));
-            }
+        for example in try_commands(device, policy.as_deref()) {
+            text.push_str(&format!("  {example}\n"));
         }
         text.push_str(&format!(
             "\nThe hub also takes plain MQTT on mqtt://{} (device SAS tokens). Stop everything with Ctrl-C.\n",
@@ -948,33 +946,19 @@ impl Session<'_> {
     }
 }
 
-/// Whether this binary has the subcommand (the demo suggests only commands that exist).
-fn has_subcommand(name: &str) -> bool {
-    use clap::CommandFactory as _;
-    crate::cli::Cli::command().find_subcommand(name).is_some()
-}
-
-/// The commands the demo suggests with `--keep-running`, by subcommand.
-fn try_commands(device: &str, policy: Option<&Path>) -> Vec<(&'static str, String)> {
+/// The commands the demo suggests with `--keep-running` (a test runs each of them against a
+/// kept-running demo).
+pub fn try_commands(device: &str, policy: Option<&Path>) -> Vec<String> {
     let mut commands = vec![
-        ("report", "casement report --devices".to_owned()),
-        (
-            "query",
-            "casement query \"SELECT deviceId, properties.reported.maintenance.window FROM devices WHERE tags.region = 'asia'\"".to_owned(),
-        ),
-        (
-            "query",
-            "casement query \"SELECT properties.reported.iothubDM.reboot.status AS status, COUNT() AS devices FROM devices GROUP BY properties.reported.iothubDM.reboot.status\"".to_owned(),
-        ),
-        ("twin", format!("casement twin show {device}")),
+        "casement report --devices".to_owned(),
+        "casement query \"SELECT deviceId, properties.reported.maintenance.window FROM devices WHERE tags.region = 'asia'\"".to_owned(),
+        "casement query \"SELECT properties.reported.iothubDM.reboot.status AS status, COUNT() AS devices FROM devices GROUP BY properties.reported.iothubDM.reboot.status\"".to_owned(),
+        format!("casement twin show {device}"),
     ];
     if let Some(policy) = policy {
-        commands.push((
-            "windows",
-            format!(
-                "casement windows {} --zone Asia/Tokyo --count 3",
-                policy.display()
-            ),
+        commands.push(format!(
+            "casement windows {} --zone Asia/Tokyo --count 3",
+            policy.display()
         ));
     }
     commands
@@ -993,17 +977,6 @@ mod tests {
         }
         assert!(config.mqtts.is_none() && config.https.is_none());
         assert_eq!(config.storage, Storage::Dir(PathBuf::from("/tmp/x")));
-    }
-
-    #[test]
-    fn only_commands_this_binary_has_are_suggested() {
-        assert!(has_subcommand("report"));
-        assert!(!has_subcommand("no-such-command"));
-        let commands = try_commands("demo-0000", Some(Path::new("p/demo-pos.toml")));
-        assert!(commands.iter().any(|(c, _)| *c == "report"));
-        assert!(commands.iter().any(
-            |(_, line)| line == "casement windows p/demo-pos.toml --zone Asia/Tokyo --count 3"
-        ));
     }
 
     fn outcome(ending: Ending, compliant: u32, truth: Truth) -> DemoOutcome {

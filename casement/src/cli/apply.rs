@@ -4,9 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::hub_args::{HubArgs, runtime};
+use super::client_args::{ClientArgs, runtime};
 use super::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, print_diagnostics};
-use crate::apply::{self, ApplyOptions};
+use casement_scheduler::apply::{self, ApplyOptions};
 
 /// How `apply` prints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,7 +45,7 @@ pub struct Args {
     pub concurrency: usize,
     /// The hub.
     #[command(flatten)]
-    pub hub: HubArgs,
+    pub hub: ClientArgs,
 }
 
 /// Runs `casement apply`.
@@ -82,7 +82,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Res
         let progress = if args.plan {
             Box::new(()) as Box<dyn apply::Progress>
         } else {
-            apply::terminal_progress()
+            crate::progress::terminal_progress()
         };
         let summary = apply::execute(&client, &set, &plan, &options, progress.as_ref()).await;
         Ok::<_, anyhow::Error>((plan, summary))

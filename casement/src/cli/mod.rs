@@ -12,9 +12,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod apply;
+pub mod client_args;
 pub mod demo;
 pub mod hub;
-pub mod hub_args;
 pub mod report;
 pub mod run;
 pub mod twin;
@@ -29,7 +29,7 @@ pub const EXIT_FINDINGS: u8 = 1;
 /// (a wrong key, an unknown device).
 pub const EXIT_INPUT: u8 = 2;
 /// The hub could not be reached or could not serve the calls, even after retries: try again
-/// later (see [`HubError::is_unavailable`](crate::service::HubError::is_unavailable)).
+/// later (see [`ClientError::is_unavailable`](casement_client::ClientError::is_unavailable)).
 pub const EXIT_UNAVAILABLE: u8 = 3;
 
 /// `error` and its causes on one line, each said once: an error whose message already quotes
@@ -53,10 +53,10 @@ pub fn describe(error: &anyhow::Error) -> String {
 /// The exit code for a command that failed with `error`.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     let unavailable = error.chain().any(|e| {
-        e.downcast_ref::<crate::service::HubError>()
-            .is_some_and(crate::service::HubError::is_unavailable)
-            || e.downcast_ref::<crate::run::RunError>()
-                .is_some_and(crate::run::RunError::is_unavailable)
+        e.downcast_ref::<casement_client::ClientError>()
+            .is_some_and(casement_client::ClientError::is_unavailable)
+            || e.downcast_ref::<casement_scheduler::run::RunError>()
+                .is_some_and(casement_scheduler::run::RunError::is_unavailable)
     });
     if unavailable {
         EXIT_UNAVAILABLE
@@ -195,5 +195,40 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Splits a suggested command line as a shell would (double quotes only, as the
+    /// suggestions use).
+    fn shell_words(line: &str) -> Vec<String> {
+        let mut words = Vec::new();
+        let mut word = String::new();
+        let mut quoted = false;
+        for c in line.chars() {
+            match c {
+                '"' => quoted = !quoted,
+                ' ' if !quoted => {
+                    if !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                }
+                c => word.push(c),
+            }
+        }
+        words.push(word);
+        words
+    }
+
+    #[test]
+    fn every_command_the_demo_suggests_parses() {
+        let commands =
+            crate::demo::try_commands("demo-0000", Some(std::path::Path::new("p/demo-pos.toml")));
+        assert!(commands.len() >= 5, "{commands:?}");
+        for line in commands {
+            let words = shell_words(&line);
+            assert_eq!(words[0], "casement", "{line}");
+            if let Err(e) = Cli::try_parse_from(&words) {
+                panic!("the demo suggests `{line}`, which does not parse: {e}");
+            }
+        }
     }
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use casement_scheduler::demo::{self, DemoConfig, DemoError, Ending, ProgressMode};
+use casement::demo::{self, DemoConfig, DemoError, Ending, ProgressMode};
 use casement_scheduler::report::DeviceState;
 
 /// Gateways in each device's own zone, every 20 s; POS terminals in New York time, 10 s later.

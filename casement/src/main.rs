@@ -2,11 +2,11 @@
 
 use std::process::ExitCode;
 
-use casement_scheduler::cli::{Cli, describe, exit_code, run};
+use casement::cli::{Cli, describe, exit_code, run};
 use clap::Parser;
 
 fn main() -> ExitCode {
-    casement_scheduler::service::ensure_crypto_provider();
+    casement_client::ensure_crypto_provider();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::metrics::Metrics;
-use crate::report::{DeviceState, Report};
+use casement_scheduler::metrics::Metrics;
+use casement_scheduler::report::{DeviceState, Report};
 
 /// One policy's progress.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -418,9 +418,9 @@ impl<'a> Display<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fleet::TwinView;
-    use crate::journal::JournalView;
-    use crate::report;
+    use casement_scheduler::fleet::TwinView;
+    use casement_scheduler::journal::JournalView;
+    use casement_scheduler::report;
     use chrono::TimeZone;
     use serde_json::json;
 

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use casement_policy::Clock as _;
 
-use super::hub_args::{HubArgs, runtime};
+use super::client_args::{ClientArgs, runtime};
 use super::{EXIT_FINDINGS, EXIT_OK};
-use crate::journal::{DEFAULT_STATE_DIR, JournalView};
-use crate::report::{self, DEFAULT_LOOKBACK, Format};
+use casement_scheduler::journal::{DEFAULT_STATE_DIR, JournalView};
+use casement_scheduler::report::{self, DEFAULT_LOOKBACK, Format};
 
 /// Output formats of `report`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,7 +54,7 @@ pub struct Args {
     pub state_dir: PathBuf,
     /// The hub.
     #[command(flatten)]
-    pub hub: HubArgs,
+    pub hub: ClientArgs,
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {

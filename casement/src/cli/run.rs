@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::hub_args::{HubArgs, init_logging, parse_duration, runtime};
+use super::client_args::{ClientArgs, init_logging, parse_duration, runtime};
 use super::{EXIT_INPUT, EXIT_OK, print_diagnostics};
-use crate::journal::DEFAULT_STATE_DIR;
-use crate::metrics::Metrics;
-use crate::rollout::RolloutConfig;
-use crate::run::{RunConfig, RunError, Scheduler, Signals, run_with_metrics};
+use casement_scheduler::journal::DEFAULT_STATE_DIR;
+use casement_scheduler::metrics::Metrics;
+use casement_scheduler::rollout::RolloutConfig;
+use casement_scheduler::run::{RunConfig, RunError, Scheduler, Signals, run_with_metrics};
 
 /// Flags of `casement run`.
 #[derive(Debug, clap::Args)]
@@ -56,7 +56,7 @@ pub struct Args {
     pub no_apply: bool,
     /// The hub.
     #[command(flatten)]
-    pub hub: HubArgs,
+    pub hub: ClientArgs,
 }
 
 /// Runs `casement run`.

@@ -1,18 +1,17 @@
 //! `casement apply`, `run --once` and `report`: the built binary against an in-process hub
 //! (system clock), checked for output, exit codes and what reached the twins.
 
-mod common;
-
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
 use casement_agent::{Simulation, SimulationConfig};
+use casement_client::{ClientConfig, HubTarget, ServiceClient};
 use casement_hub::{Hub, HubConfig, RunningHub};
 use casement_iothub::rest::TwinPatch;
 use casement_scheduler::fleet::TwinView;
-use casement_scheduler::service::{HubTarget, ServiceClient, ServiceConfig};
-use common::{PolicyFile, init_tracing};
+use casement_tests::init_tracing;
+use casement_tests::policy_file::PolicyFile;
 use serde_json::{Value, json};
 
 async fn casement(dir: &Path, args: &[&str]) -> Output {
@@ -50,7 +49,7 @@ async fn setup() -> Setup {
         HubTarget::new(cs.parse().unwrap())
             .with_endpoint(&url)
             .unwrap(),
-        ServiceConfig::default(),
+        ClientConfig::default(),
         std::sync::Arc::new(casement_policy::SystemClock),
     )
     .unwrap();
