@@ -31,155 +31,17 @@
 use std::time::Duration;
 
 use casement_iothub::time::format_timestamp;
-use casement_policy::maintenance::{self, RebootStatus, ReportedWindow};
+use casement_policy::maintenance::{
+    self, RebootAnswer, RebootPayload, RebootStatus, RefusalReason, ReportedWindow,
+};
 use casement_policy::window::WindowState;
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::state::{AgentState, InProgressReboot, RebootRecord};
 
 /// The method name.
 pub const METHOD_NAME: &str = maintenance::REBOOT_METHOD;
-/// Payloads larger than this are refused (the scheduler's payload is a few hundred bytes).
-pub const MAX_PAYLOAD_BYTES: usize = 8 * 1024;
-/// The longest `reason` a forced reboot may carry (it is written into the twin).
-pub const MAX_REASON_CHARS: usize = 512;
-
-/// A parsed `reboot` payload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RebootRequest {
-    /// `null`, empty or `{}`: reboot in the window open now, under the applied policy.
-    CurrentWindow,
-    /// `{"policy","revision","occurrence"}` from the scheduler.
-    Scheduled {
-        /// The policy name.
-        policy: String,
-        /// The policy revision.
-        revision: String,
-        /// The window occurrence (its opening instant).
-        occurrence: DateTime<Utc>,
-    },
-    /// `{"force":true,"reason":…}`: reboot now, window or not.
-    Forced {
-        /// Why, for the audit trail.
-        reason: String,
-    },
-}
-
-impl RebootRequest {
-    /// Parses a method payload; the error says what is wrong, for a 400 answer.
-    pub fn parse(payload: &[u8]) -> Result<Self, String> {
-        if payload.len() > MAX_PAYLOAD_BYTES {
-            return Err(format!(
-                "payload is {} bytes; at most {MAX_PAYLOAD_BYTES} are accepted",
-                payload.len()
-            ));
-        }
-        if payload.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Self::CurrentWindow);
-        }
-        let value: Value = serde_json::from_slice(payload)
-            .map_err(|err| format!("payload is not valid JSON: {err}"))?;
-        let object = match value {
-            Value::Null => return Ok(Self::CurrentWindow),
-            Value::Object(object) => object,
-            other => {
-                return Err(format!(
-                    "payload must be a JSON object or null, not {}",
-                    json_type(&other)
-                ));
-            }
-        };
-        if object.is_empty() {
-            return Ok(Self::CurrentWindow);
-        }
-        match object.get("force") {
-            None | Some(Value::Bool(false)) => {}
-            Some(Value::Bool(true)) => {
-                let reason = match object.get("reason") {
-                    Some(Value::String(reason)) if !reason.trim().is_empty() => reason.trim(),
-                    Some(Value::String(_)) | None => {
-                        return Err(
-                            "a forced reboot needs a non-empty \"reason\" (it is audited in the twin)"
-                                .to_owned(),
-                        );
-                    }
-                    Some(other) => {
-                        return Err(format!(
-                            "\"reason\" must be a string, not {}",
-                            json_type(other)
-                        ));
-                    }
-                };
-                if reason.chars().count() > MAX_REASON_CHARS {
-                    return Err(format!(
-                        "\"reason\" is longer than {MAX_REASON_CHARS} characters"
-                    ));
-                }
-                return Ok(Self::Forced {
-                    reason: reason.to_owned(),
-                });
-            }
-            Some(other) => {
-                return Err(format!(
-                    "\"force\" must be true or false, not {}",
-                    json_type(other)
-                ));
-            }
-        }
-        let request: maintenance::RebootRequest =
-            maintenance::parse_section("payload", &Value::Object(object)).map_err(|err| {
-                format!(
-                    "{err}: send {{\"policy\",\"revision\",\"occurrence\"}}, null for the current window, \
-                     or {{\"force\":true,\"reason\":\"…\"}}"
-                )
-            })?;
-        Ok(Self::Scheduled {
-            policy: request.policy,
-            revision: request.revision,
-            occurrence: request.occurrence,
-        })
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// Why a request was refused with 409.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefusalReason {
-    /// No window is open, or the open one is not the requested occurrence.
-    OutsideWindow,
-    /// The window closes before `expectedDurationSeconds` would elapse.
-    InsufficientTime,
-    /// The request names another policy or revision than the one applied.
-    RevisionMismatch,
-    /// No policy is applied.
-    NoPolicy,
-    /// Another reboot is already under way.
-    RebootInProgress,
-}
-
-impl RefusalReason {
-    /// The machine-readable reason in the answer.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefusalReason::OutsideWindow => "outside-window",
-            RefusalReason::InsufficientTime => "insufficient-time",
-            RefusalReason::RevisionMismatch => "revision-mismatch",
-            RefusalReason::NoPolicy => "no-policy",
-            RefusalReason::RebootInProgress => "reboot-in-progress",
-        }
-    }
-}
 
 /// The applied policy as the gate sees it.
 #[derive(Debug, Clone, Copy)]
@@ -360,20 +222,21 @@ impl RebootMachine {
         rid: &str,
         payload: &[u8],
     ) -> Vec<RebootAction> {
-        let respond = |status: u16, body: Value| {
+        let respond = |answer: RebootAnswer| {
             vec![RebootAction::Respond(MethodResponse {
                 rid: rid.to_owned(),
-                status,
-                body,
+                status: answer.status(),
+                body: answer.to_json(),
             })]
         };
-        let request = match RebootRequest::parse(payload) {
+        let request = match RebootPayload::parse(payload) {
             Ok(request) => request,
             Err(message) => {
-                return respond(
-                    400,
-                    json!({"accepted": false, "reason": "malformed-payload", "message": message}),
-                );
+                return respond(RebootAnswer::refused(
+                    RefusalReason::MalformedPayload,
+                    message,
+                    None,
+                ));
             }
         };
         let in_progress = match &self.phase {
@@ -385,34 +248,27 @@ impl RebootMachine {
 
         // 1. Already done (or being done) for this occurrence?
         let occurrence = match &request {
-            RebootRequest::Scheduled { occurrence, .. } => Some(*occurrence),
-            RebootRequest::CurrentWindow => open_window.map(|w| w.occurrence),
-            RebootRequest::Forced { .. } => None,
+            RebootPayload::Scheduled(request) => Some(request.occurrence),
+            RebootPayload::CurrentWindow => open_window.map(|w| w.occurrence),
+            RebootPayload::Forced { .. } => None,
         };
         if let Some(occurrence) = occurrence
             && (ctx.state.rebooted_for(occurrence)
                 || in_progress.is_some_and(|r| r.occurrence == Some(occurrence)))
         {
-            return respond(
-                200,
-                json!({"accepted": true, "alreadyDone": true,
-                       "occurrence": format_timestamp(occurrence)}),
-            );
+            return respond(RebootAnswer::already_done(occurrence));
         }
         // 2. Busy?
         if in_progress.is_some() {
-            return respond(
-                409,
-                refusal(
-                    RefusalReason::RebootInProgress,
-                    window,
-                    "another reboot is under way",
-                ),
-            );
+            return respond(refusal(
+                RefusalReason::RebootInProgress,
+                window,
+                "another reboot is under way",
+            ));
         }
 
         let reboot = match request {
-            RebootRequest::Forced { reason } => InProgressReboot {
+            RebootPayload::Forced { reason } => InProgressReboot {
                 occurrence: open_window.map(|w| w.occurrence),
                 policy: ctx.policy.map(|p| p.name.to_owned()),
                 revision: ctx.policy.map(|p| p.revision.to_owned()),
@@ -424,77 +280,61 @@ impl RebootMachine {
             request => {
                 // 3. A policy?
                 let Some(policy) = ctx.policy else {
-                    return respond(
-                        409,
-                        refusal(
-                            RefusalReason::NoPolicy,
-                            None,
-                            "no maintenance policy is applied",
-                        ),
-                    );
+                    return respond(refusal(
+                        RefusalReason::NoPolicy,
+                        None,
+                        "no maintenance policy is applied",
+                    ));
                 };
                 // 4. The same policy and revision?
-                if let RebootRequest::Scheduled {
-                    policy: name,
-                    revision,
-                    ..
-                } = &request
-                    && (name != policy.name || revision != policy.revision)
+                if let RebootPayload::Scheduled(request) = &request
+                    && (request.policy != policy.name || request.revision != policy.revision)
                 {
-                    let mut body = refusal(
+                    let mut answer = refusal(
                         RefusalReason::RevisionMismatch,
                         window,
                         &format!(
-                            "the request is for {name} revision {revision}; the device applies {} revision {}",
-                            policy.name, policy.revision
+                            "the request is for {} revision {}; the device applies {} revision {}",
+                            request.policy, request.revision, policy.name, policy.revision
                         ),
                     );
-                    body["policy"] = json!(policy.name);
-                    body["revision"] = json!(policy.revision);
-                    return respond(409, body);
+                    answer.policy = Some(policy.name.to_owned());
+                    answer.revision = Some(policy.revision.to_owned());
+                    return respond(answer);
                 }
                 // 5. Open, and the requested occurrence?
                 let Some(open) = open_window else {
-                    return respond(
-                        409,
-                        refusal(
-                            RefusalReason::OutsideWindow,
-                            window,
-                            "no maintenance window is open",
-                        ),
-                    );
+                    return respond(refusal(
+                        RefusalReason::OutsideWindow,
+                        window,
+                        "no maintenance window is open",
+                    ));
                 };
-                if let RebootRequest::Scheduled { occurrence, .. } = &request
-                    && *occurrence != open.occurrence
+                if let RebootPayload::Scheduled(request) = &request
+                    && request.occurrence != open.occurrence
                 {
-                    return respond(
-                        409,
-                        refusal(
-                            RefusalReason::OutsideWindow,
-                            window,
-                            &format!(
-                                "the open window is the occurrence {}, not {}",
-                                format_timestamp(open.occurrence),
-                                format_timestamp(*occurrence)
-                            ),
+                    return respond(refusal(
+                        RefusalReason::OutsideWindow,
+                        window,
+                        &format!(
+                            "the open window is the occurrence {}, not {}",
+                            format_timestamp(open.occurrence),
+                            format_timestamp(request.occurrence)
                         ),
-                    );
+                    ));
                 }
                 // 6. Enough time left?
                 let left = (open.closes_at - ctx.now).to_std().unwrap_or_default();
                 if left < policy.expected_duration {
-                    return respond(
-                        409,
-                        refusal(
-                            RefusalReason::InsufficientTime,
-                            window,
-                            &format!(
-                                "{} s left in the window; a reboot needs {} s",
-                                left.as_secs(),
-                                policy.expected_duration.as_secs()
-                            ),
+                    return respond(refusal(
+                        RefusalReason::InsufficientTime,
+                        window,
+                        &format!(
+                            "{} s left in the window; a reboot needs {} s",
+                            left.as_secs(),
+                            policy.expected_duration.as_secs()
                         ),
-                    );
+                    ));
                 }
                 InProgressReboot {
                     occurrence: Some(open.occurrence),
@@ -509,25 +349,22 @@ impl RebootMachine {
         };
 
         // 7. Accepted: persist first, answer once it is on disk.
-        let mut answer = Map::new();
-        answer.insert("accepted".into(), json!(true));
-        if reboot.forced {
-            answer.insert("forced".into(), json!(true));
-            answer.insert("reason".into(), json!(reboot.reason));
-        }
-        answer.insert("policy".into(), json!(reboot.policy));
-        answer.insert("revision".into(), json!(reboot.revision));
-        answer.insert(
-            "occurrence".into(),
-            json!(reboot.occurrence.map(format_timestamp)),
+        let mut answer = RebootAnswer::accepted(
+            reboot.policy.clone(),
+            reboot.revision.clone(),
+            reboot.occurrence,
+            window.map(ReportedWindow::from),
         );
-        answer.insert("window".into(), window.map_or(Value::Null, window_json));
+        if reboot.forced {
+            answer.forced = true;
+            answer.message = reboot.reason.clone();
+        }
         let mut state = ctx.state.clone();
         state.in_progress = Some(reboot.clone());
         self.phase = Phase::Persisting {
             rid: rid.to_owned(),
             reboot,
-            answer: Value::Object(answer),
+            answer: answer.to_json(),
         };
         vec![RebootAction::Persist(state)]
     }
@@ -555,12 +392,18 @@ impl RebootMachine {
                     RebootAction::RunRebootCommand,
                 ]
             }
-            Err(error) => vec![RebootAction::Respond(MethodResponse {
-                rid,
-                status: 500,
-                body: json!({"accepted": false, "reason": "state-write-failed",
-                             "message": format!("cannot persist the reboot before running it: {error}")}),
-            })],
+            Err(error) => {
+                let answer = RebootAnswer::refused(
+                    RefusalReason::StateWriteFailed,
+                    format!("cannot persist the reboot before running it: {error}"),
+                    None,
+                );
+                vec![RebootAction::Respond(MethodResponse {
+                    rid,
+                    status: answer.status(),
+                    body: answer.to_json(),
+                })]
+            }
         }
     }
 
@@ -589,19 +432,9 @@ impl RebootMachine {
     }
 }
 
-/// A 409 body.
-fn refusal(reason: RefusalReason, window: Option<WindowState>, message: &str) -> Value {
-    json!({
-        "accepted": false,
-        "reason": reason.as_str(),
-        "message": message,
-        "window": window.map_or(Value::Null, window_json),
-    })
-}
-
-/// `{"open","opensAt","closesAt"}`, as in the reported `maintenance.window`.
-fn window_json(state: WindowState) -> Value {
-    serde_json::to_value(ReportedWindow::from(state)).unwrap_or(Value::Null)
+/// A refusal, with the window as the device sees it.
+fn refusal(reason: RefusalReason, window: Option<WindowState>, message: &str) -> RebootAnswer {
+    RebootAnswer::refused(reason, message, window.map(ReportedWindow::from))
 }
 
 #[cfg(test)]

@@ -32,6 +32,11 @@ use crate::schedule::Schedule;
 use crate::window::{WindowSpec, WindowSpecError};
 use crate::zone::ZoneSpec;
 
+mod method;
+pub use method::{
+    MAX_PAYLOAD_BYTES, MAX_REASON_CHARS, RebootAnswer, RebootPayload, RebootRequest, RefusalReason,
+};
+
 /// The twin property (desired and reported) holding the maintenance policy.
 pub const MAINTENANCE: &str = "maintenance";
 /// The reported property of Microsoft's device-management pattern.
@@ -444,19 +449,6 @@ impl RebootReport {
     }
 }
 
-/// The payload of the `reboot` direct method.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RebootRequest {
-    /// The policy the reboot is for.
-    pub policy: String,
-    /// Its revision; the device refuses a request for a revision it has not applied.
-    pub revision: String,
-    /// The window occurrence (its `opensAt`); a device reboots at most once per occurrence.
-    #[serde(with = "serde_timestamp")]
-    pub occurrence: DateTime<Utc>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,23 +609,5 @@ mod tests {
         let back = RebootReport::from_reported(&minimal).unwrap().unwrap();
         assert_eq!(back.status, RebootStatus::Rebooting);
         assert!(!back.completed_for(occurrence));
-    }
-
-    #[test]
-    fn reboot_request_json() {
-        let request = RebootRequest {
-            policy: "canary".into(),
-            revision: "0a1b2c3d".into(),
-            occurrence: Utc.with_ymd_and_hms(2026, 11, 29, 1, 0, 0).unwrap(),
-        };
-        let value = serde_json::to_value(&request).unwrap();
-        assert_eq!(
-            value,
-            json!({ "policy": "canary", "revision": "0a1b2c3d", "occurrence": "2026-11-29T01:00:00.000Z" })
-        );
-        assert_eq!(
-            serde_json::from_value::<RebootRequest>(value).unwrap(),
-            request
-        );
     }
 }

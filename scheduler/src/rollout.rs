@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 /// One window occurrence, as UTC instants: `opens_at` (also the occurrence id) to `closes_at`.
 pub use casement_policy::window::Window;
 
-use casement_policy::{MaxFailures, RebootStatus};
+use casement_policy::{MaxFailures, RebootStatus, RefusalReason};
 
 /// A policy's rollout limits and reboot timing.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,12 +122,42 @@ pub enum MethodOutcome {
     Accepted,
     /// 200, `alreadyDone: true`: the device had already rebooted for this occurrence.
     AlreadyDone,
-    /// The agent refused (409), with its reason.
-    Refused(String),
+    /// The agent refused (409, or 400 for a payload it could not read), with its reason.
+    Refused(Refusal),
     /// 404103: the device is not connected.
     Offline,
     /// Anything else: a timeout, a server error after retries, a malformed answer.
     Error(String),
+}
+
+/// A refused reboot: the agent's reason, and what it said.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    /// The machine-readable reason.
+    pub reason: RefusalReason,
+    /// The agent's message.
+    pub message: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "{} ({})", self.reason, self.message)
+        }
+    }
+}
+
+impl Refusal {
+    /// A refusal with no message (tests).
+    pub fn new(reason: RefusalReason) -> Self {
+        Self {
+            reason,
+            message: String::new(),
+        }
+    }
 }
 
 /// What the journal holds for one (policy, device, occurrence).
@@ -528,9 +558,9 @@ impl PolicyRollout {
                 dev.state = DeviceState::Done { completed: true };
                 dev.detail = EntryState::Completed;
             }
-            MethodOutcome::Refused(reason) => {
+            MethodOutcome::Refused(refusal) => {
                 dev.state = DeviceState::Done { completed: false };
-                dev.detail = EntryState::Failed(format!("refused: {reason}"));
+                dev.detail = EntryState::Failed(format!("refused: {refusal}"));
                 failed = true;
             }
             MethodOutcome::Offline => {

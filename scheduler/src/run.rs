@@ -31,7 +31,9 @@ use casement_iothub::rest::{
     MAX_RESPONSE_TIMEOUT_SECS, MIN_RESPONSE_TIMEOUT_SECS, MethodRequest, MethodResponse,
 };
 use casement_policy::maintenance::REBOOT_METHOD;
-use casement_policy::{Clock, Diagnostic, Policy, PolicySet, RebootRequest};
+use casement_policy::{
+    Clock, Diagnostic, Policy, PolicySet, RebootAnswer, RebootRequest, RefusalReason,
+};
 use chrono::TimeDelta;
 use chrono_tz::Tz;
 use serde::Serialize;
@@ -44,7 +46,7 @@ use crate::fleet::{self, TwinView};
 use crate::journal::{Journal, JournalError, PauseRecord};
 use crate::metrics::Metrics;
 use crate::rollout::{
-    Action, Entry, Invocation, MethodOutcome, Observation, PolicyRollout, RolloutConfig,
+    Action, Entry, Invocation, MethodOutcome, Observation, PolicyRollout, Refusal, RolloutConfig,
     RolloutLimits, Window,
 };
 use casement_client::{ClientError, HubApi};
@@ -282,41 +284,30 @@ pub fn limits_of(policy: &Policy) -> RolloutLimits {
 /// How a `reboot` call ended, from the agent's answer (200 accepted / already done, 409 refused
 /// with a reason, 400 malformed) or the hub's error (404103 offline).
 pub fn classify(result: &Result<MethodResponse, ClientError>) -> MethodOutcome {
-    match result {
-        Ok(response) => {
-            let body = &response.payload;
-            let reason = || {
-                body.get("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no reason given")
-                    .to_owned()
-            };
-            match response.status {
-                200..=299 => match body.get("accepted").and_then(Value::as_bool) {
-                    Some(true)
-                        if body.get("alreadyDone").and_then(Value::as_bool) == Some(true) =>
-                    {
-                        MethodOutcome::AlreadyDone
-                    }
-                    Some(true) => MethodOutcome::Accepted,
-                    Some(false) => MethodOutcome::Refused(reason()),
-                    None => MethodOutcome::Error(format!(
-                        "status {} without \"accepted\" in the answer: {body}",
-                        response.status
-                    )),
-                },
-                409 => MethodOutcome::Refused(reason()),
-                400 => MethodOutcome::Refused(format!(
-                    "bad request: {}",
-                    body.get("message")
-                        .and_then(Value::as_str)
-                        .map_or_else(reason, str::to_owned)
-                )),
-                status => MethodOutcome::Error(format!("device answered {status}: {body}")),
-            }
+    let response = match result {
+        Ok(response) => response,
+        Err(e) if e.is_device_offline() => return MethodOutcome::Offline,
+        Err(e) => return MethodOutcome::Error(e.to_string()),
+    };
+    let answer = match RebootAnswer::from_json(&response.payload) {
+        Ok(answer) => answer,
+        Err(why) => {
+            return MethodOutcome::Error(format!(
+                "the device answered {} with an answer that is not the reboot method's ({why}): {}",
+                response.status, response.payload
+            ));
         }
-        Err(e) if e.is_device_offline() => MethodOutcome::Offline,
-        Err(e) => MethodOutcome::Error(e.to_string()),
+    };
+    match (response.status, answer.accepted) {
+        (200..=299, true) if answer.already_done => MethodOutcome::AlreadyDone,
+        (200..=299, true) => MethodOutcome::Accepted,
+        (200..=299 | 400 | 409, false) => MethodOutcome::Refused(Refusal {
+            reason: answer.reason.unwrap_or(RefusalReason::Unknown),
+            message: answer.message.unwrap_or_default(),
+        }),
+        (status, _) => {
+            MethodOutcome::Error(format!("device answered {status}: {}", response.payload))
+        }
     }
 }
 
@@ -775,9 +766,9 @@ impl<H: HubApi + Clone> Scheduler<H> {
         match &result.outcome {
             MethodOutcome::Accepted => self.stats.accepted += 1,
             MethodOutcome::AlreadyDone => self.stats.already_done += 1,
-            MethodOutcome::Refused(reason) => {
+            MethodOutcome::Refused(refusal) => {
                 self.stats.refused += 1;
-                tracing::warn!(policy = %result.policy, device = %result.device, %reason, "reboot refused");
+                tracing::warn!(policy = %result.policy, device = %result.device, reason = %refusal.reason, message = %refusal.message, "reboot refused");
             }
             MethodOutcome::Offline => self.stats.offline += 1,
             MethodOutcome::Error(e) => {
@@ -975,14 +966,17 @@ mod tests {
                 409,
                 json!({"accepted": false, "reason": "outside-window"})
             )),
-            MethodOutcome::Refused("outside-window".into())
+            MethodOutcome::Refused(Refusal::new(RefusalReason::OutsideWindow))
         );
         assert_eq!(
             classify(&answer(
                 400,
                 json!({"accepted": false, "reason": "malformed-payload", "message": "no occurrence"})
             )),
-            MethodOutcome::Refused("bad request: no occurrence".into())
+            MethodOutcome::Refused(Refusal {
+                reason: RefusalReason::MalformedPayload,
+                message: "no occurrence".into()
+            })
         );
         assert!(matches!(
             classify(&answer(200, json!("Reboot started"))),

@@ -1,5 +1,5 @@
 use super::*;
-use casement_policy::RebootStatus;
+use casement_policy::{RebootStatus, RefusalReason};
 use chrono::TimeZone;
 
 fn t(h: u32, m: u32, s: u32) -> DateTime<Utc> {
@@ -252,7 +252,7 @@ fn refusals_and_offline_free_their_slot() {
         NOW(),
         "d001",
         window(),
-        MethodOutcome::Refused("outside-window".into()),
+        MethodOutcome::Refused(Refusal::new(RefusalReason::OutsideWindow)),
     );
     assert_eq!(invoked_ids(&a), ["d002"]);
 }
@@ -297,10 +297,20 @@ fn failures_past_the_budget_pause_the_occurrence() {
     let mut r = rollout(limits(2, 1000, MaxFailures::Count(1)));
     let devices = fleet(6);
     assert_eq!(invoked_ids(&r.observe(NOW(), &devices, true)).len(), 2);
-    let a = r.invoked(NOW(), "d000", window(), MethodOutcome::Refused("x".into()));
+    let a = r.invoked(
+        NOW(),
+        "d000",
+        window(),
+        MethodOutcome::Refused(Refusal::new(RefusalReason::OutsideWindow)),
+    );
     assert_eq!(pauses(&a), 0, "one failure is within a budget of 1");
     assert_eq!(invoked_ids(&a), ["d002"]);
-    let a = r.invoked(NOW(), "d001", window(), MethodOutcome::Refused("x".into()));
+    let a = r.invoked(
+        NOW(),
+        "d001",
+        window(),
+        MethodOutcome::Refused(Refusal::new(RefusalReason::OutsideWindow)),
+    );
     assert_eq!(pauses(&a), 1);
     assert!(invoked_ids(&a).is_empty(), "paused: nothing new");
     assert_eq!(r.paused().count(), 1);
@@ -332,11 +342,26 @@ fn a_percentage_budget_counts_against_the_occurrence_size() {
     assert!(budget.exceeded(1, 5));
     let mut r = rollout(limits(20, 1000, budget));
     let _ = r.observe(NOW(), &fleet(20), true);
-    let a = r.invoked(NOW(), "d000", window(), MethodOutcome::Refused("x".into()));
+    let a = r.invoked(
+        NOW(),
+        "d000",
+        window(),
+        MethodOutcome::Refused(Refusal::new(RefusalReason::OutsideWindow)),
+    );
     assert_eq!(pauses(&a), 0);
-    let a = r.invoked(NOW(), "d001", window(), MethodOutcome::Refused("x".into()));
+    let a = r.invoked(
+        NOW(),
+        "d001",
+        window(),
+        MethodOutcome::Refused(Refusal::new(RefusalReason::OutsideWindow)),
+    );
     assert_eq!(pauses(&a), 0, "2 of 20 is 10%: not more than the budget");
-    let a = r.invoked(NOW(), "d002", window(), MethodOutcome::Refused("x".into()));
+    let a = r.invoked(
+        NOW(),
+        "d002",
+        window(),
+        MethodOutcome::Refused(Refusal::new(RefusalReason::OutsideWindow)),
+    );
     assert_eq!(pauses(&a), 1);
 }
 
@@ -450,7 +475,12 @@ fn closed_occurrences_are_summarised_and_forgotten() {
     let mut r = rollout(limits(1, 1000, MaxFailures::Count(100)));
     let _ = r.observe(NOW(), &fleet(3), true);
     let _ = r.invoked(NOW(), "d000", window(), MethodOutcome::AlreadyDone);
-    let a = r.invoked(NOW(), "d001", window(), MethodOutcome::Refused("x".into()));
+    let a = r.invoked(
+        NOW(),
+        "d001",
+        window(),
+        MethodOutcome::Refused(Refusal::new(RefusalReason::OutsideWindow)),
+    );
     assert_eq!(invoked_ids(&a), ["d002"]);
     let _ = r.invoked(NOW(), "d002", window(), MethodOutcome::Offline);
     assert!(
@@ -566,7 +596,7 @@ fn after_a_restart_failures_pauses_and_the_minute_are_remembered() {
         NOW() + MINUTE,
         "d000",
         window(),
-        MethodOutcome::Refused("x".into()),
+        MethodOutcome::Refused(Refusal::new(RefusalReason::OutsideWindow)),
     );
     assert_eq!(pauses(&a), 1);
 
