@@ -24,6 +24,7 @@ use crate::auth::{self, Identity, Policy};
 use crate::clock::Clock;
 use crate::config::{HubConfig, Limits};
 use crate::error::{ApiError, HubError};
+use crate::faults::Faults;
 use crate::listener::{self, Endpoint};
 use crate::methods::Methods;
 use crate::mqtt::broker::{Broker, Subscriptions};
@@ -64,17 +65,11 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: Limits,
     pub(crate) stats: Stats,
+    pub(crate) faults: Faults,
     pub(crate) shutdown: CancellationToken,
 }
 
 impl Shared {
-    /// Takes a throttle token or answers 429.
-    pub(crate) fn throttle(&self, op: Operation) -> Result<(), ApiError> {
-        self.throttle
-            .try_acquire(op)
-            .map_err(|wait| ApiError::throttled(op.name(), wait))
-    }
-
     /// Creates a device and flushes.
     pub(crate) async fn create_device(
         &self,
@@ -149,7 +144,7 @@ impl Shared {
         if !self.registry.exists(device_id) {
             return Err(ApiError::device_not_found(device_id));
         }
-        self.throttle(Operation::Methods)?;
+        self.take_quota(Operation::Methods).await?;
         let connect_timeout = Duration::from_secs(request.connect_timeout_secs());
         let response_timeout = Duration::from_secs(request.response_timeout_secs());
         self.wait_until_method_ready(device_id, connect_timeout)
@@ -275,7 +270,8 @@ impl Hub {
             }
         };
         let identity = Identity::new(&config.hostname, &config.aliases, policies);
-        let registry = Registry::load(store.clone(), config.clock.clone())?;
+        let registry =
+            Registry::load(store.clone(), config.clock.clone())?.with_query_lag(config.query_lag);
         let mut sessions: Vec<(String, Subscriptions)> = store.load_sessions()?;
         // A session can outlive its device when a SUBSCRIBE races a delete; drop those.
         sessions.retain(|(id, _)| {
@@ -318,10 +314,12 @@ impl Hub {
             registry,
             broker,
             methods: Arc::new(Methods::new(config.limits.max_inflight_methods)),
-            throttle: Throttle::new(&config.throttle),
+            throttle: Throttle::new(&config.throttle)
+                .shaped(config.throttle_mode, config.throttle_max_wait),
             clock: config.clock.clone(),
             limits: config.limits.clone(),
             stats: Stats::default(),
+            faults: Faults::default(),
             shutdown: shutdown.clone(),
         });
         let tasks = TaskTracker::new();
@@ -477,7 +475,7 @@ impl Addrs {
 /// A running hub: its addresses, credentials and certificate, and the way to stop it.
 #[derive(Debug)]
 pub struct RunningHub {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     addrs: Addrs,

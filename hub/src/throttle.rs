@@ -22,12 +22,20 @@
 //!
 //! The service applies its throttles "in minute ranges"; here a per-minute quota may burst its
 //! whole minute and a per-second quota its whole second.
+//!
+//! # Modes
+//! What happens beyond a quota is the throttle's mode ([`ThrottleMode`], in [`crate::shaping`]):
+//! `Reject` answers as above; `Shape` (Azure's way, the default of `casement hub`) queues the
+//! request and serves it when the bucket has refilled — see [`Throttle::reserve`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::shaping::ThrottleMode;
 
 use tokio::time::Instant;
 
@@ -278,6 +286,12 @@ impl Bucket {
 #[derive(Debug)]
 pub(crate) struct Throttle {
     buckets: BTreeMap<Operation, Mutex<Bucket>>,
+    mode: ThrottleMode,
+    max_wait: Duration,
+    /// Operations that waited in a shaping queue.
+    queued: AtomicU64,
+    /// Operations refused: 429, or an MQTT connection closed.
+    refused: AtomicU64,
 }
 
 impl Throttle {
@@ -297,7 +311,63 @@ impl Throttle {
                 )
             })
             .collect();
-        Self { buckets }
+        Self {
+            buckets,
+            mode: ThrottleMode::Reject,
+            max_wait: Duration::ZERO,
+            queued: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// The same in `mode`, a shaping queue holding at most `max_wait` of work per class.
+    pub(crate) fn shaped(mut self, mode: ThrottleMode, max_wait: Duration) -> Self {
+        self.mode = mode;
+        self.max_wait = max_wait;
+        self
+    }
+
+    /// The mode.
+    pub(crate) fn mode(&self) -> ThrottleMode {
+        self.mode
+    }
+
+    /// (operations that waited in a shaping queue, operations refused) since start.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        (
+            self.queued.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Shaping: takes a token now or reserves the next one free, queueing behind the
+    /// reservations already made, and says how long to wait before going ahead (zero: at
+    /// once). The bucket goes into debt by one token per queued operation, so queued
+    /// operations are served at the quota's rate, in order. When the wait would be longer
+    /// than the mode allows (the queue is full; in `Reject` mode, any wait), nothing is
+    /// reserved and the error says when the queue has room again.
+    pub(crate) fn reserve(&self, op: Operation) -> Result<Duration, Duration> {
+        let Some(bucket) = self.buckets.get(&op) else {
+            return Ok(Duration::ZERO);
+        };
+        let max_wait = match self.mode {
+            ThrottleMode::Shape => self.max_wait,
+            ThrottleMode::Reject => Duration::ZERO,
+        };
+        let mut bucket = bucket.lock().unwrap_or_else(|e| e.into_inner());
+        bucket.refill(Instant::now());
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(Duration::ZERO);
+        }
+        let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / bucket.rate.per_second);
+        if wait > max_wait {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err((wait - max_wait).max(Duration::from_secs(1)));
+        }
+        bucket.tokens -= 1.0;
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        Ok(wait)
     }
 
     /// Takes a token, or says how long until one is available.
@@ -362,6 +432,45 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         assert!(throttle.try_acquire(Operation::Queries).is_ok());
         assert!(throttle.try_acquire(Operation::Queries).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shaping_queues_at_the_quota_rate_until_the_queue_is_full() {
+        let throttle = Throttle::new(
+            &ThrottleConfig::none().with(Operation::TwinReads, Rate::per_second(2.0)),
+        )
+        .shaped(ThrottleMode::Shape, Duration::from_secs(1));
+        // The burst goes at once; then one every half second, up to a second of queue.
+        assert_eq!(throttle.reserve(Operation::TwinReads), Ok(Duration::ZERO));
+        assert_eq!(throttle.reserve(Operation::TwinReads), Ok(Duration::ZERO));
+        assert_eq!(
+            throttle.reserve(Operation::TwinReads),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(
+            throttle.reserve(Operation::TwinReads),
+            Ok(Duration::from_secs(1))
+        );
+        let full = throttle.reserve(Operation::TwinReads).expect_err("full");
+        assert_eq!(
+            full,
+            Duration::from_secs(1),
+            "retry after at least a second"
+        );
+        assert_eq!(throttle.counts(), (2, 1));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(
+            throttle.reserve(Operation::TwinReads),
+            Ok(Duration::from_secs(1)),
+            "half a second later there is room for one more"
+        );
+        // Reject mode never queues.
+        let reject = Throttle::new(
+            &ThrottleConfig::none().with(Operation::TwinReads, Rate::per_second(1.0)),
+        )
+        .shaped(ThrottleMode::Reject, Duration::from_secs(60));
+        assert_eq!(reject.reserve(Operation::TwinReads), Ok(Duration::ZERO));
+        assert!(reject.reserve(Operation::TwinReads).is_err());
     }
 
     #[test]
