@@ -90,7 +90,8 @@ pub struct HubArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert", value_name = "PEM")]
     pub tls_key: Option<PathBuf>,
-    /// Mimic a tier's operation quotas, answering 429 beyond them: S1, S2, S3 or off.
+    /// Mimic a tier's operation quotas: S1, S2, S3 or off. Beyond a quota the hub shapes or
+    /// answers 429, as --throttle-mode says.
     #[arg(long, env = "CASEMENT_HUB_THROTTLE", value_name = "TIER")]
     pub throttle: Option<String>,
     /// Set one quota, e.g. `twin-updates=10/s` or `registry=100/min` (repeatable; overrides

@@ -435,3 +435,22 @@ async fn a_silent_socket_that_really_dies_is_noticed_only_by_keep_alive() {
     .expect("the keep-alive timeout disconnects the device");
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn even_without_a_keep_alive_a_silent_device_is_dropped_at_azures_cap() {
+    let hub = common::start().await;
+    // Keep-alive 0 is MQTT's "none"; IoT Hub's server-side timeout is never above 1,767 s.
+    let mut mqtt = connect_for_methods(&hub, "d1", 0).await;
+    tokio::time::pause();
+    let started = tokio::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(4000), mqtt.recv_forever()).await;
+    assert_eq!(closed, Ok(None), "the hub closes the silent connection");
+    let waited = started.elapsed();
+    assert!(
+        (Duration::from_secs(1767)..Duration::from_secs(1800)).contains(&waited),
+        "{waited:?}"
+    );
+    drop(mqtt);
+    tokio::time::resume();
+    hub.shutdown().await;
+}

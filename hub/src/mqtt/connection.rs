@@ -207,10 +207,14 @@ where
     let _ = conn.writer.io.shutdown().await;
 }
 
+/// IoT Hub's keep-alive timeout: 1.5 × the CONNECT keep-alive, never more than 1,767 s — so
+/// a keep-alive of 0 (MQTT's "no keep-alive") gets the cap too, and a device that vanished
+/// without a FIN is always noticed in the end.
 fn keep_alive_timeout(keep_alive_secs: u16) -> Option<Duration> {
-    (keep_alive_secs > 0).then(|| {
-        (Duration::from_secs(u64::from(keep_alive_secs)) * 3 / 2).min(MAX_KEEP_ALIVE_TIMEOUT)
-    })
+    if keep_alive_secs == 0 {
+        return Some(MAX_KEEP_ALIVE_TIMEOUT);
+    }
+    Some((Duration::from_secs(u64::from(keep_alive_secs)) * 3 / 2).min(MAX_KEEP_ALIVE_TIMEOUT))
 }
 
 /// Checks a CONNECT: protocol, username form, hub name, SAS token, device state, quota.
@@ -530,7 +534,7 @@ mod tests {
 
     #[test]
     fn keep_alive_is_one_and_a_half_times_capped() {
-        assert_eq!(keep_alive_timeout(0), None);
+        assert_eq!(keep_alive_timeout(0), Some(MAX_KEEP_ALIVE_TIMEOUT));
         assert_eq!(keep_alive_timeout(60), Some(Duration::from_secs(90)));
         assert_eq!(keep_alive_timeout(1740), Some(MAX_KEEP_ALIVE_TIMEOUT));
     }
