@@ -286,7 +286,9 @@ async fn shaping_a_twin_update_over_quota_makes_it_wait_not_fail() {
 #[tokio::test]
 async fn an_mqtt_device_over_quota_with_the_queue_full_is_disconnected_and_can_reconnect() {
     let config = HubConfig {
-        throttle: ThrottleConfig::none().with(Operation::TwinReads, Rate::per_minute(1.0)),
+        throttle: ThrottleConfig::none()
+            .with(Operation::TwinReads, Rate::per_minute(1.0))
+            .with(Operation::TwinUpdates, Rate::per_minute(1.0)),
         throttle_mode: ThrottleMode::Shape,
         throttle_max_wait: Duration::from_secs(5),
         ..HubConfig::for_tests()
@@ -306,9 +308,22 @@ async fn an_mqtt_device_over_quota_with_the_queue_full_is_disconnected_and_can_r
     dev.mqtt.expect_closed().await;
     assert_eq!(hub.throttle_counts().refused, 1);
     // The device reconnects; its session (CleanSession=0) is still there.
-    let again = Device::create_and_connect(&hub, "d1").await;
+    let mut again = Device::create_and_connect(&hub, "d1").await;
     assert!(again.session_present);
     assert_eq!(hub.stats().connected_devices, 1);
+    // The same for reported patches.
+    let (topic, _) = again.report("3", &json!({"n": 1})).await;
+    assert!(topic.starts_with("$iothub/twin/res/204/"), "{topic}");
+    again
+        .mqtt
+        .publish(
+            "$iothub/twin/PATCH/properties/reported/?$rid=4",
+            QoS::AtLeastOnce,
+            b"{\"n\":2}",
+        )
+        .await;
+    again.mqtt.expect_closed().await;
+    assert_eq!(hub.throttle_counts().refused, 2);
     hub.shutdown().await;
 }
 
