@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -13,6 +14,7 @@ use crate::clock::SystemClock;
 use crate::config::{DEFAULT_DATA_DIR, HubConfig, Limits};
 use crate::error::HubError;
 use crate::server::{Hub, RunningHub};
+use crate::shaping::ThrottleMode;
 use crate::store::Storage;
 use crate::throttle::{RateOverride, ThrottleConfig};
 use crate::tls::TlsSource;
@@ -88,14 +90,52 @@ pub struct HubArgs {
     /// The private key of --tls-cert (PEM).
     #[arg(long, requires = "tls_cert", value_name = "PEM")]
     pub tls_key: Option<PathBuf>,
-    /// Mimic a tier's operation quotas, answering 429 beyond them: S1, S2, S3 or off.
+    /// Mimic a tier's operation quotas: F1, S1, S2, S3 or off. Beyond a quota the hub shapes or
+    /// answers 429, as --throttle-mode says.
     #[arg(long, env = "CASEMENT_HUB_THROTTLE", value_name = "TIER")]
     pub throttle: Option<String>,
+    /// Units of the --throttle tier: quotas that grow with units (queries, methods, …) are
+    /// multiplied as Azure IoT Hub's are.
+    #[arg(
+        long = "throttle-units",
+        env = "CASEMENT_HUB_THROTTLE_UNITS",
+        default_value_t = 1,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=200)
+    )]
+    pub throttle_units: u32,
     /// Set one quota, e.g. `twin-updates=10/s` or `registry=100/min` (repeatable; overrides
     /// --throttle). Operations: registry, connections, telemetry, twin-reads, twin-updates,
     /// methods, queries.
     #[arg(long = "throttle-rate", value_name = "OP=N/UNIT")]
     pub throttle_rates: Vec<RateOverride>,
+    /// Over a quota: `shape` queues the request and serves it at the quota's rate, as Azure IoT
+    /// Hub does, answering 429 only when the queue is full and closing an MQTT device's
+    /// connection instead (IoT Hub's 429002); `reject` answers 429 at once (MQTT: 429 on the
+    /// twin response topic). Only matters with --throttle or --throttle-rate.
+    #[arg(
+        long,
+        env = "CASEMENT_HUB_THROTTLE_MODE",
+        value_enum,
+        default_value_t = ThrottleMode::Shape,
+        value_name = "MODE"
+    )]
+    pub throttle_mode: ThrottleMode,
+    /// In `shape` mode, the longest a request waits in an operation's queue; one that would
+    /// wait longer finds the queue full (e.g. 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub throttle_max_wait: Duration,
+    /// Twin queries answer from the twins as they were DURATION ago (e.g. 30s, 5m; 0 = fresh),
+    /// as Azure's eventually consistent queries may (Azure documents up to 30 minutes). Twin
+    /// reads stay fresh. For proving that nothing depends on a query being fresh.
+    #[arg(
+        long,
+        env = "CASEMENT_HUB_QUERY_LAG",
+        default_value = "0",
+        value_parser = parse_duration,
+        value_name = "DURATION"
+    )]
+    pub query_lag: Duration,
     /// Most MQTT connections at once.
     #[arg(long, default_value_t = Limits::default().max_mqtt_connections, value_name = "N")]
     pub max_connections: usize,
@@ -111,9 +151,8 @@ impl HubArgs {
     /// [`HubError::Config`] for an unknown throttle tier.
     pub fn to_config(&self) -> Result<HubConfig, HubError> {
         let mut throttle = match &self.throttle {
-            Some(tier) => {
-                ThrottleConfig::from_tier(tier).map_err(|e| HubError::Config(e.to_string()))?
-            }
+            Some(tier) => ThrottleConfig::from_tier(tier, self.throttle_units)
+                .map_err(|e| HubError::Config(e.to_string()))?,
             None => ThrottleConfig::none(),
         };
         for o in &self.throttle_rates {
@@ -140,6 +179,9 @@ impl HubArgs {
             aliases: self.aliases.clone(),
             tls,
             throttle,
+            throttle_mode: self.throttle_mode,
+            throttle_max_wait: self.throttle_max_wait,
+            query_lag: self.query_lag,
             limits: Limits {
                 max_mqtt_connections: self.max_connections,
                 max_inflight_methods: self.max_inflight_methods,
@@ -148,6 +190,14 @@ impl HubArgs {
             clock: Arc::new(SystemClock),
         })
     }
+}
+
+/// A duration flag: `0`, or e.g. `90s`, `5m`, `1h30m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    casement_iothub::duration::parse_duration(text.trim()).map_err(|e| e.to_string())
 }
 
 /// Runs `casement hub` until `shutdown` completes, then stops gracefully (a Ctrl-C during the
@@ -304,6 +354,30 @@ mod tests {
         assert_eq!(config.storage, Storage::Dir(PathBuf::from(".casement/hub")));
         assert_eq!(config.hostname, "localhost");
         assert!(config.throttle.is_empty());
+        assert_eq!(config.throttle_mode, ThrottleMode::Shape);
+        assert_eq!(config.throttle_max_wait, Duration::from_secs(10));
+        assert_eq!(config.query_lag, Duration::ZERO);
+    }
+
+    #[test]
+    fn fault_and_lag_flags() {
+        let cli = Cli::try_parse_from([
+            "hub",
+            "--throttle-mode",
+            "reject",
+            "--throttle-max-wait",
+            "1m",
+            "--query-lag",
+            "1m30s",
+        ])
+        .expect("parse");
+        let config = cli.hub.to_config().expect("config");
+        assert_eq!(config.throttle_mode, ThrottleMode::Reject);
+        assert_eq!(config.throttle_max_wait, Duration::from_secs(60));
+        assert_eq!(config.query_lag, Duration::from_secs(90));
+        assert!(Cli::try_parse_from(["hub", "--throttle-mode", "drop"]).is_err());
+        let err = Cli::try_parse_from(["hub", "--query-lag", "30"]).expect_err("no unit");
+        assert!(err.to_string().contains("30s"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock};
+use crate::shaping::ThrottleMode;
 use crate::store::Storage;
 use crate::throttle::ThrottleConfig;
 use crate::tls::TlsSource;
@@ -18,6 +19,8 @@ pub const DEFAULT_MQTT_PORT: u16 = 1883;
 pub const DEFAULT_HTTPS_PORT: u16 = 443;
 /// Default plain HTTP port.
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// Default longest wait in a shaping queue (`--throttle-max-wait`).
+pub const DEFAULT_THROTTLE_MAX_WAIT: Duration = Duration::from_secs(10);
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = ".casement/hub";
 
@@ -92,6 +95,15 @@ pub struct HubConfig {
     pub tls: TlsSource,
     /// Operation quotas; empty means no throttling.
     pub throttle: ThrottleConfig,
+    /// What happens over a quota: `Shape` (queue and slow down, as Azure does; the default)
+    /// or `Reject` (429 at once). See `docs/hub-faults.md`.
+    pub throttle_mode: ThrottleMode,
+    /// How long a request may wait in a shaping queue; the queue of an operation is full (and
+    /// the request gets 429, or its MQTT connection is closed) when it would wait longer.
+    pub throttle_max_wait: Duration,
+    /// Twin queries answer from the twins as they were this long ago (Azure's queries are
+    /// eventually consistent); zero, the default, means fresh.
+    pub query_lag: Duration,
     /// Size and concurrency limits.
     pub limits: Limits,
     /// The wall clock (twin timestamps, token expiry).
@@ -114,6 +126,9 @@ impl Default for HubConfig {
             aliases: Vec::new(),
             tls: TlsSource::Generate,
             throttle: ThrottleConfig::none(),
+            throttle_mode: ThrottleMode::Shape,
+            throttle_max_wait: DEFAULT_THROTTLE_MAX_WAIT,
+            query_lag: Duration::ZERO,
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
         }
@@ -122,9 +137,12 @@ impl Default for HubConfig {
 
 impl HubConfig {
     /// For tests: in memory, every listener on `127.0.0.1:0` (TLS ones too; the certificate is
-    /// generated in memory), no throttling.
+    /// generated in memory), no throttling — and, should a test set quotas, the `Reject`
+    /// throttle mode (429 at once), which the tests written before shaping expect; a test of
+    /// shaping sets `throttle_mode` itself.
     pub fn for_tests() -> Self {
         Self {
+            throttle_mode: ThrottleMode::Reject,
             mqtts: Some(loopback(0)),
             mqtt: Some(loopback(0)),
             https: Some(loopback(0)),

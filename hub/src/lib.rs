@@ -35,19 +35,24 @@
 //! - `methods`: direct methods in flight; `auth`: policies, keys and SAS checks.
 //! - [`tls`]: the generated CA and server certificate; [`listener`]: binding with clear errors,
 //!   connection caps, TLS handshakes off the accept path.
-//! - [`throttle`]: tier quotas as token buckets; [`clock`]: the injected wall clock.
+//! - [`throttle`]: tier quotas as token buckets; [`shaping`]: queueing over quota as Azure
+//!   does (`--throttle-mode`); `lag`: lagging twin queries (`--query-lag`); `faults`: the
+//!   silent-socket fault (`RunningHub::blackhole_device`); [`clock`]: the injected wall clock.
 
 mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
 mod error;
+pub mod faults;
 mod http;
+mod lag;
 pub mod listener;
 mod methods;
 mod mqtt;
 mod registry;
 mod server;
+pub mod shaping;
 mod state;
 pub mod store;
 pub mod throttle;
@@ -58,6 +63,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{HubConfig, Limits};
 pub use error::{ApiError, HubError};
 pub use server::{Hub, RunningHub};
+pub use shaping::{ThrottleCounts, ThrottleMode};
 pub use state::HubStats;
 pub use store::Storage;
 pub use throttle::{Operation, Rate, ThrottleConfig};

@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use base64::Engine as _;
 use casement_iothub::error::ErrorCode;
@@ -23,6 +24,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::generate_key;
 use crate::clock::Clock;
 use crate::error::ApiError;
+use crate::lag::History;
 use crate::store::{Store, StoreError};
 
 fn status_str(status: DeviceStatus) -> &'static str {
@@ -99,6 +101,8 @@ pub(crate) struct Registry {
     entries: RwLock<BTreeMap<String, Entry>>,
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
+    /// Twin versions for lagging queries (`--query-lag`); `None` without lag.
+    lag: Option<Mutex<History>>,
 }
 
 impl Registry {
@@ -128,7 +132,35 @@ impl Registry {
             entries: RwLock::new(entries),
             store,
             clock,
+            lag: None,
         })
+    }
+
+    /// Makes twin queries ([`twins`](Self::twins), [`scan_twins`](Self::scan_twins)) answer
+    /// from the twins as they were `lag` ago (see [`crate::lag`]); zero turns it off.
+    pub(crate) fn with_query_lag(mut self, lag: Duration) -> Self {
+        self.lag = (!lag.is_zero()).then(|| Mutex::new(History::new(lag)));
+        self
+    }
+
+    fn history(&self) -> Option<MutexGuard<'_, History>> {
+        self.lag
+            .as_ref()
+            .map(|h| h.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Keeps the device's twin as it is now for lagging queries; call before changing it.
+    fn lag_before(&self, device_id: &str, entry: Option<&Entry>) {
+        if let Some(mut history) = self.history() {
+            history.before_change(device_id, self.now(), || entry.map(twin_json));
+        }
+    }
+
+    /// Records the device's twin after a change for lagging queries.
+    fn lag_after(&self, device_id: &str, entry: Option<&Entry>) {
+        if let Some(mut history) = self.history() {
+            history.changed(device_id, self.now(), entry.map(twin_json));
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Entry>> {
@@ -191,6 +223,8 @@ impl Registry {
         };
         self.persist(&mut entry)?;
         let out = device_json(&entry);
+        self.lag_before(device_id, None);
+        self.lag_after(device_id, Some(&entry));
         entries.insert(device_id.to_owned(), entry);
         Ok(out)
     }
@@ -231,11 +265,13 @@ impl Registry {
         rec.secondary_key = secondary;
         rec.iot_edge = spec.iot_edge;
         rec.device_etag += 1;
+        self.lag_before(device_id, Some(entry));
         let old = std::mem::replace(&mut entry.rec, rec);
         if let Err(e) = self.persist(entry) {
             entry.rec = old;
             return Err(e);
         }
+        self.lag_after(device_id, Some(entry));
         let kick = keys_changed || status == DeviceStatus::Disabled;
         Ok((device_json(entry), kick))
     }
@@ -260,8 +296,10 @@ impl Registry {
             .get(device_id)
             .ok_or_else(|| ApiError::device_not_found(device_id))?;
         check_etag(if_match, &device_etag(entry.rec.device_etag))?;
+        self.lag_before(device_id, Some(entry));
         self.store.remove_device(device_id)?;
         entries.remove(device_id);
+        self.lag_after(device_id, None);
         Ok(())
     }
 
@@ -286,15 +324,25 @@ impl Registry {
             .ok_or_else(|| ApiError::device_not_found(device_id))
     }
 
-    /// Every twin, in id order (for queries).
+    /// Every twin, in id order, as queries see them (lagging with `--query-lag`).
     pub(crate) fn twins(&self) -> Vec<Value> {
-        self.read().values().map(twin_json).collect()
+        let entries = self.read();
+        let mut history = self.history();
+        match history.as_deref_mut() {
+            None => entries.values().map(twin_json).collect(),
+            Some(history) => {
+                history.prune(self.now());
+                lagged_view(&entries, history, self.now(), None)
+                    .map(|(_, twin)| twin)
+                    .collect()
+            }
+        }
     }
 
     /// One page of a per-twin query: `item` run over the twins in id order after the id
     /// `after` (from the start when `None`) until it has yielded `limit` items. Reads only as
     /// far as the page needs, plus the look-ahead to the next yielding twin that tells whether
-    /// there is another page.
+    /// there is another page. Twins are as queries see them (lagging with `--query-lag`).
     pub(crate) fn scan_twins(
         &self,
         after: Option<&str>,
@@ -302,6 +350,11 @@ impl Registry {
         item: impl Fn(&Value) -> Option<Value>,
     ) -> TwinScan {
         let entries = self.read();
+        if let Some(mut history) = self.history() {
+            history.prune(self.now());
+            let view = lagged_view(&entries, &history, self.now(), after);
+            return scan(view, limit, item);
+        }
         let mut rest = match after {
             Some(id) => entries.range::<str, _>((Bound::Excluded(id), Bound::Unbounded)),
             None => entries.range::<str, _>(..),
@@ -382,6 +435,7 @@ impl Registry {
             };
             notification = Some((version, twin::desired_notification(&change, version)));
         }
+        self.lag_before(device_id, Some(entry));
         let old = entry.clone();
         entry.rec.tags = tags;
         entry.props.desired = desired;
@@ -390,6 +444,7 @@ impl Registry {
             *entry = old;
             return Err(e);
         }
+        self.lag_after(device_id, Some(entry));
         if let Some((version, body)) = &notification {
             notify(*version, body);
         }
@@ -405,6 +460,7 @@ impl Registry {
             .ok_or_else(|| ApiError::device_not_found(device_id))?;
         let mut reported = entry.props.reported.clone();
         let version = reported.apply_patch(patch, now).map_err(twin_error)?;
+        self.lag_before(device_id, Some(entry));
         let old = entry.clone();
         entry.props.reported = reported;
         entry.rec.twin_version += 1;
@@ -413,6 +469,7 @@ impl Registry {
             *entry = old;
             return Err(e);
         }
+        self.lag_after(device_id, Some(entry));
         Ok(version)
     }
 
@@ -421,6 +478,7 @@ impl Registry {
         let now = format_timestamp(self.now());
         let mut entries = self.write();
         if let Some(entry) = entries.get_mut(device_id) {
+            self.lag_before(device_id, Some(entry));
             entry.connected = connected;
             entry.rec.connection_state_updated_time = Some(now.clone());
             entry.rec.last_activity_time = Some(now);
@@ -430,6 +488,7 @@ impl Registry {
                     tracing::warn!(device = device_id, error = %e, "cannot persist lastActivityTime");
                 }
             }
+            self.lag_after(device_id, Some(entry));
         }
     }
 
@@ -440,6 +499,67 @@ impl Registry {
             entry.rec.last_activity_time = Some(now);
         }
     }
+}
+
+/// The twins as lagging queries see them: devices changed within the lag window as they were
+/// at its horizon, every other device live; in id order, after `after` when given.
+fn lagged_view<'a>(
+    entries: &'a BTreeMap<String, Entry>,
+    history: &'a History,
+    now: DateTime<Utc>,
+    after: Option<&str>,
+) -> impl Iterator<Item = (String, Value)> + 'a {
+    let horizon = history.horizon(now);
+    let mut live = match after {
+        Some(id) => entries.range::<str, _>((Bound::Excluded(id), Bound::Unbounded)),
+        None => entries.range::<str, _>(..),
+    }
+    .peekable();
+    let mut lagged = history.range(after).peekable();
+    std::iter::from_fn(move || {
+        loop {
+            let live_first = match (live.peek(), lagged.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((a, _)), Some((b, _))) => a < b,
+            };
+            if live_first {
+                let (id, entry) = live.next()?;
+                return Some((id.clone(), twin_json(entry)));
+            }
+            let (id, versions) = lagged.next()?;
+            if live.peek().is_some_and(|(a, _)| *a == id) {
+                live.next();
+            }
+            if let Some(twin) = versions.at(horizon) {
+                return Some((id.clone(), twin.clone()));
+            }
+        }
+    })
+}
+
+/// A page of `limit` items from `twins` (see [`Registry::scan_twins`]).
+fn scan(
+    mut twins: impl Iterator<Item = (String, Value)>,
+    limit: usize,
+    item: impl Fn(&Value) -> Option<Value>,
+) -> TwinScan {
+    let mut page = TwinScan::default();
+    if limit == 0 {
+        return page;
+    }
+    for (id, twin) in twins.by_ref() {
+        if let Some(found) = item(&twin) {
+            page.items.push(found);
+            if page.items.len() == limit {
+                page.last = Some(id);
+                break;
+            }
+        }
+    }
+    page.more = page.last.is_some() && twins.any(|(_, twin)| item(&twin).is_some());
+    page
 }
 
 fn twin_error(e: TwinError) -> ApiError {

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, Identity, Policy};
 use crate::config::HubConfig;
 use crate::error::{ApiError, HubError};
+use crate::faults::Faults;
 use crate::listener::{self, Endpoint};
 use crate::methods::Methods;
 use crate::mqtt::broker::{Broker, Subscriptions};
@@ -57,7 +58,8 @@ impl Hub {
             }
         };
         let identity = Identity::new(&config.hostname, &config.aliases, policies);
-        let registry = Registry::load(store.clone(), config.clock.clone())?;
+        let registry =
+            Registry::load(store.clone(), config.clock.clone())?.with_query_lag(config.query_lag);
         let mut sessions: Vec<(String, Subscriptions)> = store.load_sessions()?;
         // A session can outlive its device when a SUBSCRIBE races a delete; drop those.
         sessions.retain(|(id, _)| {
@@ -100,10 +102,12 @@ impl Hub {
             registry,
             broker,
             methods: Arc::new(Methods::new(config.limits.max_inflight_methods)),
-            throttle: Throttle::new(&config.throttle),
+            throttle: Throttle::new(&config.throttle)
+                .shaped(config.throttle_mode, config.throttle_max_wait),
             clock: config.clock.clone(),
             limits: config.limits.clone(),
             stats: Stats::default(),
+            faults: Faults::default(),
             shutdown: shutdown.clone(),
         });
         let tasks = TaskTracker::new();
@@ -259,7 +263,7 @@ impl Addrs {
 /// A running hub: its addresses, credentials and certificate, and the way to stop it.
 #[derive(Debug)]
 pub struct RunningHub {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     addrs: Addrs,

@@ -22,6 +22,7 @@ use crate::auth::Identity;
 use crate::clock::Clock;
 use crate::config::Limits;
 use crate::error::ApiError;
+use crate::faults::Faults;
 use crate::methods::Methods;
 use crate::mqtt::broker::Broker;
 use crate::registry::{DeviceSpec, Registry, TwinUpdate};
@@ -60,17 +61,11 @@ pub(crate) struct Shared {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: Limits,
     pub(crate) stats: Stats,
+    pub(crate) faults: Faults,
     pub(crate) shutdown: CancellationToken,
 }
 
 impl Shared {
-    /// Takes a throttle token or answers 429.
-    pub(crate) fn throttle(&self, op: Operation) -> Result<(), ApiError> {
-        self.throttle
-            .try_acquire(op)
-            .map_err(|wait| ApiError::throttled(op.name(), wait))
-    }
-
     /// Creates a device and flushes.
     pub(crate) async fn create_device(
         &self,
@@ -145,7 +140,7 @@ impl Shared {
         if !self.registry.exists(device_id) {
             return Err(ApiError::device_not_found(device_id));
         }
-        self.throttle(Operation::Methods)?;
+        self.take_quota(Operation::Methods).await?;
         let connect_timeout = Duration::from_secs(request.connect_timeout_secs());
         let response_timeout = Duration::from_secs(request.response_timeout_secs());
         self.wait_until_method_ready(device_id, connect_timeout)

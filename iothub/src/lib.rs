@@ -27,6 +27,8 @@
 //!   meters them, for the hub's throttle and the client's self-limiting alike.
 //! - [`clock`]: the injected [`Clock`](clock::Clock) every component reads time from, and the
 //!   hand-driven [`ManualClock`](clock::ManualClock) for tests.
+//! - [`duration`]: durations as people write them (`90s`, `5m`, `1h30m`) for policy files and
+//!   command-line flags alike.
 //! - [`time`]: the timestamp format IoT Hub uses (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
 //!
 //! Test vectors for SAS tokens were computed independently with Python
@@ -57,6 +59,7 @@
 
 pub mod clock;
 pub mod connection_string;
+pub mod duration;
 pub mod error;
 pub mod query;
 pub mod quota;

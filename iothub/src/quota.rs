@@ -367,6 +367,25 @@ impl TokenBucket {
         }
     }
 
+    /// Shaping: takes a token now, or reserves the next free one behind the reservations
+    /// already made, and says how long to wait before going ahead (zero: at once). The bucket
+    /// goes into debt by one token per reservation, so reserved operations are served at the
+    /// rate, in order. When the wait would exceed `max_wait` (the queue is full), nothing is
+    /// reserved and the error is the wait that would have been needed.
+    pub fn reserve(&mut self, now: Instant, max_wait: Duration) -> Result<Duration, Duration> {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(Duration::ZERO);
+        }
+        let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.rate.per_second.max(1e-9));
+        if wait > max_wait {
+            return Err(wait);
+        }
+        self.tokens -= 1.0;
+        Ok(wait)
+    }
+
     /// Tokens available at `now` (for metrics and tests).
     pub fn available(&mut self, now: Instant) -> f64 {
         self.refill(now);
@@ -434,5 +453,19 @@ mod tests {
         assert!(bucket.try_take(later).is_err());
         // Time going backwards (a caller's stale instant) neither refills nor panics.
         assert!(bucket.try_take(t0).is_err());
+    }
+
+    #[test]
+    fn reservations_queue_at_the_rate_until_the_queue_is_full() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(Rate::per_second(2.0), t0);
+        let max = Duration::from_secs(1);
+        assert_eq!(bucket.reserve(t0, max), Ok(Duration::ZERO));
+        assert_eq!(bucket.reserve(t0, max), Ok(Duration::ZERO));
+        assert_eq!(bucket.reserve(t0, max), Ok(Duration::from_millis(500)));
+        assert_eq!(bucket.reserve(t0, max), Ok(Duration::from_secs(1)));
+        assert_eq!(bucket.reserve(t0, max), Err(Duration::from_millis(1500)));
+        let later = t0 + Duration::from_millis(500);
+        assert_eq!(bucket.reserve(later, max), Ok(Duration::from_secs(1)));
     }
 }

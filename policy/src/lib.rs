@@ -44,7 +44,7 @@
 //!   and the test [`ManualClock`].
 
 pub use casement_iothub::clock;
-pub mod duration;
+pub use casement_iothub::duration;
 pub mod file;
 pub mod maintenance;
 pub mod policy;

@@ -26,7 +26,7 @@ pub(super) async fn list(
     headers: HeaderMap,
     Query(params): Query<ListParams>,
 ) -> Result<Response, ApiError> {
-    admit(&shared, &headers, Access::REGISTRY_READ, "devices")?;
+    admit(&shared, &headers, Access::REGISTRY_READ, "devices").await?;
     let top = params.top.unwrap_or(MAX_LIST).min(MAX_LIST);
     Ok(json_response(StatusCode::OK, &shared.registry.list(top)))
 }
@@ -41,7 +41,8 @@ pub(super) async fn get(
         &headers,
         Access::REGISTRY_READ,
         &device_resource(&id),
-    )?;
+    )
+    .await?;
     Ok(json_response(StatusCode::OK, &shared.registry.get(&id)?))
 }
 
@@ -56,7 +57,8 @@ pub(super) async fn put(
         &headers,
         Access::REGISTRY_WRITE,
         &device_resource(&id),
-    )?;
+    )
+    .await?;
     validate_device_id(&id)?;
     let mut value: Value = json_body(body, "device")?;
     // The path names the device; a body without deviceId means that one.
@@ -96,7 +98,8 @@ pub(super) async fn delete(
         &headers,
         Access::REGISTRY_WRITE,
         &device_resource(&id),
-    )?;
+    )
+    .await?;
     shared.delete_device(&id, if_match(&headers)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -16,7 +16,7 @@ pub(super) async fn invoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    admit(&shared, &headers, Access::METHOD, &device_resource(&id))?;
+    admit(&shared, &headers, Access::METHOD, &device_resource(&id)).await?;
     let request: MethodRequest = json_body(body, "method invocation")?;
     let response = shared.invoke_method(&id, request).await?;
     Ok(json_response(StatusCode::OK, &response))

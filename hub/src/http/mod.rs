@@ -238,8 +238,9 @@ impl Access {
 }
 
 /// Lets a request in: authenticates and authorizes it for `access` on `resource` (`""` for
-/// the whole hub, `devices/{id}` for one device), then takes its quota (429 beyond it).
-pub(crate) fn admit(
+/// the whole hub, `devices/{id}` for one device), then takes its quota (waiting in the shaping
+/// queue, or 429 beyond it).
+pub(crate) async fn admit(
     shared: &Shared,
     headers: &HeaderMap,
     access: Access,
@@ -247,7 +248,7 @@ pub(crate) fn admit(
 ) -> Result<(), ApiError> {
     authorize(shared, headers, access.required, resource)?;
     match access.quota {
-        Some(op) => shared.throttle(op),
+        Some(op) => shared.take_quota(op).await,
         None => Ok(()),
     }
 }

@@ -29,7 +29,7 @@ pub(super) async fn query(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    admit(&shared, &headers, Access::QUERY, "")?;
+    admit(&shared, &headers, Access::QUERY, "").await?;
     let request: QueryRequest = json_body(body, "query")?;
     let parsed =
         query::parse(&request.query).map_err(|e| ApiError::invalid(format!("query: {e}")))?;

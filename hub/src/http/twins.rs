@@ -17,7 +17,7 @@ pub(super) async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    admit(&shared, &headers, Access::TWIN_READ, &device_resource(&id))?;
+    admit(&shared, &headers, Access::TWIN_READ, &device_resource(&id)).await?;
     Ok(json_response(StatusCode::OK, &shared.registry.twin(&id)?))
 }
 
@@ -46,7 +46,7 @@ async fn write(
     body: Result<Bytes, BytesRejection>,
     replace: bool,
 ) -> Result<Response, ApiError> {
-    admit(&shared, &headers, Access::TWIN_WRITE, &device_resource(&id))?;
+    admit(&shared, &headers, Access::TWIN_WRITE, &device_resource(&id)).await?;
     let mut patch: TwinPatch = json_body(body, "twin")?;
     if replace {
         // A replace commonly sends back a whole twin from a GET: drop what the service

@@ -362,6 +362,14 @@ impl Broker {
         }
     }
 
+    /// The id of the device's current connection, if any.
+    pub(crate) fn current_conn(&self, device_id: &str) -> Option<u64> {
+        self.lock()
+            .get(device_id)
+            .and_then(|s| s.conn.as_ref())
+            .map(|c| c.id)
+    }
+
     /// How many devices are connected.
     pub(crate) fn connected_count(&self) -> usize {
         self.lock().values().filter(|s| s.conn.is_some()).count()

@@ -28,6 +28,7 @@ use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::methods::MethodReply;
 use crate::mqtt::broker::{Outbound, SubscribeRefusal};
+use crate::shaping::DeviceThrottled;
 use crate::state::Shared;
 use crate::throttle::Operation;
 
@@ -51,6 +52,9 @@ enum Closed {
     KeepAlive,
     #[error("timed out")]
     Timeout,
+    /// Shaping queue full: IoT Hub closes the connection (429002) rather than answer 429.
+    #[error("over the {0} quota with the shaping queue full (IoT Hub 429002: connection closed)")]
+    Throttled(Operation),
 }
 
 /// Framed packet reading over a bounded buffer.
@@ -196,16 +200,21 @@ where
         Ok(why) => tracing::info!(%peer, device = device_id, "device disconnected: {why}"),
         Err(e) => tracing::info!(%peer, device = device_id, "device connection closed: {e}"),
     }
+    shared.faults.forget(attached.conn_id);
     if shared.broker.detach(&device_id, attached.conn_id) {
         shared.registry.set_connected(&device_id, false);
     }
     let _ = conn.writer.io.shutdown().await;
 }
 
+/// IoT Hub's keep-alive timeout: 1.5 × the CONNECT keep-alive, never more than 1,767 s — so
+/// a keep-alive of 0 (MQTT's "no keep-alive") gets the cap too, and a device that vanished
+/// without a FIN is always noticed in the end.
 fn keep_alive_timeout(keep_alive_secs: u16) -> Option<Duration> {
-    (keep_alive_secs > 0).then(|| {
-        (Duration::from_secs(u64::from(keep_alive_secs)) * 3 / 2).min(MAX_KEEP_ALIVE_TIMEOUT)
-    })
+    if keep_alive_secs == 0 {
+        return Some(MAX_KEEP_ALIVE_TIMEOUT);
+    }
+    Some((Duration::from_secs(u64::from(keep_alive_secs)) * 3 / 2).min(MAX_KEEP_ALIVE_TIMEOUT))
 }
 
 /// Checks a CONNECT: protocol, username form, hub name, SAS token, device state, quota.
@@ -281,6 +290,8 @@ where
 {
     async fn run(&mut self) -> Result<&'static str, Closed> {
         let mut deadline = self.keep_alive.map(|d| Instant::now() + d);
+        // False once a black-holed connection's stream has ended: the hub does not notice.
+        let mut reading = true;
         loop {
             let keep_alive = async {
                 match deadline {
@@ -298,10 +309,17 @@ where
                     });
                 }
                 out = self.rx.recv() => match out {
+                    Some(_) if self.blackholed() => {}
                     Some(out) => self.writer.publish(out).await?,
                     None => return Ok("queue closed"),
                 },
-                packet = self.reader.next() => {
+                packet = self.reader.next(), if reading => {
+                    if self.blackholed() {
+                        // Dropped, keep-alive not renewed; errors and the end of the stream
+                        // go unnoticed too.
+                        reading = matches!(packet, Ok(Some(_)));
+                        continue;
+                    }
                     let Some(packet) = packet? else {
                         return Ok("connection closed by the device");
                     };
@@ -313,6 +331,10 @@ where
                 () = keep_alive => return Err(Closed::KeepAlive),
             }
         }
+    }
+
+    fn blackholed(&self) -> bool {
+        self.shared.faults.is_blackholed(self.conn_id)
     }
 
     /// Handles one packet; `Some(reason)` ends the connection cleanly.
@@ -384,16 +406,20 @@ where
         let shared = self.shared.clone();
         match topic {
             DeviceToHub::Telemetry { .. } => {
-                // Device-to-cloud traffic over quota is slowed, not refused.
-                shared.throttle.acquire(Operation::Telemetry).await;
+                // Device-to-cloud traffic over quota is slowed down; with a full shaping queue
+                // the connection is closed.
+                if let Err(DeviceThrottled::Disconnect(op)) = shared.take_telemetry_quota().await {
+                    return Err(Closed::Throttled(op));
+                }
                 shared.stats.telemetry.fetch_add(1, Ordering::Relaxed);
                 shared.registry.touch(&self.device_id);
                 self.ack(&publish).await?;
             }
             DeviceToHub::TwinGet { rid } => {
                 self.ack(&publish).await?;
-                let answer = match shared.throttle.try_acquire(Operation::TwinReads) {
-                    Err(wait) => Err(ApiError::throttled("twin read", wait)),
+                let answer = match shared.take_device_quota(Operation::TwinReads).await {
+                    Err(DeviceThrottled::Disconnect(op)) => return Err(Closed::Throttled(op)),
+                    Err(DeviceThrottled::Answer(e)) => Err(e),
                     Ok(()) => shared.registry.twin_properties(&self.device_id),
                 };
                 shared.registry.touch(&self.device_id);
@@ -404,7 +430,11 @@ where
             }
             DeviceToHub::ReportedPatch { rid } => {
                 self.ack(&publish).await?;
-                let result = self.report(&publish.payload).await;
+                let result = match shared.take_device_quota(Operation::TwinUpdates).await {
+                    Err(DeviceThrottled::Disconnect(op)) => return Err(Closed::Throttled(op)),
+                    Err(DeviceThrottled::Answer(e)) => Err(e),
+                    Ok(()) => self.report(&publish.payload).await,
+                };
                 match result {
                     Ok(version) => self.twin_response(204, rid, Some(version), Bytes::new()),
                     Err(e) => self.twin_error(rid, &e),
@@ -435,9 +465,6 @@ where
 
     async fn report(&self, payload: &[u8]) -> Result<u64, ApiError> {
         let shared = &self.shared;
-        if let Err(wait) = shared.throttle.try_acquire(Operation::TwinUpdates) {
-            return Err(ApiError::throttled("twin update", wait));
-        }
         let patch: serde_json::Value = serde_json::from_slice(payload).map_err(|e| {
             ApiError::new(
                 ErrorCode::IotHubFormatError,
@@ -507,7 +534,7 @@ mod tests {
 
     #[test]
     fn keep_alive_is_one_and_a_half_times_capped() {
-        assert_eq!(keep_alive_timeout(0), None);
+        assert_eq!(keep_alive_timeout(0), Some(MAX_KEEP_ALIVE_TIMEOUT));
         assert_eq!(keep_alive_timeout(60), Some(Duration::from_secs(90)));
         assert_eq!(keep_alive_timeout(1740), Some(MAX_KEEP_ALIVE_TIMEOUT));
     }
