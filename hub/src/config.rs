@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use casement_iothub::query::Dialect;
+
 use crate::clock::{Clock, SystemClock};
 use crate::store::Storage;
 use crate::throttle::ThrottleConfig;
@@ -96,6 +98,13 @@ pub struct HubConfig {
     pub limits: Limits,
     /// The wall clock (twin timestamps, token expiry).
     pub clock: Arc<dyn Clock>,
+    /// The query language accepted by `POST /devices/query`: Azure IoT Hub's (the default), or
+    /// the local superset for tools that opt in. See `docs/azure-fidelity.md`.
+    pub query_dialect: Dialect,
+    /// How late `connectionState`, `connectionStateUpdatedTime` and `lastActivityTime` are
+    /// shown (twins, device GETs, queries), as on Azure IoT Hub; zero (the default) shows them
+    /// at once. See `docs/azure-fidelity.md`.
+    pub connection_state_lag: Duration,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -116,6 +125,8 @@ impl Default for HubConfig {
             throttle: ThrottleConfig::none(),
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
+            query_dialect: Dialect::Azure,
+            connection_state_lag: Duration::ZERO,
         }
     }
 }

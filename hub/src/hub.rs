@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use casement_iothub::error::ErrorCode;
-use casement_iothub::rest::{self, MethodRequest, MethodResponse};
+use casement_iothub::rest::{MethodRequest, MethodResponse};
 use casement_iothub::topic::HubToDevice;
 use rumqttc::mqttbytes::QoS;
 use serde_json::Value;
@@ -63,6 +63,7 @@ pub(crate) struct Shared {
     pub(crate) throttle: Throttle,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: Limits,
+    pub(crate) query_dialect: casement_iothub::query::Dialect,
     pub(crate) stats: Stats,
     pub(crate) shutdown: CancellationToken,
 }
@@ -177,15 +178,10 @@ impl Shared {
             reply = tokio::time::timeout(response_timeout, &mut pending.reply) => reply,
         };
         match reply {
-            Ok(Ok(reply)) => {
-                let payload = rest::payload_from_bytes(&reply.payload).unwrap_or_else(|_| {
-                    Value::String(String::from_utf8_lossy(&reply.payload).into_owned())
-                });
-                Ok(MethodResponse {
-                    status: reply.status,
-                    payload,
-                })
-            }
+            Ok(Ok(reply)) => Ok(MethodResponse {
+                status: reply.status,
+                payload: crate::method_reply::payload(device_id, &reply.payload)?,
+            }),
             Ok(Err(_)) | Err(_) => Err(ApiError::new(
                 ErrorCode::GatewayTimeout,
                 format!(
@@ -275,7 +271,8 @@ impl Hub {
             }
         };
         let identity = Identity::new(&config.hostname, &config.aliases, policies);
-        let registry = Registry::load(store.clone(), config.clock.clone())?;
+        let registry = Registry::load(store.clone(), config.clock.clone())?
+            .with_connection_state_lag(config.connection_state_lag);
         let mut sessions: Vec<(String, Subscriptions)> = store.load_sessions()?;
         // A session can outlive its device when a SUBSCRIBE races a delete; drop those.
         sessions.retain(|(id, _)| {
@@ -321,6 +318,7 @@ impl Hub {
             throttle: Throttle::new(&config.throttle),
             clock: config.clock.clone(),
             limits: config.limits.clone(),
+            query_dialect: config.query_dialect,
             stats: Stats::default(),
             shutdown: shutdown.clone(),
         });

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use base64::Engine as _;
 use casement_iothub::error::ErrorCode;
@@ -23,6 +24,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::generate_key;
 use crate::clock::Clock;
 use crate::error::ApiError;
+use crate::presence::{Presence, PresenceLog};
 use crate::store::{Store, StoreError};
 
 fn status_str(status: DeviceStatus) -> &'static str {
@@ -71,6 +73,19 @@ struct Entry {
     rec: DeviceRecord,
     props: TwinProperties,
     connected: bool,
+    /// Presence changes not yet shown (with a connection-state lag).
+    presence_log: PresenceLog,
+}
+
+impl Entry {
+    /// The real connection state and activity.
+    fn presence(&self) -> Presence {
+        Presence {
+            connected: self.connected,
+            state_updated: self.rec.connection_state_updated_time.clone(),
+            last_activity: self.rec.last_activity_time.clone(),
+        }
+    }
 }
 
 /// A service-side twin change.
@@ -99,9 +114,43 @@ pub(crate) struct Registry {
     entries: RwLock<BTreeMap<String, Entry>>,
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
+    /// How late connection state and activity are shown (see [`crate::presence`]).
+    connection_state_lag: Duration,
 }
 
 impl Registry {
+    /// Shows `connectionState`, `connectionStateUpdatedTime` and `lastActivityTime` `lag`
+    /// after they change, as Azure IoT Hub does.
+    pub(crate) fn with_connection_state_lag(mut self, lag: Duration) -> Self {
+        self.connection_state_lag = lag;
+        self
+    }
+
+    /// An entry's presence as shown now.
+    fn shown(&self, entry: &Entry) -> Presence {
+        let real = entry.presence();
+        entry
+            .presence_log
+            .shown(self.connection_state_lag, self.now(), &real)
+            .clone()
+    }
+
+    /// Records a presence change made to `entry` since `before`.
+    fn record_presence(&self, entry: &mut Entry, before: Presence, now: DateTime<Utc>) {
+        let after = entry.presence();
+        entry
+            .presence_log
+            .record(self.connection_state_lag, now, before, after);
+    }
+
+    fn twin_json(&self, entry: &Entry) -> Value {
+        twin_json(entry, &self.shown(entry))
+    }
+
+    fn device_json(&self, entry: &Entry) -> Value {
+        device_json(entry, &self.shown(entry))
+    }
+
     /// Loads every stored device.
     pub(crate) fn load(store: Arc<Store>, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         let now = clock.now();
@@ -121,6 +170,7 @@ impl Registry {
                     rec,
                     props,
                     connected: false,
+                    presence_log: PresenceLog::default(),
                 },
             );
         }
@@ -128,6 +178,7 @@ impl Registry {
             entries: RwLock::new(entries),
             store,
             clock,
+            connection_state_lag: Duration::ZERO,
         })
     }
 
@@ -188,9 +239,10 @@ impl Registry {
             },
             props,
             connected: false,
+            presence_log: PresenceLog::default(),
         };
         self.persist(&mut entry)?;
-        let out = device_json(&entry);
+        let out = self.device_json(&entry);
         entries.insert(device_id.to_owned(), entry);
         Ok(out)
     }
@@ -237,20 +289,24 @@ impl Registry {
             return Err(e);
         }
         let kick = keys_changed || status == DeviceStatus::Disabled;
-        Ok((device_json(entry), kick))
+        Ok((self.device_json(entry), kick))
     }
 
     /// The device JSON.
     pub(crate) fn get(&self, device_id: &str) -> Result<Value, ApiError> {
         self.read()
             .get(device_id)
-            .map(device_json)
+            .map(|e| self.device_json(e))
             .ok_or_else(|| ApiError::device_not_found(device_id))
     }
 
     /// Up to `top` devices, in id order.
     pub(crate) fn list(&self, top: usize) -> Vec<Value> {
-        self.read().values().take(top).map(device_json).collect()
+        self.read()
+            .values()
+            .take(top)
+            .map(|e| self.device_json(e))
+            .collect()
     }
 
     /// Deletes a device under `If-Match`.
@@ -282,13 +338,13 @@ impl Registry {
     pub(crate) fn twin(&self, device_id: &str) -> Result<Value, ApiError> {
         self.read()
             .get(device_id)
-            .map(twin_json)
+            .map(|e| self.twin_json(e))
             .ok_or_else(|| ApiError::device_not_found(device_id))
     }
 
     /// Every twin, in id order (for queries).
     pub(crate) fn twins(&self) -> Vec<Value> {
-        self.read().values().map(twin_json).collect()
+        self.read().values().map(|e| self.twin_json(e)).collect()
     }
 
     /// One page of a per-twin query: `item` run over the twins in id order after the id
@@ -311,7 +367,7 @@ impl Registry {
             return scan;
         }
         for (id, entry) in rest.by_ref() {
-            if let Some(found) = item(&twin_json(entry)) {
+            if let Some(found) = item(&self.twin_json(entry)) {
                 scan.items.push(found);
                 if scan.items.len() == limit {
                     scan.last = Some(id.clone());
@@ -319,7 +375,8 @@ impl Registry {
                 }
             }
         }
-        scan.more = scan.last.is_some() && rest.any(|(_, entry)| item(&twin_json(entry)).is_some());
+        scan.more =
+            scan.last.is_some() && rest.any(|(_, entry)| item(&self.twin_json(entry)).is_some());
         scan
     }
 
@@ -393,7 +450,7 @@ impl Registry {
         if let Some((version, body)) = &notification {
             notify(*version, body);
         }
-        Ok(twin_json(entry))
+        Ok(self.twin_json(entry))
     }
 
     /// Applies a device's reported-properties patch; returns the new reported `$version`.
@@ -406,6 +463,7 @@ impl Registry {
         let mut reported = entry.props.reported.clone();
         let version = reported.apply_patch(patch, now).map_err(twin_error)?;
         let old = entry.clone();
+        let before = entry.presence();
         entry.props.reported = reported;
         entry.rec.twin_version += 1;
         entry.rec.last_activity_time = Some(format_timestamp(now));
@@ -413,17 +471,21 @@ impl Registry {
             *entry = old;
             return Err(e);
         }
+        self.record_presence(entry, before, now);
         Ok(version)
     }
 
     /// Records a connect or disconnect (not flushed: connection state is not durable state).
     pub(crate) fn set_connected(&self, device_id: &str, connected: bool) {
-        let now = format_timestamp(self.now());
+        let at = self.now();
+        let now = format_timestamp(at);
         let mut entries = self.write();
         if let Some(entry) = entries.get_mut(device_id) {
+            let before = entry.presence();
             entry.connected = connected;
             entry.rec.connection_state_updated_time = Some(now.clone());
             entry.rec.last_activity_time = Some(now);
+            self.record_presence(entry, before, at);
             if !connected {
                 // Keep lastActivityTime across restarts; sled's background flush suffices.
                 if let Err(e) = self.persist(entry) {
@@ -435,9 +497,11 @@ impl Registry {
 
     /// Records device activity (`lastActivityTime`), in memory.
     pub(crate) fn touch(&self, device_id: &str) {
-        let now = format_timestamp(self.now());
+        let at = self.now();
         if let Some(entry) = self.write().get_mut(device_id) {
-            entry.rec.last_activity_time = Some(now);
+            let before = entry.presence();
+            entry.rec.last_activity_time = Some(format_timestamp(at));
+            self.record_presence(entry, before, at);
         }
     }
 }
@@ -547,26 +611,26 @@ fn ts(t: &Option<String>) -> Value {
     json!(t.as_deref().unwrap_or(ZERO_TIMESTAMP))
 }
 
-fn connection_state(entry: &Entry) -> &'static str {
-    if entry.connected {
+fn connection_state(shown: &Presence) -> &'static str {
+    if shown.connected {
         "Connected"
     } else {
         "Disconnected"
     }
 }
 
-fn device_json(entry: &Entry) -> Value {
+fn device_json(entry: &Entry, shown: &Presence) -> Value {
     let r = &entry.rec;
     json!({
         "deviceId": r.device_id,
         "generationId": r.generation_id,
         "etag": device_etag(r.device_etag),
-        "connectionState": connection_state(entry),
+        "connectionState": connection_state(shown),
         "status": status_str(r.status),
         "statusReason": r.status_reason,
-        "connectionStateUpdatedTime": ts(&r.connection_state_updated_time),
+        "connectionStateUpdatedTime": ts(&shown.state_updated),
         "statusUpdatedTime": ts(&r.status_updated_time),
-        "lastActivityTime": ts(&r.last_activity_time),
+        "lastActivityTime": ts(&shown.last_activity),
         "cloudToDeviceMessageCount": r.cloud_to_device_message_count,
         "authentication": {
             "symmetricKey": {"primaryKey": r.primary_key, "secondaryKey": r.secondary_key},
@@ -579,7 +643,7 @@ fn device_json(entry: &Entry) -> Value {
     })
 }
 
-fn twin_json(entry: &Entry) -> Value {
+fn twin_json(entry: &Entry, shown: &Presence) -> Value {
     let r = &entry.rec;
     json!({
         "deviceId": r.device_id,
@@ -589,8 +653,8 @@ fn twin_json(entry: &Entry) -> Value {
         "status": status_str(r.status),
         "statusReason": r.status_reason,
         "statusUpdateTime": ts(&r.status_updated_time),
-        "connectionState": connection_state(entry),
-        "lastActivityTime": ts(&r.last_activity_time),
+        "connectionState": connection_state(shown),
+        "lastActivityTime": ts(&shown.last_activity),
         "cloudToDeviceMessageCount": r.cloud_to_device_message_count,
         "authenticationType": "sas",
         "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
