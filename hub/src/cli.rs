@@ -142,6 +142,26 @@ pub struct HubArgs {
     /// Most direct methods waiting for devices at once.
     #[arg(long, default_value_t = Limits::default().max_inflight_methods, value_name = "N")]
     pub max_inflight_methods: usize,
+    /// The twin query language: `azure` (what Azure IoT Hub accepts: IS_DEFINED is the only
+    /// function, reserved words as property names only escaped, `tags.[[group]]`) or
+    /// `extended` (adds STARTS_WITH, LOWER, … and bare `tags.group`; such queries fail on Azure).
+    #[arg(
+        long,
+        env = "CASEMENT_HUB_QUERY_DIALECT",
+        default_value = "azure",
+        value_name = "DIALECT"
+    )]
+    pub query_dialect: casement_iothub::query::Dialect,
+    /// Show connectionState, connectionStateUpdatedTime and lastActivityTime this long after
+    /// they change, as Azure IoT Hub does (minutes for connectionState, 5–10 min for
+    /// lastActivityTime), e.g. `5m`. Default 0: at once.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_lag)]
+    pub connection_state_lag: std::time::Duration,
+}
+
+fn parse_lag(s: &str) -> Result<std::time::Duration, String> {
+    casement_iothub::duration::parse_duration(s)
+        .map_err(|e| format!("{e} (a duration such as 0s, 90s or 5m)"))
 }
 
 impl HubArgs {
@@ -188,6 +208,8 @@ impl HubArgs {
                 ..Limits::default()
             },
             clock: Arc::new(SystemClock),
+            query_dialect: self.query_dialect,
+            connection_state_lag: self.connection_state_lag,
         })
     }
 }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use casement_iothub::query::Dialect;
+
 use crate::clock::{Clock, SystemClock};
 use crate::shaping::ThrottleMode;
 use crate::store::Storage;
@@ -108,6 +110,13 @@ pub struct HubConfig {
     pub limits: Limits,
     /// The wall clock (twin timestamps, token expiry).
     pub clock: Arc<dyn Clock>,
+    /// The query language accepted by `POST /devices/query`: Azure IoT Hub's (the default), or
+    /// the local superset for tools that opt in. See `docs/azure-fidelity.md`.
+    pub query_dialect: Dialect,
+    /// How late `connectionState`, `connectionStateUpdatedTime` and `lastActivityTime` are
+    /// shown (twins, device GETs, queries), as on Azure IoT Hub; zero (the default) shows them
+    /// at once. See `docs/azure-fidelity.md`.
+    pub connection_state_lag: Duration,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -131,6 +140,8 @@ impl Default for HubConfig {
             query_lag: Duration::ZERO,
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
+            query_dialect: Dialect::Azure,
+            connection_state_lag: Duration::ZERO,
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::auth::generate_key;
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::lag::History;
+use crate::presence::{Presence, PresenceLog};
 use crate::store::{Store, StoreError};
 
 fn status_str(status: DeviceStatus) -> &'static str {
@@ -73,6 +74,19 @@ struct Entry {
     rec: DeviceRecord,
     props: TwinProperties,
     connected: bool,
+    /// Presence changes not yet shown (with a connection-state lag).
+    presence_log: PresenceLog,
+}
+
+impl Entry {
+    /// The real connection state and activity.
+    fn presence(&self) -> Presence {
+        Presence {
+            connected: self.connected,
+            state_updated: self.rec.connection_state_updated_time.clone(),
+            last_activity: self.rec.last_activity_time.clone(),
+        }
+    }
 }
 
 /// A service-side twin change.
@@ -103,9 +117,43 @@ pub(crate) struct Registry {
     clock: Arc<dyn Clock>,
     /// Twin versions for lagging queries (`--query-lag`); `None` without lag.
     lag: Option<Mutex<History>>,
+    /// How late connection state and activity are shown (see [`crate::presence`]).
+    connection_state_lag: Duration,
 }
 
 impl Registry {
+    /// Shows `connectionState`, `connectionStateUpdatedTime` and `lastActivityTime` `lag`
+    /// after they change, as Azure IoT Hub does.
+    pub(crate) fn with_connection_state_lag(mut self, lag: Duration) -> Self {
+        self.connection_state_lag = lag;
+        self
+    }
+
+    /// An entry's presence as shown now.
+    fn shown(&self, entry: &Entry) -> Presence {
+        let real = entry.presence();
+        entry
+            .presence_log
+            .shown(self.connection_state_lag, self.now(), &real)
+            .clone()
+    }
+
+    /// Records a presence change made to `entry` since `before`.
+    fn record_presence(&self, entry: &mut Entry, before: Presence, now: DateTime<Utc>) {
+        let after = entry.presence();
+        entry
+            .presence_log
+            .record(self.connection_state_lag, now, before, after);
+    }
+
+    fn twin_json(&self, entry: &Entry) -> Value {
+        twin_json(entry, &self.shown(entry))
+    }
+
+    fn device_json(&self, entry: &Entry) -> Value {
+        device_json(entry, &self.shown(entry))
+    }
+
     /// Loads every stored device.
     pub(crate) fn load(store: Arc<Store>, clock: Arc<dyn Clock>) -> Result<Self, StoreError> {
         let now = clock.now();
@@ -125,6 +173,7 @@ impl Registry {
                     rec,
                     props,
                     connected: false,
+                    presence_log: PresenceLog::default(),
                 },
             );
         }
@@ -133,6 +182,7 @@ impl Registry {
             store,
             clock,
             lag: None,
+            connection_state_lag: Duration::ZERO,
         })
     }
 
@@ -152,14 +202,14 @@ impl Registry {
     /// Keeps the device's twin as it is now for lagging queries; call before changing it.
     fn lag_before(&self, device_id: &str, entry: Option<&Entry>) {
         if let Some(mut history) = self.history() {
-            history.before_change(device_id, self.now(), || entry.map(twin_json));
+            history.before_change(device_id, self.now(), || entry.map(|e| self.twin_json(e)));
         }
     }
 
     /// Records the device's twin after a change for lagging queries.
     fn lag_after(&self, device_id: &str, entry: Option<&Entry>) {
         if let Some(mut history) = self.history() {
-            history.changed(device_id, self.now(), entry.map(twin_json));
+            history.changed(device_id, self.now(), entry.map(|e| self.twin_json(e)));
         }
     }
 
@@ -220,9 +270,10 @@ impl Registry {
             },
             props,
             connected: false,
+            presence_log: PresenceLog::default(),
         };
         self.persist(&mut entry)?;
-        let out = device_json(&entry);
+        let out = self.device_json(&entry);
         self.lag_before(device_id, None);
         self.lag_after(device_id, Some(&entry));
         entries.insert(device_id.to_owned(), entry);
@@ -273,20 +324,24 @@ impl Registry {
         }
         self.lag_after(device_id, Some(entry));
         let kick = keys_changed || status == DeviceStatus::Disabled;
-        Ok((device_json(entry), kick))
+        Ok((self.device_json(entry), kick))
     }
 
     /// The device JSON.
     pub(crate) fn get(&self, device_id: &str) -> Result<Value, ApiError> {
         self.read()
             .get(device_id)
-            .map(device_json)
+            .map(|e| self.device_json(e))
             .ok_or_else(|| ApiError::device_not_found(device_id))
     }
 
     /// Up to `top` devices, in id order.
     pub(crate) fn list(&self, top: usize) -> Vec<Value> {
-        self.read().values().take(top).map(device_json).collect()
+        self.read()
+            .values()
+            .take(top)
+            .map(|e| self.device_json(e))
+            .collect()
     }
 
     /// Deletes a device under `If-Match`.
@@ -320,7 +375,7 @@ impl Registry {
     pub(crate) fn twin(&self, device_id: &str) -> Result<Value, ApiError> {
         self.read()
             .get(device_id)
-            .map(twin_json)
+            .map(|e| self.twin_json(e))
             .ok_or_else(|| ApiError::device_not_found(device_id))
     }
 
@@ -329,10 +384,10 @@ impl Registry {
         let entries = self.read();
         let mut history = self.history();
         match history.as_deref_mut() {
-            None => entries.values().map(twin_json).collect(),
+            None => entries.values().map(|e| self.twin_json(e)).collect(),
             Some(history) => {
                 history.prune(self.now());
-                lagged_view(&entries, history, self.now(), None)
+                lagged_view(&entries, history, self.now(), None, &|e| self.twin_json(e))
                     .map(|(_, twin)| twin)
                     .collect()
             }
@@ -352,7 +407,8 @@ impl Registry {
         let entries = self.read();
         if let Some(mut history) = self.history() {
             history.prune(self.now());
-            let view = lagged_view(&entries, &history, self.now(), after);
+            let render = |e: &Entry| self.twin_json(e);
+            let view = lagged_view(&entries, &history, self.now(), after, &render);
             return scan(view, limit, item);
         }
         let mut rest = match after {
@@ -364,7 +420,7 @@ impl Registry {
             return scan;
         }
         for (id, entry) in rest.by_ref() {
-            if let Some(found) = item(&twin_json(entry)) {
+            if let Some(found) = item(&self.twin_json(entry)) {
                 scan.items.push(found);
                 if scan.items.len() == limit {
                     scan.last = Some(id.clone());
@@ -372,7 +428,8 @@ impl Registry {
                 }
             }
         }
-        scan.more = scan.last.is_some() && rest.any(|(_, entry)| item(&twin_json(entry)).is_some());
+        scan.more =
+            scan.last.is_some() && rest.any(|(_, entry)| item(&self.twin_json(entry)).is_some());
         scan
     }
 
@@ -448,7 +505,7 @@ impl Registry {
         if let Some((version, body)) = &notification {
             notify(*version, body);
         }
-        Ok(twin_json(entry))
+        Ok(self.twin_json(entry))
     }
 
     /// Applies a device's reported-properties patch; returns the new reported `$version`.
@@ -462,6 +519,7 @@ impl Registry {
         let version = reported.apply_patch(patch, now).map_err(twin_error)?;
         self.lag_before(device_id, Some(entry));
         let old = entry.clone();
+        let before = entry.presence();
         entry.props.reported = reported;
         entry.rec.twin_version += 1;
         entry.rec.last_activity_time = Some(format_timestamp(now));
@@ -469,19 +527,23 @@ impl Registry {
             *entry = old;
             return Err(e);
         }
+        self.record_presence(entry, before, now);
         self.lag_after(device_id, Some(entry));
         Ok(version)
     }
 
     /// Records a connect or disconnect (not flushed: connection state is not durable state).
     pub(crate) fn set_connected(&self, device_id: &str, connected: bool) {
-        let now = format_timestamp(self.now());
+        let at = self.now();
+        let now = format_timestamp(at);
         let mut entries = self.write();
         if let Some(entry) = entries.get_mut(device_id) {
             self.lag_before(device_id, Some(entry));
+            let before = entry.presence();
             entry.connected = connected;
             entry.rec.connection_state_updated_time = Some(now.clone());
             entry.rec.last_activity_time = Some(now);
+            self.record_presence(entry, before, at);
             if !connected {
                 // Keep lastActivityTime across restarts; sled's background flush suffices.
                 if let Err(e) = self.persist(entry) {
@@ -494,9 +556,11 @@ impl Registry {
 
     /// Records device activity (`lastActivityTime`), in memory.
     pub(crate) fn touch(&self, device_id: &str) {
-        let now = format_timestamp(self.now());
+        let at = self.now();
         if let Some(entry) = self.write().get_mut(device_id) {
-            entry.rec.last_activity_time = Some(now);
+            let before = entry.presence();
+            entry.rec.last_activity_time = Some(format_timestamp(at));
+            self.record_presence(entry, before, at);
         }
     }
 }
@@ -508,6 +572,7 @@ fn lagged_view<'a>(
     history: &'a History,
     now: DateTime<Utc>,
     after: Option<&str>,
+    render: &'a dyn Fn(&Entry) -> Value,
 ) -> impl Iterator<Item = (String, Value)> + 'a {
     let horizon = history.horizon(now);
     let mut live = match after {
@@ -526,7 +591,7 @@ fn lagged_view<'a>(
             };
             if live_first {
                 let (id, entry) = live.next()?;
-                return Some((id.clone(), twin_json(entry)));
+                return Some((id.clone(), render(entry)));
             }
             let (id, versions) = lagged.next()?;
             if live.peek().is_some_and(|(a, _)| *a == id) {
@@ -667,26 +732,26 @@ fn ts(t: &Option<String>) -> Value {
     json!(t.as_deref().unwrap_or(ZERO_TIMESTAMP))
 }
 
-fn connection_state(entry: &Entry) -> &'static str {
-    if entry.connected {
+fn connection_state(shown: &Presence) -> &'static str {
+    if shown.connected {
         "Connected"
     } else {
         "Disconnected"
     }
 }
 
-fn device_json(entry: &Entry) -> Value {
+fn device_json(entry: &Entry, shown: &Presence) -> Value {
     let r = &entry.rec;
     json!({
         "deviceId": r.device_id,
         "generationId": r.generation_id,
         "etag": device_etag(r.device_etag),
-        "connectionState": connection_state(entry),
+        "connectionState": connection_state(shown),
         "status": status_str(r.status),
         "statusReason": r.status_reason,
-        "connectionStateUpdatedTime": ts(&r.connection_state_updated_time),
+        "connectionStateUpdatedTime": ts(&shown.state_updated),
         "statusUpdatedTime": ts(&r.status_updated_time),
-        "lastActivityTime": ts(&r.last_activity_time),
+        "lastActivityTime": ts(&shown.last_activity),
         "cloudToDeviceMessageCount": r.cloud_to_device_message_count,
         "authentication": {
             "symmetricKey": {"primaryKey": r.primary_key, "secondaryKey": r.secondary_key},
@@ -699,7 +764,7 @@ fn device_json(entry: &Entry) -> Value {
     })
 }
 
-fn twin_json(entry: &Entry) -> Value {
+fn twin_json(entry: &Entry, shown: &Presence) -> Value {
     let r = &entry.rec;
     json!({
         "deviceId": r.device_id,
@@ -709,8 +774,8 @@ fn twin_json(entry: &Entry) -> Value {
         "status": status_str(r.status),
         "statusReason": r.status_reason,
         "statusUpdateTime": ts(&r.status_updated_time),
-        "connectionState": connection_state(entry),
-        "lastActivityTime": ts(&r.last_activity_time),
+        "connectionState": connection_state(shown),
+        "lastActivityTime": ts(&shown.last_activity),
         "cloudToDeviceMessageCount": r.cloud_to_device_message_count,
         "authenticationType": "sas",
         "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},

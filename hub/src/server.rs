@@ -58,8 +58,9 @@ impl Hub {
             }
         };
         let identity = Identity::new(&config.hostname, &config.aliases, policies);
-        let registry =
-            Registry::load(store.clone(), config.clock.clone())?.with_query_lag(config.query_lag);
+        let registry = Registry::load(store.clone(), config.clock.clone())?
+            .with_query_lag(config.query_lag)
+            .with_connection_state_lag(config.connection_state_lag);
         let mut sessions: Vec<(String, Subscriptions)> = store.load_sessions()?;
         // A session can outlive its device when a SUBSCRIBE races a delete; drop those.
         sessions.retain(|(id, _)| {
@@ -106,6 +107,7 @@ impl Hub {
                 .shaped(config.throttle_mode, config.throttle_max_wait),
             clock: config.clock.clone(),
             limits: config.limits.clone(),
+            query_dialect: config.query_dialect,
             stats: Stats::default(),
             faults: Faults::default(),
             shutdown: shutdown.clone(),

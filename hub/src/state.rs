@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use casement_iothub::error::ErrorCode;
-use casement_iothub::rest::{self, MethodRequest, MethodResponse};
+use casement_iothub::rest::{MethodRequest, MethodResponse};
 use casement_iothub::topic::HubToDevice;
 use rumqttc::mqttbytes::QoS;
 use serde_json::Value;
@@ -60,6 +60,7 @@ pub(crate) struct Shared {
     pub(crate) throttle: Throttle,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) limits: Limits,
+    pub(crate) query_dialect: casement_iothub::query::Dialect,
     pub(crate) stats: Stats,
     pub(crate) faults: Faults,
     pub(crate) shutdown: CancellationToken,
@@ -168,15 +169,10 @@ impl Shared {
             reply = tokio::time::timeout(response_timeout, &mut pending.reply) => reply,
         };
         match reply {
-            Ok(Ok(reply)) => {
-                let payload = rest::payload_from_bytes(&reply.payload).unwrap_or_else(|_| {
-                    Value::String(String::from_utf8_lossy(&reply.payload).into_owned())
-                });
-                Ok(MethodResponse {
-                    status: reply.status,
-                    payload,
-                })
-            }
+            Ok(Ok(reply)) => Ok(MethodResponse {
+                status: reply.status,
+                payload: crate::method_reply::payload(device_id, &reply.payload)?,
+            }),
             Ok(Err(_)) | Err(_) => Err(ApiError::new(
                 ErrorCode::GatewayTimeout,
                 format!(

@@ -89,6 +89,9 @@ error_codes! {
     ThrottlingException = 429001, 429;
     /// 500001: an internal error; transient.
     ServerError = 500001, 500;
+    /// 502101: the device answered a direct method with a body the service cannot pass on (not
+    /// JSON, or over 128 KB): "Payload is not a valid document of type application/json".
+    InvalidResponseWhileProxying = 502101, 502;
     /// 503001: the service is unavailable; transient.
     ServiceUnavailable = 503001, 503;
     /// 504101: the device did not answer the direct method in time.
@@ -393,6 +396,7 @@ mod tests {
             (ErrorCode::MessageTooLarge, 413001, 413),
             (ErrorCode::ThrottlingException, 429001, 429),
             (ErrorCode::ServerError, 500001, 500),
+            (ErrorCode::InvalidResponseWhileProxying, 502101, 502),
             (ErrorCode::ServiceUnavailable, 503001, 503),
             (ErrorCode::GatewayTimeout, 504101, 504),
         ];

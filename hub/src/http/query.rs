@@ -31,8 +31,8 @@ pub(super) async fn query(
 ) -> Result<Response, ApiError> {
     admit(&shared, &headers, Access::QUERY, "").await?;
     let request: QueryRequest = json_body(body, "query")?;
-    let parsed =
-        query::parse(&request.query).map_err(|e| ApiError::invalid(format!("query: {e}")))?;
+    let parsed = query::parse_with(&request.query, shared.query_dialect)
+        .map_err(|e| ApiError::invalid(format!("query: {e}")))?;
     let page_size = rest::page_size(header(&headers, HEADER_MAX_ITEM_COUNT))
         .map_err(|e| ApiError::new(e.error_code(), e.to_string()))?;
     let fingerprint = fingerprint(&request.query);

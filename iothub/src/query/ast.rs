@@ -284,7 +284,8 @@ impl Path {
 }
 
 /// The reserved words of the language (compared ignoring case). They cannot be aliases or the
-/// first segment of a path; later segments (`tags.select`) may use them.
+/// first segment of a path; a later segment is one only escaped, `tags.[[select]]` (Azure IoT
+/// Hub's dialect), or also bare, `tags.select`, in the extended dialect.
 pub const KEYWORDS: [&str; 16] = [
     "SELECT",
     "TOP",
@@ -570,11 +571,14 @@ fn write_string(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
 impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, segment) in self.segments.iter().enumerate() {
-            if is_identifier(segment) && !(i == 0 && is_keyword(segment)) {
+            if is_identifier(segment) && !is_keyword(segment) {
                 if i > 0 {
                     f.write_str(".")?;
                 }
                 f.write_str(segment)?;
+            } else if i > 0 && is_identifier(segment) {
+                // A reserved word, escaped as Azure IoT Hub requires.
+                write!(f, ".[[{segment}]]")?;
             } else {
                 f.write_str("[")?;
                 write_string(f, segment)?;

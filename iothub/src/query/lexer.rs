@@ -11,6 +11,9 @@ pub(crate) enum TokenKind {
     Number(f64),
     /// A string literal, escapes resolved.
     Str(String),
+    /// A property name escaped as `[[name]]` right after a `.` (`configurations.[[cfg-1]]`,
+    /// `tags.[[group]]`): taken as written, keywords included.
+    Escaped(String),
     LParen,
     RParen,
     LBracket,
@@ -67,10 +70,12 @@ pub(crate) fn tokenize(input: &str) -> Result<Vec<Token>, QueryError> {
     let mut lexer = Lexer {
         chars: &chars,
         pos: 0,
+        after_dot: false,
     };
     let mut tokens = Vec::new();
     loop {
         let token = lexer.next_token()?;
+        lexer.after_dot = token.kind == TokenKind::Dot;
         let end = token.kind == TokenKind::End;
         tokens.push(token);
         if end {
@@ -83,6 +88,9 @@ struct Lexer<'a> {
     chars: &'a [char],
     /// 0-based index of the next character.
     pos: usize,
+    /// Whether the previous token was `.`: only there does `[[` open an escaped name (elsewhere
+    /// it is an array inside an array).
+    after_dot: bool,
 }
 
 fn is_word_start(c: char) -> bool {
@@ -124,6 +132,8 @@ impl Lexer<'_> {
             self.number()?
         } else if c == '\'' || c == '"' {
             TokenKind::Str(self.string(c)?)
+        } else if c == '[' && self.peek(1) == Some('[') && self.after_dot {
+            TokenKind::Escaped(self.escaped_name()?)
         } else {
             self.pos += 1;
             let two = |lexer: &mut Self, next: char, yes: TokenKind, no: TokenKind| {
@@ -183,6 +193,31 @@ impl Lexer<'_> {
             column,
             text: self.text(start),
         })
+    }
+
+    /// The name inside `[[…]]`; the current character is the first `[`.
+    fn escaped_name(&mut self) -> Result<String, QueryError> {
+        let column = self.pos + 1;
+        self.pos += 2;
+        let start = self.pos;
+        while self.pos < self.chars.len() {
+            if self.peek(0) == Some(']') && self.peek(1) == Some(']') {
+                let name = self.text(start);
+                self.pos += 2;
+                if name.is_empty() {
+                    return Err(QueryError::new(
+                        column,
+                        "empty escaped property name '[[]]'; write the name inside, as in [[group]]",
+                    ));
+                }
+                return Ok(name);
+            }
+            self.pos += 1;
+        }
+        Err(QueryError::new(
+            column,
+            "unterminated escaped property name: '[[' needs a closing ']]'",
+        ))
     }
 
     /// A decimal (`12`, `1.5`, `2e-3`) or hexadecimal (`0x1F`) number.

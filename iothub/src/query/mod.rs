@@ -40,6 +40,16 @@
 //! `IS_OBJECT`, `IS_ARRAY`, `IS_PRIMITIVE`, `STARTS_WITH`, `ENDS_WITH`, `CONTAINS`, `LOWER`,
 //! `UPPER` and `LENGTH`.
 //!
+//! # Dialects
+//!
+//! [`parse`] and [`parse_condition`] accept only what Azure IoT Hub accepts in twin and job
+//! queries ([`Dialect::Azure`]): of the functions only `IS_DEFINED`, and no reserved word
+//! ([`KEYWORDS`](ast::KEYWORDS)) as a bare property name (`tags.group` is refused on Azure, as
+//! MicrosoftDocs/azure-docs#17106 reports); such a name is written escaped, `tags.[[group]]`, as
+//! Azure writes configuration ids (`configurations.[[cfg-1]].status`). The superset above is
+//! [`Dialect::Extended`], for local tools that opt in ([`parse_with`], [`parse_condition_with`]);
+//! a query that uses it fails with 400 on Azure.
+//!
 //! # Semantics
 //!
 //! - A missing attribute is `undefined`. A comparison is true only between two primitives of
@@ -77,6 +87,48 @@ pub use ast::{
     Aggregate, ArithOp, Call, Collection, CompareOp, Condition, Expr, Function, Literal, Path,
     Projection, Query, Select, SelectItem,
 };
+
+/// Which query language the parser accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Dialect {
+    /// What Azure IoT Hub accepts in twin and job queries: `IS_DEFINED` is the only function,
+    /// and a reserved word is a property name only when escaped (`tags.[[group]]`). The default.
+    #[default]
+    Azure,
+    /// The local superset: the routing-query functions (`STARTS_WITH`, `LOWER`, …) and reserved
+    /// words as bare property names after a dot (`tags.group`). Queries that use it fail on Azure.
+    Extended,
+}
+
+impl Dialect {
+    /// The name used on command lines and in messages: `azure` or `extended`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Azure => "azure",
+            Dialect::Extended => "extended",
+        }
+    }
+}
+
+impl std::fmt::Display for Dialect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Dialect {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "azure" => Ok(Dialect::Azure),
+            "extended" => Ok(Dialect::Extended),
+            _ => Err(format!(
+                "unknown query dialect '{s}': expected 'azure' (what Azure IoT Hub accepts) or 'extended' (the local superset)"
+            )),
+        }
+    }
+}
 
 /// The longest query IoT Hub accepts, in characters.
 pub const MAX_QUERY_CHARS: usize = 8192;
@@ -132,22 +184,40 @@ pub struct QueryOutput {
     pub items: Vec<serde_json::Value>,
 }
 
-/// Parses a whole query, `SELECT … FROM devices …`.
+/// Parses a whole query, `SELECT … FROM devices …`, in Azure IoT Hub's dialect.
 ///
 /// # Errors
 /// A [`QueryError`] with the column of the offending token when the query is longer than
-/// [`MAX_QUERY_CHARS`], malformed, or asks for something not supported (`FROM devices.jobs`).
+/// [`MAX_QUERY_CHARS`], malformed, asks for something not supported (`FROM devices.jobs`), or
+/// uses what Azure refuses (a function other than `IS_DEFINED`, a bare reserved word as a
+/// property name).
 pub fn parse(input: &str) -> Result<Query, QueryError> {
-    parser::parse_query(input)
+    parse_with(input, Dialect::Azure)
+}
+
+/// Parses a whole query in `dialect`.
+///
+/// # Errors
+/// As [`parse`]; [`Dialect::Extended`] accepts the superset.
+pub fn parse_with(input: &str, dialect: Dialect) -> Result<Query, QueryError> {
+    parser::parse_query(input, dialect)
 }
 
 /// Parses only a condition, as written after `WHERE` (a policy's `target`, a job's
-/// `queryCondition`).
+/// `queryCondition`), in Azure IoT Hub's dialect.
 ///
 /// # Errors
 /// As [`parse`].
 pub fn parse_condition(input: &str) -> Result<Condition, QueryError> {
-    parser::parse_condition(input)
+    parse_condition_with(input, Dialect::Azure)
+}
+
+/// Parses only a condition in `dialect`.
+///
+/// # Errors
+/// As [`parse_with`].
+pub fn parse_condition_with(input: &str, dialect: Dialect) -> Result<Condition, QueryError> {
+    parser::parse_condition(input, dialect)
 }
 
 impl Query {

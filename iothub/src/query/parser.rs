@@ -7,7 +7,7 @@ use super::ast::{
 };
 use super::eval::output_names;
 use super::lexer::{Token, TokenKind, tokenize};
-use super::{MAX_NESTING, MAX_QUERY_CHARS, QueryError};
+use super::{Dialect, MAX_NESTING, MAX_QUERY_CHARS, QueryError};
 
 /// The top-level twin properties, as the service spells them. A path's first segment matching
 /// one of these ignoring case is stored with this spelling.
@@ -50,15 +50,15 @@ const COMPARISON_EXPECTED: &str = "a comparison operator (=, !=, <>, <, <=, >, >
 type Result<T> = std::result::Result<T, QueryError>;
 
 /// Parses `SELECT … FROM devices …`.
-pub(crate) fn parse_query(input: &str) -> Result<Query> {
-    let mut p = Parser::new(input)?;
+pub(crate) fn parse_query(input: &str, dialect: Dialect) -> Result<Query> {
+    let mut p = Parser::new(input, dialect)?;
     let query = p.query()?;
     Ok(query)
 }
 
 /// Parses a bare condition.
-pub(crate) fn parse_condition(input: &str) -> Result<Condition> {
-    let mut p = Parser::new(input)?;
+pub(crate) fn parse_condition(input: &str, dialect: Dialect) -> Result<Condition> {
+    let mut p = Parser::new(input, dialect)?;
     let condition = p.condition()?;
     if !p.at(&TokenKind::End) {
         return Err(p.expected("AND, OR or the end of the condition"));
@@ -70,6 +70,7 @@ struct Parser {
     tokens: Vec<Token>,
     pos: usize,
     depth: usize,
+    dialect: Dialect,
 }
 
 /// A select item and where it was written, for the checks made after parsing.
@@ -79,7 +80,7 @@ struct PlacedItem {
 }
 
 impl Parser {
-    fn new(input: &str) -> Result<Self> {
+    fn new(input: &str, dialect: Dialect) -> Result<Self> {
         let length = input.chars().count();
         if length > MAX_QUERY_CHARS {
             return Err(QueryError::new(
@@ -93,6 +94,7 @@ impl Parser {
             tokens: tokenize(input)?,
             pos: 0,
             depth: 0,
+            dialect,
         })
     }
 
@@ -636,6 +638,19 @@ impl Parser {
             };
             return Err(QueryError::new(name.column, message));
         };
+        if self.dialect == Dialect::Azure && function != Function::IsDefined {
+            return Err(QueryError::new(
+                name.column,
+                format!(
+                    "{} is not supported in IoT Hub twin queries: Azure IoT Hub accepts only \
+                     IS_DEFINED there ({} is a message-routing function, and Azure answers 400); \
+                     rewrite the condition with comparisons, IN or IS_DEFINED, or opt in to the \
+                     local superset (casement hub --query-dialect extended)",
+                    function.name(),
+                    function.name()
+                ),
+            ));
+        }
         self.nest()?;
         self.advance(); // `(`
         let mut args = Vec::new();
@@ -671,8 +686,24 @@ impl Parser {
         loop {
             if self.eat(&TokenKind::Dot) {
                 match &self.peek().kind {
-                    // After a dot any word is a key, keywords included (`tags.select`).
+                    // After a dot the extended dialect takes any word as a key, keywords
+                    // included (`tags.select`); Azure refuses a bare reserved word.
                     TokenKind::Ident(word) => {
+                        if self.dialect == Dialect::Azure && is_keyword(word) {
+                            let token = self.peek();
+                            return Err(QueryError::new(
+                                token.column,
+                                format!(
+                                    "{} is a reserved word, and Azure IoT Hub refuses it as a bare \
+                                     property name; escape it as [[{word}]] (as in tags.[[{word}]])",
+                                    token.describe()
+                                ),
+                            ));
+                        }
+                        segments.push(word.clone());
+                        self.advance();
+                    }
+                    TokenKind::Escaped(word) => {
                         segments.push(word.clone());
                         self.advance();
                     }
@@ -798,6 +829,16 @@ fn check_projection(items: &[PlacedItem], group_by: &[Path]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // These tests cover the whole language, so they parse the extended dialect; the Azure
+    // dialect's refusals are tested in `iothub/tests/dialect.rs`.
+    fn parse_query(input: &str) -> Result<Query> {
+        super::parse_query(input, Dialect::Extended)
+    }
+
+    fn parse_condition(input: &str) -> Result<Condition> {
+        super::parse_condition(input, Dialect::Extended)
+    }
 
     fn path(s: &str) -> Path {
         Path {
@@ -1284,6 +1325,10 @@ mod tests {
 #[cfg(test)]
 mod depth_tests {
     use super::*;
+
+    fn parse_condition(input: &str) -> Result<Condition> {
+        super::parse_condition(input, Dialect::Azure)
+    }
 
     #[test]
     fn arithmetic_chains_count_as_nesting() {

@@ -245,6 +245,42 @@ fn target_errors_point_into_the_string() {
 }
 
 #[test]
+fn targets_use_azures_query_dialect() {
+    // STARTS_WITH is a routing-query function: Azure answers 400 to it in a twin query, so the
+    // policy is refused here, at the function (`target = "` is 10 characters).
+    let errs = errors(&with("target = \"STARTS_WITH(deviceId, 'store-')\""));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("policies/x.toml:4:11: policy.target: invalid condition: STARTS_WITH"),
+        "{errs:?}"
+    );
+    assert!(errs[0].contains("only IS_DEFINED"), "{errs:?}");
+    let errs = errors(&with(
+        "target = \"tags.env = 'prod' AND LOWER(tags.site) = 'ams'\"",
+    ));
+    assert!(
+        errs[0].starts_with("policies/x.toml:4:33: policy.target: invalid condition: LOWER"),
+        "{errs:?}"
+    );
+    // A reserved word as a bare property name, at the word; escaped, it is valid.
+    let errs = errors(&with("target = \"tags.group = 'north'\""));
+    assert!(
+        errs[0].starts_with("policies/x.toml:4:16: policy.target: invalid condition: 'group'"),
+        "{errs:?}"
+    );
+    assert!(errs[0].contains("[[group]]"), "{errs:?}");
+    let p = parse(&with(
+        "target = \"tags.[[group]] = 'north' AND IS_DEFINED(tags.role)\"",
+    ))
+    .unwrap();
+    assert!(
+        p.target_query().contains("tags.[[group]]"),
+        "{}",
+        p.target_query()
+    );
+}
+
+#[test]
 fn schedule_errors_name_the_field_and_point_at_it() {
     let errs = errors(&with("schedule = \"0 25 * * *\""));
     assert_eq!(
