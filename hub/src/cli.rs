@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -96,6 +97,16 @@ pub struct HubArgs {
     /// methods, queries.
     #[arg(long = "throttle-rate", value_name = "OP=N/UNIT")]
     pub throttle_rates: Vec<RateOverride>,
+    /// How often to evaluate the automatic device management configurations (`10s`, `5m`;
+    /// Azure: about every five minutes); `0s` turns the background evaluation off.
+    #[arg(
+        long,
+        env = "CASEMENT_HUB_CONFIGURATION_INTERVAL",
+        default_value = "10s",
+        value_parser = parse_interval,
+        value_name = "DURATION"
+    )]
+    pub configuration_interval: Duration,
     /// Most MQTT connections at once.
     #[arg(long, default_value_t = Limits::default().max_mqtt_connections, value_name = "N")]
     pub max_connections: usize,
@@ -146,8 +157,14 @@ impl HubArgs {
                 ..Limits::default()
             },
             clock: Arc::new(SystemClock),
+            configuration_interval: (!self.configuration_interval.is_zero())
+                .then_some(self.configuration_interval),
         })
     }
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    casement_policy::parse_duration(text).map_err(|e| format!("{e} (expected e.g. 10s, 5m or 1h)"))
 }
 
 /// Runs `casement hub` until `shutdown` completes, then stops gracefully (a Ctrl-C during the

@@ -18,6 +18,9 @@ pub const DEFAULT_MQTT_PORT: u16 = 1883;
 pub const DEFAULT_HTTPS_PORT: u16 = 443;
 /// Default plain HTTP port.
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// Default interval between two evaluations of the automatic device management
+/// configurations (Azure evaluates about every five minutes; a local hub answers faster).
+pub const DEFAULT_CONFIGURATION_INTERVAL: Duration = Duration::from_secs(10);
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = ".casement/hub";
 
@@ -96,6 +99,10 @@ pub struct HubConfig {
     pub limits: Limits,
     /// The wall clock (twin timestamps, token expiry).
     pub clock: Arc<dyn Clock>,
+    /// How often the automatic device management configurations are evaluated; `None`: only
+    /// when asked ([`RunningHub::evaluate_configurations`](crate::RunningHub::evaluate_configurations)).
+    /// Default [`DEFAULT_CONFIGURATION_INTERVAL`]; [`HubConfig::for_tests`] sets `None`.
+    pub configuration_interval: Option<Duration>,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -116,15 +123,17 @@ impl Default for HubConfig {
             throttle: ThrottleConfig::none(),
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
+            configuration_interval: Some(DEFAULT_CONFIGURATION_INTERVAL),
         }
     }
 }
 
 impl HubConfig {
     /// For tests: in memory, every listener on `127.0.0.1:0` (TLS ones too; the certificate is
-    /// generated in memory), no throttling.
+    /// generated in memory), no throttling, configurations evaluated only when a test asks.
     pub fn for_tests() -> Self {
         Self {
+            configuration_interval: None,
             mqtts: Some(loopback(0)),
             mqtt: Some(loopback(0)),
             https: Some(loopback(0)),

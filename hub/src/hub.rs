@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{self, Identity, Policy};
 use crate::clock::Clock;
 use crate::config::{HubConfig, Limits};
+use crate::configurations::{ConfigurationEvaluation, Configurations};
 use crate::error::{ApiError, HubError};
 use crate::listener::{self, Endpoint};
 use crate::methods::Methods;
@@ -58,6 +59,7 @@ pub(crate) struct Shared {
     pub(crate) identity: Identity,
     pub(crate) store: Arc<Store>,
     pub(crate) registry: Registry,
+    pub(crate) configurations: Configurations,
     pub(crate) broker: Broker,
     pub(crate) methods: Arc<Methods>,
     pub(crate) throttle: Throttle,
@@ -276,6 +278,7 @@ impl Hub {
         };
         let identity = Identity::new(&config.hostname, &config.aliases, policies);
         let registry = Registry::load(store.clone(), config.clock.clone())?;
+        let configurations = Configurations::load(store.clone())?;
         let mut sessions: Vec<(String, Subscriptions)> = store.load_sessions()?;
         // A session can outlive its device when a SUBSCRIBE races a delete; drop those.
         sessions.retain(|(id, _)| {
@@ -316,6 +319,7 @@ impl Hub {
             identity,
             store,
             registry,
+            configurations,
             broker,
             methods: Arc::new(Methods::new(config.limits.max_inflight_methods)),
             throttle: Throttle::new(&config.throttle),
@@ -375,6 +379,9 @@ impl Hub {
             tracing::info!(%endpoint, addr = %local, "listening");
         }
         drop(router);
+        if let Some(every) = config.configuration_interval {
+            tasks.spawn(crate::configurations::evaluate_every(shared.clone(), every));
+        }
 
         let hub = RunningHub {
             shared,
@@ -628,6 +635,15 @@ impl RunningHub {
             telemetry_messages: self.shared.stats.telemetry.load(Ordering::Relaxed),
             methods_in_flight: self.shared.methods.in_flight(),
         }
+    }
+
+    /// Evaluates the automatic device management configurations now (as the background
+    /// evaluation does every [`HubConfig::configuration_interval`]).
+    ///
+    /// # Errors
+    /// [`HubError::Api`] when the store cannot be written.
+    pub async fn evaluate_configurations(&self) -> Result<ConfigurationEvaluation, HubError> {
+        Ok(self.shared.evaluate_configurations().await?)
     }
 
     /// Stops accepting, closes every connection (waiting requests get 503), waits for every
