@@ -12,8 +12,8 @@
 //!    value) replace the desired value at each path, through the same path as a service twin
 //!    PATCH (bumps `$version`, notifies the connected device, persists) and only where the
 //!    twin differs, so a second evaluation writes nothing;
-//! 3. the twin's `configurations` section becomes `{id: {"status": "applied"}}` for the winner
-//!    and `"targeted"` for the others;
+//! 3. the twin's `configurations` section becomes `{id: {"status": "Applied"}}` for the winner
+//!    and `"Targeted"` for the others;
 //! 4. the system metrics (`targetedCount`, `appliedCount`) and the custom metric queries are
 //!    run over the twins and their result counts stored in `systemMetrics.results` and
 //!    `metrics.results`.
@@ -44,8 +44,8 @@ use crate::store::{Store, StoreError};
 /// Most configurations one hub holds (Azure's documented quota for automatic device and
 /// module configurations).
 pub(crate) const MAX_CONFIGURATIONS: usize = 100;
-/// Most custom metric queries per configuration (casement's own bound).
-pub(crate) const MAX_CUSTOM_METRICS: usize = 20;
+/// Most custom metric queries per configuration (Azure: "up to five custom metrics").
+pub(crate) const MAX_CUSTOM_METRICS: usize = 5;
 /// Longest configuration id.
 const MAX_ID_CHARS: usize = 128;
 /// The desired-properties prefix every `deviceContent` key starts with.
@@ -58,9 +58,11 @@ pub(crate) const APPLIED_COUNT: &str = "appliedCount";
 const STORE_KEY: &str = "configurations";
 
 /// A twin's status for a configuration targeting it that lost to a higher priority one.
-pub(crate) const STATUS_TARGETED: &str = "targeted";
+/// Capitalised as Azure's documented metric queries compare it
+/// (`configurations.[[id]].status = 'Applied'`).
+pub(crate) const STATUS_TARGETED: &str = "Targeted";
 /// A twin's status for the configuration whose content it carries.
-pub(crate) const STATUS_APPLIED: &str = "applied";
+pub(crate) const STATUS_APPLIED: &str = "Applied";
 
 /// `results` and `queries` of `metrics` and `systemMetrics`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -408,10 +410,10 @@ fn etag(version: u64) -> String {
     base64::engine::general_purpose::STANDARD.encode(version.to_string())
 }
 
-/// Azure's rule for configuration ids: up to 128 lowercase letters, digits and
-/// `- : + % _ # * ? ! ( ) , = @ ; $ '`.
+/// Azure's rule for configuration ids: up to 128 lowercase letters (digits too) and
+/// `- + % _ * ! '`.
 pub(crate) fn validate_id(id: &str) -> Result<(), ApiError> {
-    const SPECIAL: &str = "-:+%_#*?!(),=@;$'";
+    const SPECIAL: &str = "-+%_*!'";
     let ok = !id.is_empty()
         && id.chars().count() <= MAX_ID_CHARS
         && id
@@ -448,11 +450,6 @@ fn content_from(input: Option<ContentInput>) -> Result<Option<Content>, ApiError
     let mut paths: Vec<Vec<&str>> = Vec::new();
     for (key, value) in &device {
         let path = desired_path(key)?;
-        if contains_null(value) {
-            return Err(ApiError::invalid(format!(
-                "content.deviceContent[{key:?}] contains null; a configuration sets values (null would delete them)"
-            )));
-        }
         if let Some(other) = paths
             .iter()
             .find(|p| p.starts_with(&path) || path.starts_with(p))
@@ -491,12 +488,16 @@ fn desired_path(key: &str) -> Result<Vec<&str>, ApiError> {
     Ok(path)
 }
 
-fn contains_null(value: &Value) -> bool {
+/// `value` without the `null` members of its objects (what a merge patch of it leaves).
+fn without_nulls(value: &Value) -> Value {
     match value {
-        Value::Null => true,
-        Value::Object(map) => map.values().any(contains_null),
-        Value::Array(items) => items.iter().any(contains_null),
-        _ => false,
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -646,7 +647,7 @@ fn validate_metric_queries(queries: &BTreeMap<String, String>) -> Result<(), Api
         }
         parse_metric(text).map_err(|e| {
             ApiError::invalid(format!(
-                "metrics.queries[{name:?}] {text:?}: {e} (expected e.g. SELECT deviceId FROM devices WHERE configurations.[[my-config]].status = 'applied')"
+                "metrics.queries[{name:?}] {text:?}: {e} (expected e.g. SELECT deviceId FROM devices WHERE configurations.[[my-config]].status = 'Applied')"
             ))
         })?;
     }
@@ -773,12 +774,17 @@ fn desired_patch(content: &Content, twin: &Value) -> Option<Value> {
             continue;
         };
         let current = get_path(&desired, &path);
-        if current == Some(value) {
+        // `null` removes the property (Azure: "specify the property value to null").
+        let wanted = (!value.is_null()).then(|| without_nulls(value));
+        if current == wanted.as_ref() {
             continue;
         }
-        let change = match current {
-            Some(current) if current.is_object() && value.is_object() => merge_diff(current, value),
-            _ => value.clone(),
+        let change = match (current, wanted) {
+            (_, None) => Value::Null,
+            (Some(current), Some(wanted)) if current.is_object() && wanted.is_object() => {
+                merge_diff(current, &wanted)
+            }
+            (_, Some(wanted)) => wanted,
         };
         insert_path(&mut patch, &path, change);
     }
@@ -918,8 +924,8 @@ mod tests {
     #[test]
     fn double_brackets_become_bracketed_keys_outside_strings() {
         assert_eq!(
-            rewrite_double_brackets("configurations.[[my-cfg]].status = 'applied'"),
-            "configurations['my-cfg'].status = 'applied'"
+            rewrite_double_brackets("configurations.[[my-cfg]].status = 'Applied'"),
+            "configurations['my-cfg'].status = 'Applied'"
         );
         assert_eq!(
             rewrite_double_brackets("tags.x = '.[[keep]]'"),
@@ -930,12 +936,12 @@ mod tests {
             "configurations['it\\'s'].status"
         );
         let q = parse_metric(
-            "SELECT deviceId FROM devices WHERE configurations.[[c-1]].status = 'applied'",
+            "SELECT deviceId FROM devices WHERE configurations.[[c-1]].status = 'Applied'",
         )
         .expect("parses");
         let twins = [
-            json!({"deviceId": "a", "configurations": {"c-1": {"status": "applied"}}}),
-            json!({"deviceId": "b", "configurations": {"c-1": {"status": "targeted"}}}),
+            json!({"deviceId": "a", "configurations": {"c-1": {"status": "Applied"}}}),
+            json!({"deviceId": "b", "configurations": {"c-1": {"status": "Targeted"}}}),
         ];
         assert_eq!(q.execute(&twins).expect("runs").items.len(), 1);
     }
@@ -961,8 +967,8 @@ mod tests {
         ];
         let changes = plan(&[low.clone(), high], &twins);
         assert_eq!(changes[0].desired, Some(json!({"m": {"p": "high"}})));
-        assert_eq!(changes[0].section["high"]["status"], "applied");
-        assert_eq!(changes[0].section["low"]["status"], "targeted");
+        assert_eq!(changes[0].section["high"]["status"], "Applied");
+        assert_eq!(changes[0].section["low"]["status"], "Targeted");
 
         let newer = stored(
             "newer",
@@ -976,6 +982,26 @@ mod tests {
     }
 
     #[test]
+    fn null_content_removes_a_property_once() {
+        let cfg = stored(
+            "c",
+            0,
+            1,
+            "*",
+            json!({"properties.desired.gone": null, "properties.desired.m": {"a": 1, "b": null}}),
+        );
+        let twin = json!({"deviceId": "d", "properties": {"desired": {"gone": 1, "m": {"b": 2}}}});
+        let changes = plan(std::slice::from_ref(&cfg), &[twin]);
+        assert_eq!(
+            changes[0].desired,
+            Some(json!({"gone": null, "m": {"a": 1, "b": null}}))
+        );
+        let done = json!({"deviceId": "d", "configurations": {"c": {"status": "Applied"}},
+            "properties": {"desired": {"m": {"a": 1}}}});
+        assert!(plan(&[cfg], &[done]).is_empty(), "nothing to write twice");
+    }
+
+    #[test]
     fn content_replaces_the_whole_key_and_an_equal_twin_needs_nothing() {
         let cfg = stored("c", 0, 1, "*", json!({"properties.desired.m": {"a": 1}}));
         let twin = json!({"deviceId": "d", "properties": {"desired": {"m": {"a": 2, "old": true}, "$version": 3}}});
@@ -984,7 +1010,7 @@ mod tests {
             changes[0].desired,
             Some(json!({"m": {"a": 1, "old": null}}))
         );
-        let done = json!({"deviceId": "d", "configurations": {"c": {"status": "applied"}},
+        let done = json!({"deviceId": "d", "configurations": {"c": {"status": "Applied"}},
             "properties": {"desired": {"m": {"a": 1}, "$metadata": {}, "$version": 4}}});
         assert!(plan(&[cfg], &[done]).is_empty(), "nothing to write twice");
     }
@@ -997,7 +1023,6 @@ mod tests {
             content_from(Some(input)).expect_err("refused").message
         };
         assert!(bad(json!({"tags.x": 1})).contains("properties.desired."));
-        assert!(bad(json!({"properties.desired.a": null})).contains("null"));
         assert!(
             bad(json!({"properties.desired.a": 1, "properties.desired.a.b": 2}))
                 .contains("overlap")
@@ -1005,5 +1030,6 @@ mod tests {
         assert!(bad(json!({})).contains("empty"));
         assert!(validate_id("Upper").is_err());
         assert!(validate_id("ok-id_1").is_ok());
+        assert!(validate_id("no:colon").is_err());
     }
 }

@@ -58,7 +58,7 @@ async fn create_get_list_update_and_delete() {
 
     let mut body = config("tags.env = 'prod'", 10, "sun-02");
     body["metrics"]["queries"]["applied"] =
-        json!("SELECT deviceId FROM devices WHERE configurations.[[maint]].status = 'applied'");
+        json!("SELECT deviceId FROM devices WHERE configurations.[[maint]].status = 'Applied'");
     let created = create(&api, "maint", &body).await;
     assert_eq!(created["id"], "maint");
     assert_eq!(created["schemaVersion"], "1.0");
@@ -72,7 +72,7 @@ async fn create_get_list_update_and_delete() {
     );
     assert_eq!(
         created["systemMetrics"]["queries"]["appliedCount"],
-        "SELECT deviceId FROM devices WHERE configurations.[[maint]].status = 'applied'"
+        "SELECT deviceId FROM devices WHERE configurations.[[maint]].status = 'Applied'"
     );
     assert_eq!(
         created["systemMetrics"]["results"],
@@ -192,6 +192,15 @@ async fn invalid_configurations_are_refused_with_the_reason() {
         .await
         .expect_error(400, "ArgumentInvalid");
 
+    // Azure allows up to five custom metrics.
+    let mut six = config("tags.a = 1", 0, "x");
+    for i in 0..6 {
+        six["metrics"]["queries"][format!("m{i}")] = json!("SELECT deviceId FROM devices");
+    }
+    let r = api.put("/configurations/c1", &six).await;
+    r.expect_error(400, "ArgumentInvalid");
+    assert!(r.text.contains("at most 5"), "{}", r.text);
+
     let mut modules = config("tags.a = 1", 0, "x");
     modules["content"]["modulesContent"] = json!({"$edgeAgent": {}});
     api.put("/configurations/c1", &modules)
@@ -223,7 +232,7 @@ async fn test_queries_reports_each_broken_query() {
             &json!({
                 "targetCondition": "tags.env = 'prod'",
                 "customMetricQueries": {
-                    "applied": "SELECT deviceId FROM devices WHERE configurations.[[c]].status = 'applied'"
+                    "applied": "SELECT deviceId FROM devices WHERE configurations.[[c]].status = 'Applied'"
                 }
             }),
         )
@@ -283,7 +292,7 @@ async fn evaluation_applies_the_highest_priority_and_counts() {
 
     let mut base = config("tags.env = 'prod'", 1, "base");
     base["metrics"]["queries"]["lost"] =
-        json!("SELECT deviceId FROM devices WHERE configurations.[[base]].status = 'targeted'");
+        json!("SELECT deviceId FROM devices WHERE configurations.[[base]].status = 'Targeted'");
     create(&api, "base", &base).await;
     create(&api, "canary", &config("tags.ring = 'canary'", 5, "canary")).await;
 
@@ -309,7 +318,7 @@ async fn evaluation_applies_the_highest_priority_and_counts() {
         t1["properties"]["desired"]["maintenance"],
         json!({"window": "base"})
     );
-    assert_eq!(t1["configurations"], json!({"base": {"status": "applied"}}));
+    assert_eq!(t1["configurations"], json!({"base": {"status": "Applied"}}));
     let t2 = twin(&api, "d2").await;
     assert_eq!(
         t2["properties"]["desired"]["maintenance"],
@@ -317,7 +326,7 @@ async fn evaluation_applies_the_highest_priority_and_counts() {
     );
     assert_eq!(
         t2["configurations"],
-        json!({"base": {"status": "targeted"}, "canary": {"status": "applied"}})
+        json!({"base": {"status": "Targeted"}, "canary": {"status": "Applied"}})
     );
     let t3 = twin(&api, "d3").await;
     assert!(t3["properties"]["desired"].get("maintenance").is_none());
@@ -388,7 +397,7 @@ async fn evaluation_applies_the_highest_priority_and_counts() {
     assert_eq!(api.delete("/configurations/canary").await.status, 204);
     hub.evaluate_configurations().await.expect("evaluate");
     let t2 = twin(&api, "d2").await;
-    assert_eq!(t2["configurations"], json!({"base": {"status": "applied"}}));
+    assert_eq!(t2["configurations"], json!({"base": {"status": "Applied"}}));
     assert_eq!(
         t2["properties"]["desired"]["maintenance"],
         json!({"window": "base"})
@@ -430,8 +439,8 @@ async fn on_equal_priority_the_newest_configuration_wins_and_content_replaces_th
         json!({"window": "newer"})
     );
     assert_eq!(t["properties"]["desired"]["other"], true);
-    assert_eq!(t["configurations"]["a-newer"]["status"], "applied");
-    assert_eq!(t["configurations"]["b-older"]["status"], "targeted");
+    assert_eq!(t["configurations"]["a-newer"]["status"], "Applied");
+    assert_eq!(t["configurations"]["b-older"]["status"], "Targeted");
     hub.shutdown().await;
 }
 
@@ -485,7 +494,7 @@ async fn configurations_and_their_results_survive_a_restart() {
         json!({"targetedCount": 1, "appliedCount": 1})
     );
     let t = twin(&api, "d1").await;
-    assert_eq!(t["configurations"], json!({"keep": {"status": "applied"}}));
+    assert_eq!(t["configurations"], json!({"keep": {"status": "Applied"}}));
     // Nothing to redo after the restart.
     let again = hub.evaluate_configurations().await.expect("evaluate");
     assert_eq!(again.desired_writes + again.status_writes, 0, "{again:?}");

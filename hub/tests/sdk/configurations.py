@@ -46,7 +46,7 @@ def configuration(config_id, target, priority, window):
         priority=priority,
         metrics=ConfigurationMetrics(
             queries={
-                "lost": "SELECT deviceId FROM devices WHERE configurations.[[%s]].status = 'targeted'" % config_id
+                "lost": "SELECT deviceId FROM devices WHERE configurations.[[%s]].status = 'Targeted'" % config_id
             }
         ),
     )
@@ -99,7 +99,7 @@ def main():
     ok = configs.test_configuration_queries(
         ConfigurationQueriesTestInput(
             target_condition="tags.env = 'prod'",
-            custom_metric_queries={"m": "SELECT deviceId FROM devices WHERE configurations.[[x]].status = 'applied'"},
+            custom_metric_queries={"m": "SELECT deviceId FROM devices WHERE configurations.[[x]].status = 'Applied'"},
         )
     )
     bad = configs.test_configuration_queries(
