@@ -324,6 +324,34 @@ mod tests {
     }
 
     #[test]
+    fn configuration_interval_flag() {
+        let config = |args: &[&str]| {
+            let argv = std::iter::once("hub").chain(args.iter().copied());
+            Cli::try_parse_from(argv)
+                .expect("parse")
+                .hub
+                .to_config()
+                .expect("config")
+        };
+        assert_eq!(
+            config(&[]).configuration_interval,
+            Some(std::time::Duration::from_secs(10))
+        );
+        assert_eq!(
+            config(&["--configuration-interval", "5m"]).configuration_interval,
+            Some(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(
+            config(&["--configuration-interval", "0s"]).configuration_interval,
+            None
+        );
+        let err = Cli::try_parse_from(["hub", "--configuration-interval", "soon"])
+            .expect_err("not a duration")
+            .to_string();
+        assert!(err.contains("expected e.g. 10s"), "{err}");
+    }
+
+    #[test]
     fn flags_switch_listeners_and_throttling() {
         let cli = Cli::try_parse_from([
             "hub",
