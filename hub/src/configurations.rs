@@ -25,6 +25,7 @@
 //! [`RunningHub::evaluate_configurations`]: crate::RunningHub::evaluate_configurations
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockWriteGuard};
 
 use base64::Engine as _;
@@ -170,6 +171,12 @@ pub struct ConfigurationEvaluation {
 pub(crate) struct Configurations {
     items: RwLock<BTreeMap<String, Stored>>,
     store: Arc<Store>,
+    /// One evaluation at a time (the background one and an explicit one would otherwise both
+    /// write the same change).
+    evaluating: tokio::sync::Mutex<()>,
+    /// Set when an evaluation ran with no configurations and nothing was created since: the
+    /// twins carry nothing to clean up, so evaluating again would only read every twin.
+    idle: AtomicBool,
 }
 
 impl Configurations {
@@ -183,6 +190,8 @@ impl Configurations {
         Ok(Self {
             items: RwLock::new(items),
             store,
+            evaluating: tokio::sync::Mutex::new(()),
+            idle: AtomicBool::new(false),
         })
     }
 
@@ -347,6 +356,7 @@ impl Configurations {
             }
         };
         let config = stored.config.clone();
+        self.idle.store(false, Ordering::SeqCst);
         let old = items.insert(id.to_owned(), stored);
         if let Err(e) = self.persist(&items) {
             match old {
@@ -839,7 +849,11 @@ impl Shared {
     pub(crate) async fn evaluate_configurations(
         &self,
     ) -> Result<ConfigurationEvaluation, ApiError> {
+        let _one_at_a_time = self.configurations.evaluating.lock().await;
         let configs = self.configurations.snapshot();
+        if configs.is_empty() && self.configurations.idle.load(Ordering::SeqCst) {
+            return Ok(ConfigurationEvaluation::default());
+        }
         let twins = self.registry.twins();
         let mut report = ConfigurationEvaluation {
             configurations: configs.len(),
@@ -872,6 +886,16 @@ impl Shared {
         let twins = self.registry.twins();
         self.configurations.record(metrics(&configs, &twins))?;
         self.store.flush().await?;
+        if configs.is_empty() {
+            // Every twin's section is now empty. The flag only ever short-cuts an evaluation
+            // that finds no configurations, so a racing `put` cannot be skipped.
+            let _ = self.configurations.idle.compare_exchange(
+                false,
+                true,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
         Ok(report)
     }
 }
