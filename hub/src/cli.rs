@@ -136,6 +136,16 @@ pub struct HubArgs {
         value_name = "DURATION"
     )]
     pub query_lag: Duration,
+    /// How often to evaluate the automatic device management configurations (`10s`, `5m`;
+    /// Azure: about every five minutes); `0s` turns the background evaluation off.
+    #[arg(
+        long,
+        env = "CASEMENT_HUB_CONFIGURATION_INTERVAL",
+        default_value = "10s",
+        value_parser = parse_duration,
+        value_name = "DURATION"
+    )]
+    pub configuration_interval: Duration,
     /// Most MQTT connections at once.
     #[arg(long, default_value_t = Limits::default().max_mqtt_connections, value_name = "N")]
     pub max_connections: usize,
@@ -155,13 +165,8 @@ pub struct HubArgs {
     /// Show connectionState, connectionStateUpdatedTime and lastActivityTime this long after
     /// they change, as Azure IoT Hub does (minutes for connectionState, 5–10 min for
     /// lastActivityTime), e.g. `5m`. Default 0: at once.
-    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_lag)]
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub connection_state_lag: std::time::Duration,
-}
-
-fn parse_lag(s: &str) -> Result<std::time::Duration, String> {
-    casement_iothub::duration::parse_duration(s)
-        .map_err(|e| format!("{e} (a duration such as 0s, 90s or 5m)"))
 }
 
 impl HubArgs {
@@ -210,6 +215,8 @@ impl HubArgs {
             clock: Arc::new(SystemClock),
             query_dialect: self.query_dialect,
             connection_state_lag: self.connection_state_lag,
+            configuration_interval: (!self.configuration_interval.is_zero())
+                .then_some(self.configuration_interval),
         })
     }
 }
@@ -219,7 +226,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     if text.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    casement_iothub::duration::parse_duration(text.trim()).map_err(|e| e.to_string())
+    casement_iothub::duration::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (a duration such as 0, 90s, 5m or 1h30m)"))
 }
 
 /// Runs `casement hub` until `shutdown` completes, then stops gracefully (a Ctrl-C during the
@@ -400,6 +408,34 @@ mod tests {
         assert!(Cli::try_parse_from(["hub", "--throttle-mode", "drop"]).is_err());
         let err = Cli::try_parse_from(["hub", "--query-lag", "30"]).expect_err("no unit");
         assert!(err.to_string().contains("30s"), "{err}");
+    }
+
+    #[test]
+    fn configuration_interval_flag() {
+        let config = |args: &[&str]| {
+            let argv = std::iter::once("hub").chain(args.iter().copied());
+            Cli::try_parse_from(argv)
+                .expect("parse")
+                .hub
+                .to_config()
+                .expect("config")
+        };
+        assert_eq!(
+            config(&[]).configuration_interval,
+            Some(std::time::Duration::from_secs(10))
+        );
+        assert_eq!(
+            config(&["--configuration-interval", "5m"]).configuration_interval,
+            Some(std::time::Duration::from_secs(300))
+        );
+        assert_eq!(
+            config(&["--configuration-interval", "0s"]).configuration_interval,
+            None
+        );
+        let err = Cli::try_parse_from(["hub", "--configuration-interval", "soon"])
+            .expect_err("not a duration")
+            .to_string();
+        assert!(err.contains("a duration such as 0, 90s, 5m or 1h30m"), "{err}");
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub const DEFAULT_HTTPS_PORT: u16 = 443;
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 /// Default longest wait in a shaping queue (`--throttle-max-wait`).
 pub const DEFAULT_THROTTLE_MAX_WAIT: Duration = Duration::from_secs(10);
+/// Default interval between two evaluations of the automatic device management
+/// configurations (Azure evaluates about every five minutes; a local hub answers faster).
+pub const DEFAULT_CONFIGURATION_INTERVAL: Duration = Duration::from_secs(10);
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = ".casement/hub";
 
@@ -117,6 +120,10 @@ pub struct HubConfig {
     /// shown (twins, device GETs, queries), as on Azure IoT Hub; zero (the default) shows them
     /// at once. See `docs/azure-fidelity.md`.
     pub connection_state_lag: Duration,
+    /// How often the automatic device management configurations are evaluated; `None`: only
+    /// when asked ([`RunningHub::evaluate_configurations`](crate::RunningHub::evaluate_configurations)).
+    /// Default [`DEFAULT_CONFIGURATION_INTERVAL`]; [`HubConfig::for_tests`] sets `None`.
+    pub configuration_interval: Option<Duration>,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -142,6 +149,7 @@ impl Default for HubConfig {
             clock: Arc::new(SystemClock),
             query_dialect: Dialect::Azure,
             connection_state_lag: Duration::ZERO,
+            configuration_interval: Some(DEFAULT_CONFIGURATION_INTERVAL),
         }
     }
 }
@@ -150,10 +158,11 @@ impl HubConfig {
     /// For tests: in memory, every listener on `127.0.0.1:0` (TLS ones too; the certificate is
     /// generated in memory), no throttling — and, should a test set quotas, the `Reject`
     /// throttle mode (429 at once), which the tests written before shaping expect; a test of
-    /// shaping sets `throttle_mode` itself.
+    /// shaping sets `throttle_mode` itself. Configurations are evaluated only when a test asks.
     pub fn for_tests() -> Self {
         Self {
             throttle_mode: ThrottleMode::Reject,
+            configuration_interval: None,
             mqtts: Some(loopback(0)),
             mqtt: Some(loopback(0)),
             https: Some(loopback(0)),

@@ -30,7 +30,11 @@
 //! - `mqtt::connection`: one task per device connection (rumqttc's `mqttbytes::v4` codec,
 //!   keep-alive, CONNECT authentication, twin and method topics); `mqtt::broker`: the session
 //!   table (one connection per device, persisted `CleanSession=0` subscriptions, bounded queues).
-//! - `http`: the REST API on axum — registry, twins, methods, queries, errors.
+//! - `http`: the REST API on axum — registry (with the bulk `POST /devices`), twins, methods,
+//!   queries, configurations, statistics, errors.
+//! - `configurations`: automatic device management configurations — validation, storage, and
+//!   the evaluation that writes their content into twins ([`RunningHub::evaluate_configurations`],
+//!   `docs/iothub-contract.md`).
 //! - `registry`: devices and twins in memory, written through to [`store`] (sled).
 //! - `methods`: direct methods in flight; `auth`: policies, keys and SAS checks.
 //! - [`tls`]: the generated CA and server certificate; [`listener`]: binding with clear errors,
@@ -43,6 +47,7 @@ mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+mod configurations;
 mod error;
 pub mod faults;
 mod http;
@@ -63,6 +68,7 @@ pub mod tls;
 pub use cli::{HubArgs, run_cli, shutdown_signal, startup_banner};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{HubConfig, Limits};
+pub use configurations::ConfigurationEvaluation;
 pub use error::{ApiError, HubError};
 pub use server::{Hub, RunningHub};
 pub use shaping::{ThrottleCounts, ThrottleMode};

@@ -67,6 +67,10 @@ pub(crate) struct DeviceRecord {
     tags: Map<String, Value>,
     desired: Value,
     reported: Value,
+    /// The twin's `configurations` section: `{id: {"status": "targeted" | "applied"}}`,
+    /// written by the configuration evaluation (`crate::configurations`).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    configurations: Map<String, Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -267,6 +271,7 @@ impl Registry {
                 tags: Map::new(),
                 desired: Value::Null,
                 reported: Value::Null,
+                configurations: Map::new(),
             },
             props,
             connected: false,
@@ -532,6 +537,38 @@ impl Registry {
         Ok(version)
     }
 
+    /// Sets the twin's `configurations` section; writes (not flushed) only when it changed.
+    /// Returns whether it changed; a device deleted meanwhile is no change.
+    pub(crate) fn set_configurations(
+        &self,
+        device_id: &str,
+        section: Map<String, Value>,
+    ) -> Result<bool, ApiError> {
+        let mut entries = self.write();
+        let Some(entry) = entries.get_mut(device_id) else {
+            return Ok(false);
+        };
+        if entry.rec.configurations == section {
+            return Ok(false);
+        }
+        let old = std::mem::replace(&mut entry.rec.configurations, section);
+        if let Err(e) = self.persist(entry) {
+            entry.rec.configurations = old;
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// `(enabled, disabled)` device counts.
+    pub(crate) fn status_counts(&self) -> (usize, usize) {
+        let entries = self.read();
+        let enabled = entries
+            .values()
+            .filter(|e| e.rec.status == DeviceStatus::Enabled)
+            .count();
+        (enabled, entries.len() - enabled)
+    }
+
     /// Records a connect or disconnect (not flushed: connection state is not durable state).
     pub(crate) fn set_connected(&self, device_id: &str, connected: bool) {
         let at = self.now();
@@ -766,7 +803,7 @@ fn device_json(entry: &Entry, shown: &Presence) -> Value {
 
 fn twin_json(entry: &Entry, shown: &Presence) -> Value {
     let r = &entry.rec;
-    json!({
+    let mut twin = json!({
         "deviceId": r.device_id,
         "moduleId": null,
         "etag": twin_etag(r.twin_version),
@@ -784,7 +821,16 @@ fn twin_json(entry: &Entry, shown: &Presence) -> Value {
         "capabilities": {"iotEdge": r.iot_edge},
         "tags": r.tags,
         "properties": entry.props.to_json(),
-    })
+    });
+    if !r.configurations.is_empty()
+        && let Value::Object(map) = &mut twin
+    {
+        map.insert(
+            "configurations".to_owned(),
+            Value::Object(r.configurations.clone()),
+        );
+    }
+    twin
 }
 
 #[cfg(test)]

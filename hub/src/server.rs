@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Identity, Policy};
 use crate::config::HubConfig;
+use crate::configurations::{ConfigurationEvaluation, Configurations};
 use crate::error::{ApiError, HubError};
 use crate::faults::Faults;
 use crate::listener::{self, Endpoint};
@@ -61,6 +62,7 @@ impl Hub {
         let registry = Registry::load(store.clone(), config.clock.clone())?
             .with_query_lag(config.query_lag)
             .with_connection_state_lag(config.connection_state_lag);
+        let configurations = Configurations::load(store.clone())?;
         let mut sessions: Vec<(String, Subscriptions)> = store.load_sessions()?;
         // A session can outlive its device when a SUBSCRIBE races a delete; drop those.
         sessions.retain(|(id, _)| {
@@ -101,6 +103,7 @@ impl Hub {
             identity,
             store,
             registry,
+            configurations,
             broker,
             methods: Arc::new(Methods::new(config.limits.max_inflight_methods)),
             throttle: Throttle::new(&config.throttle)
@@ -163,6 +166,9 @@ impl Hub {
             tracing::info!(%endpoint, addr = %local, "listening");
         }
         drop(router);
+        if let Some(every) = config.configuration_interval {
+            tasks.spawn(crate::configurations::evaluate_every(shared.clone(), every));
+        }
 
         let hub = RunningHub {
             shared,
@@ -416,6 +422,15 @@ impl RunningHub {
             telemetry_messages: self.shared.stats.telemetry.load(Ordering::Relaxed),
             methods_in_flight: self.shared.methods.in_flight(),
         }
+    }
+
+    /// Evaluates the automatic device management configurations now (as the background
+    /// evaluation does every [`HubConfig::configuration_interval`]).
+    ///
+    /// # Errors
+    /// [`HubError::Api`] when the store cannot be written.
+    pub async fn evaluate_configurations(&self) -> Result<ConfigurationEvaluation, HubError> {
+        Ok(self.shared.evaluate_configurations().await?)
     }
 
     /// Stops accepting, closes every connection (waiting requests get 503), waits for every

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Identity;
 use crate::clock::Clock;
 use crate::config::Limits;
+use crate::configurations::Configurations;
 use crate::error::ApiError;
 use crate::faults::Faults;
 use crate::methods::Methods;
@@ -55,6 +56,7 @@ pub(crate) struct Shared {
     pub(crate) identity: Identity,
     pub(crate) store: Arc<Store>,
     pub(crate) registry: Registry,
+    pub(crate) configurations: Configurations,
     pub(crate) broker: Broker,
     pub(crate) methods: Arc<Methods>,
     pub(crate) throttle: Throttle,

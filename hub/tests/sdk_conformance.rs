@@ -69,6 +69,8 @@ async fn official_python_sdks_work_unmodified() {
     let config = HubConfig {
         mqtts: Some("127.0.0.1:8883".parse().expect("addr")),
         storage: Storage::Dir(dir.path().to_owned()),
+        // configurations.py waits for the background evaluation, as an Azure client would.
+        configuration_interval: Some(Duration::from_millis(200)),
         ..HubConfig::for_tests()
     };
     let hub = Hub::start(config)
@@ -89,9 +91,14 @@ async fn official_python_sdks_work_unmodified() {
 
     let flow = run_script(&python, "device_and_service.py", &envs).await;
     let not_found = run_script(&python, "not_found.py", &envs).await;
+    let configurations = run_script(&python, "configurations.py", &envs).await;
     hub.shutdown().await;
 
-    let all: Vec<&(String, bool)> = flow.iter().chain(&not_found).collect();
+    let all: Vec<&(String, bool)> = flow
+        .iter()
+        .chain(&not_found)
+        .chain(&configurations)
+        .collect();
     for expected in [
         "device create",
         "device get",
@@ -114,6 +121,28 @@ async fn official_python_sdks_work_unmodified() {
         "invoke_device_method unknown → 404",
         "invoke_device_method offline → 404",
         "offline is DeviceNotOnline",
+        "bulk create",
+        "bulk create tags",
+        "bulk create existing → error entry",
+        "device registry statistics",
+        "service statistics",
+        "configuration create",
+        "configuration get",
+        "configuration list",
+        "configuration list max_count",
+        "configuration test queries",
+        "evaluation applies content",
+        "higher priority wins",
+        "systemMetrics counts",
+        "device tagged later gets content",
+        "configuration update priority and target",
+        "lower priority gives way",
+        "configuration content change → 400",
+        "configuration stale etag → 412",
+        "configuration create existing → 409",
+        "configuration delete → get 404",
+        "deleting keeps desired properties",
+        "bulk delete",
     ] {
         assert!(
             all.iter().any(|(name, ok)| name == expected && *ok),

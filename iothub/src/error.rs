@@ -61,6 +61,13 @@ error_codes! {
     ArgumentInvalid = 400004, 400;
     /// 400006: the request body is malformed.
     IotHubFormatError = 400006, 400;
+    /// 400003: the operation is not valid in the resource's state (a configuration's content
+    /// changed after creation).
+    InvalidOperation = 400003, 400;
+    /// 400011: a bulk registry request names the same device more than once.
+    DeviceDefinedMultipleTimes = 400011, 400;
+    /// 400013: one or more operations of a bulk registry request failed.
+    BulkRegistryOperationFailure = 400013, 400;
     /// 400027: the connection was closed because the same identity connected again.
     ConnectionForcefullyClosedOnNewConnection = 400027, 400;
     /// 401002: the credentials are invalid or expired.
@@ -75,16 +82,23 @@ error_codes! {
     DeviceNotFound = 404001, 404;
     /// 404002: no such job.
     JobNotFound = 404002, 404;
+    /// 404005: no such configuration (numeric code chosen by casement; the SDKs read the name
+    /// and the status).
+    ConfigurationNotFound = 404005, 404;
     /// 404010: no such module.
     ModuleNotFound = 404010, 404;
     /// 404103: the device is not connected, or not subscribed to methods.
     DeviceNotOnline = 404103, 404;
     /// 409001: a device with this id already exists.
     DeviceAlreadyExists = 409001, 409;
+    /// 409005: a configuration with this id already exists (numeric code chosen by casement).
+    ConfigurationAlreadyExists = 409005, 409;
     /// 412001: the `If-Match` ETag does not match.
     PreconditionFailed = 412001, 412;
     /// 413001: the message or payload is too large.
     MessageTooLarge = 413001, 413;
+    /// 413002: a bulk registry request names more devices than one call may (100).
+    TooManyDevices = 413002, 413;
     /// 429001: throttled; back off and retry.
     ThrottlingException = 429001, 429;
     /// 500001: an internal error; transient.
@@ -394,6 +408,12 @@ mod tests {
             (ErrorCode::DeviceAlreadyExists, 409001, 409),
             (ErrorCode::PreconditionFailed, 412001, 412),
             (ErrorCode::MessageTooLarge, 413001, 413),
+            (ErrorCode::TooManyDevices, 413002, 413),
+            (ErrorCode::InvalidOperation, 400003, 400),
+            (ErrorCode::DeviceDefinedMultipleTimes, 400011, 400),
+            (ErrorCode::BulkRegistryOperationFailure, 400013, 400),
+            (ErrorCode::ConfigurationNotFound, 404005, 404),
+            (ErrorCode::ConfigurationAlreadyExists, 409005, 409),
             (ErrorCode::ThrottlingException, 429001, 429),
             (ErrorCode::ServerError, 500001, 500),
             (ErrorCode::InvalidResponseWhileProxying, 502101, 502),

@@ -5,9 +5,11 @@
 //! with a size limit (413 MessageTooLarge beyond it) and parsed by hand so a malformed body is
 //! a 400 in IoT Hub's format rather than axum's plain-text rejection.
 
+mod configurations;
 mod devices;
 mod methods;
 mod query;
+mod statistics;
 mod twins;
 
 use std::future::Future;
@@ -46,7 +48,18 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.limits.max_body_size;
     Router::new()
         .route("/devices/query", post(query::query))
-        .route("/devices", get(devices::list))
+        .route("/devices", get(devices::list).post(devices::bulk))
+        .route("/devices/", get(devices::list).post(devices::bulk))
+        .route("/statistics/devices", get(statistics::devices))
+        .route("/statistics/service", get(statistics::service))
+        .route("/configurations", get(configurations::list))
+        .route("/configurations/testQueries", post(configurations::test))
+        .route(
+            "/configurations/{id}",
+            get(configurations::get)
+                .put(configurations::put)
+                .delete(configurations::delete),
+        )
         .route(
             "/devices/{id}",
             get(devices::get).put(devices::put).delete(devices::delete),
@@ -218,6 +231,15 @@ impl Access {
     pub(crate) const REGISTRY_WRITE: Access = Access {
         required: &[need::REGISTRY_WRITE],
         quota: Some(Operation::Registry),
+    };
+    /// Automatic device management configurations: their own quota (Azure: 20/min/unit).
+    pub(crate) const CONFIGURATION_READ: Access = Access {
+        required: &[need::REGISTRY_READ],
+        quota: Some(Operation::Configurations),
+    };
+    pub(crate) const CONFIGURATION_WRITE: Access = Access {
+        required: &[need::REGISTRY_WRITE],
+        quota: Some(Operation::Configurations),
     };
     pub(crate) const TWIN_READ: Access = Access {
         required: &[need::SERVICE_CONNECT, need::REGISTRY_READ],
