@@ -254,14 +254,12 @@ impl Identity {
     }
 }
 
+/// Whether a token's scope (its `sr` without the host) covers `path`: device ids compare
+/// exactly (they are case-sensitive), the `devices` keyword in any case ([`sas::path_covers`]).
 fn scope_covers(scope: &str, path: &str) -> bool {
     let scope: Vec<&str> = scope.split('/').filter(|s| !s.is_empty()).collect();
     let path: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    scope.len() <= path.len()
-        && scope
-            .iter()
-            .zip(&path)
-            .all(|(a, b)| a.eq_ignore_ascii_case(b))
+    sas::path_covers(&scope, &path)
 }
 
 fn describe(required: &[Permissions]) -> String {
@@ -331,6 +329,14 @@ mod tests {
         let token = sas::service_token("myhub:443", "service", &key, NOW + 60).expect("sign");
         let p = id.verify(&token, NOW, |_| None).expect("valid");
         Identity::authorize_service(&p, &[need::SERVICE_CONNECT], "devices/d1").expect("twins");
+        // A token scoped to devA does not reach DEVA, another device; the host may differ in case.
+        let scoped =
+            sas::sign("MYHUB/Devices/devA", &key, Some("service"), NOW + 60).expect("sign");
+        let p2 = id.verify(&scoped, NOW, |_| None).expect("valid");
+        Identity::authorize_service(&p2, &[need::SERVICE_CONNECT], "devices/devA").expect("own");
+        let err = Identity::authorize_service(&p2, &[need::SERVICE_CONNECT], "devices/DEVA")
+            .expect_err("another device");
+        assert!(matches!(err, AuthError::Forbidden(_)));
         let err = Identity::authorize_service(&p, &[need::REGISTRY_WRITE], "devices/d1")
             .expect_err("registry");
         assert!(matches!(err, AuthError::Forbidden(_)));
@@ -373,6 +379,8 @@ mod tests {
         let p = id.verify(&token, NOW, |_| None).expect("valid");
         Identity::authorize_device(&p, "d1").expect("in scope");
         assert!(Identity::authorize_device(&p, "d10").is_err());
+        // Device ids are case-sensitive: a token for d1 does not connect D1.
+        assert!(Identity::authorize_device(&p, "D1").is_err());
         let registry = id.policy("registryRead").expect("rr").primary_key.clone();
         let token = sas::sign("myhub", &registry, Some("registryRead"), NOW + 60).expect("sign");
         let p = id.verify(&token, NOW, |_| None).expect("valid");
