@@ -66,7 +66,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     async fn next(&mut self) -> Result<Option<Packet>, Closed> {
         loop {
             match Packet::read(&mut self.buf, self.max) {
-                Ok(packet) => return Ok(Some(packet)),
+                Ok(packet) => return check_strings(packet).map(Some),
                 Err(mqttbytes::Error::InsufficientBytes(n)) => {
                     self.buf.reserve(n.min(self.max));
                     if self.io.read_buf(&mut self.buf).await? == 0 {
@@ -80,6 +80,37 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 Err(e) => return Err(Closed::Malformed(e)),
             }
         }
+    }
+}
+
+/// Refuses a packet whose strings hold U+0000: MQTT 3.1.1 §1.5.3 forbids it in every UTF-8
+/// string and §4.7.3 in topic names and filters; the connection is closed, as for any other
+/// malformed packet (a NUL-terminated C string on the other side would see a different topic).
+fn check_strings(packet: Packet) -> Result<Packet, Closed> {
+    let nul = match &packet {
+        Packet::Publish(p) => p.topic.contains('\0').then_some("topic name"),
+        Packet::Subscribe(s) => s
+            .filters
+            .iter()
+            .any(|f| f.path.contains('\0'))
+            .then_some("topic filter"),
+        Packet::Unsubscribe(u) => u
+            .topics
+            .iter()
+            .any(|t| t.contains('\0'))
+            .then_some("topic filter"),
+        Packet::Connect(c) => {
+            // The password is binary data in MQTT, not a string; a NUL there is just a bad token.
+            let login = c.login.as_ref().is_some_and(|l| l.username.contains('\0'));
+            (c.client_id.contains('\0') || login).then_some("CONNECT string")
+        }
+        _ => None,
+    };
+    match nul {
+        Some(what) => Err(Closed::Violation(format!(
+            "{what} contains U+0000, which MQTT 3.1.1 forbids (§1.5.3, §4.7.3)"
+        ))),
+        None => Ok(packet),
     }
 }
 
