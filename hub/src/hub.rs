@@ -259,10 +259,7 @@ impl Hub {
     pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         validate(&config)?;
         if let Storage::Dir(dir) = &config.storage {
-            std::fs::create_dir_all(dir).map_err(|source| HubError::Write {
-                path: dir.clone(),
-                source,
-            })?;
+            crate::private_dir::prepare(dir)?;
         }
         let store = Arc::new(Store::open(&config.storage)?);
         let policies = match store.get_meta::<Vec<Policy>>("policies")? {
@@ -386,6 +383,7 @@ impl Hub {
         };
         if let Some(dir) = &hub.data_dir {
             hub.write_connection_env(dir)?;
+            crate::private_dir::restrict(dir)?;
         }
         Ok(hub)
     }

@@ -29,7 +29,8 @@
 //!   table (one connection per device, persisted `CleanSession=0` subscriptions, bounded queues).
 //! - `http`: the REST API on axum — registry, twins, methods, queries, errors.
 //! - `registry`: devices and twins in memory, written through to [`store`] (sled).
-//! - `methods`: direct methods in flight; `auth`: policies, keys and SAS checks.
+//! - `methods`: direct methods in flight; `auth`: policies, keys and SAS checks;
+//!   `private_dir`: the data directory is 0700 and its files 0600.
 //! - [`tls`]: the generated CA and server certificate; [`listener`]: binding with clear errors,
 //!   connection caps, TLS handshakes off the accept path.
 //! - [`throttle`]: tier quotas as token buckets; [`clock`]: the injected wall clock.
@@ -44,6 +45,7 @@ mod hub;
 pub mod listener;
 mod methods;
 mod mqtt;
+mod private_dir;
 mod registry;
 pub mod store;
 pub mod throttle;

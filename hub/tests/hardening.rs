@@ -135,3 +135,51 @@ async fn a_nul_in_a_topic_closes_the_connection_and_only_that_one() {
     assert!(topic.starts_with("$iothub/twin/res/200/"), "{topic}");
     hub.shutdown().await;
 }
+
+/// Item 3: a new data directory is 0700 with every file in it 0600 (sled's `db` holds every
+/// key), and a hub started on an existing world-readable directory makes it private.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_is_private_on_creation_and_on_start() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    fn modes(dir: &Path, out: &mut Vec<(std::path::PathBuf, u32)>) {
+        let meta = std::fs::symlink_metadata(dir).expect("metadata");
+        out.push((dir.to_path_buf(), meta.permissions().mode() & 0o777));
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(dir).expect("read_dir") {
+                modes(&entry.expect("entry").path(), out);
+            }
+        }
+    }
+    fn assert_private(dir: &Path) {
+        let mut all = Vec::new();
+        modes(dir, &mut all);
+        assert!(all.len() > 3, "the hub wrote its files: {all:?}");
+        for (path, mode) in all {
+            let want = if path.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode, want, "{} is {mode:o}", path.display());
+        }
+    }
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("hub");
+    let hub = common::start_with(casement_hub::HubConfig::for_tests_in(&dir)).await;
+    hub.create_device("d1", Value::Null).await.expect("d1");
+    assert!(dir.join("db").exists(), "sled's files are under db/");
+    assert_private(&dir);
+    hub.shutdown().await;
+
+    // An older hub left it open: 0755 directories, 0644 files.
+    let mut all = Vec::new();
+    modes(&dir, &mut all);
+    for (path, _) in &all {
+        let open = if path.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(open)).expect("chmod");
+    }
+    let hub = common::start_with(casement_hub::HubConfig::for_tests_in(&dir)).await;
+    assert_private(&dir);
+    assert!(hub.device_connection_string("d1").is_some(), "data kept");
+    hub.shutdown().await;
+}
