@@ -85,6 +85,7 @@ pub(crate) struct Identity {
     hostname: String,
     aliases: Vec<String>,
     policies: Vec<Policy>,
+    skew_secs: u64,
 }
 
 impl Identity {
@@ -103,7 +104,20 @@ impl Identity {
             hostname: hostname.to_owned(),
             aliases: all,
             policies,
+            skew_secs: sas::DEFAULT_SKEW_SECS,
         }
+    }
+
+    /// The same, allowing `skew` of clock difference on token expiry
+    /// ([`Limits::token_expiry_skew`](crate::Limits::token_expiry_skew)).
+    pub(crate) fn with_skew(mut self, skew: std::time::Duration) -> Self {
+        self.skew_secs = skew.as_secs();
+        self
+    }
+
+    /// The unix second after which a token expiring at `se` is no longer accepted.
+    pub(crate) fn expires_after(&self, se: u64) -> u64 {
+        se.saturating_add(self.skew_secs)
     }
 
     pub(crate) fn hostname(&self) -> &str {
@@ -156,7 +170,7 @@ impl Identity {
                     &token,
                     &[&policy.primary_key, &policy.secondary_key],
                     now_unix,
-                    sas::DEFAULT_SKEW_SECS,
+                    self.skew_secs,
                 )?;
                 Ok(Principal::Policy {
                     name: policy.name.clone(),
@@ -180,12 +194,7 @@ impl Identity {
                         "device {device_id:?} is unknown or disabled"
                     ))
                 })?;
-                sas::verify(
-                    &token,
-                    &[&primary, &secondary],
-                    now_unix,
-                    sas::DEFAULT_SKEW_SECS,
-                )?;
+                sas::verify(&token, &[&primary, &secondary], now_unix, self.skew_secs)?;
                 Ok(Principal::Device { device_id })
             }
         }

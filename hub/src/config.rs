@@ -50,6 +50,10 @@ pub struct Limits {
     /// Packets queued for one device before the hub gives up on it (a device that does not
     /// read its socket is disconnected rather than buffered without bound).
     pub device_queue: usize,
+    /// Clock skew allowed when checking a SAS token's expiry (`se`), as IoT Edge does: a token
+    /// is refused, and an MQTT connection made with it is closed, once the hub's clock passes
+    /// `se` plus this. Default 5 minutes.
+    pub token_expiry_skew: Duration,
 }
 
 impl Default for Limits {
@@ -64,6 +68,7 @@ impl Default for Limits {
             http_idle_timeout: Duration::from_secs(100),
             http_body_timeout: Duration::from_secs(30),
             device_queue: 256,
+            token_expiry_skew: Duration::from_secs(casement_iothub::sas::DEFAULT_SKEW_SECS),
         }
     }
 }

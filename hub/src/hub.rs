@@ -271,7 +271,8 @@ impl Hub {
                 policies
             }
         };
-        let identity = Identity::new(&config.hostname, &config.aliases, policies);
+        let identity = Identity::new(&config.hostname, &config.aliases, policies)
+            .with_skew(config.limits.token_expiry_skew);
         let registry = Registry::load(store.clone(), config.clock.clone())?;
         let mut sessions: Vec<(String, Subscriptions)> = store.load_sessions()?;
         // A session can outlive its device when a SUBSCRIBE races a delete; drop those.

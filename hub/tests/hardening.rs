@@ -183,3 +183,62 @@ async fn the_data_directory_is_private_on_creation_and_on_start() {
     assert!(hub.device_connection_string("d1").is_some(), "data kept");
     hub.shutdown().await;
 }
+
+/// Item 6: by the hub's (injected) clock, an MQTT connection is closed once its token's `se`
+/// plus the skew allowance has passed, and a CONNECT with a token expired beyond the allowance
+/// is refused; within the allowance it is accepted.
+#[tokio::test]
+async fn an_mqtt_session_ends_when_its_token_expires() {
+    let clock = std::sync::Arc::new(casement_hub::ManualClock::new(chrono::Utc::now()));
+    let mut config = casement_hub::HubConfig::for_tests();
+    config.clock = clock.clone();
+    config.limits.token_expiry_skew = std::time::Duration::from_secs(30);
+    let hub = common::start_with(config).await;
+    let cs = hub.create_device("d1", Value::Null).await.expect("d1");
+    let hub_now = || u64::try_from(clock.now().timestamp()).expect("after 1970");
+    use casement_hub::Clock as _;
+
+    let connect = |token: String| {
+        let addr = hub.mqtt_addr().expect("mqtt");
+        async move {
+            let mut mqtt = Mqtt::open(addr).await;
+            let ack = mqtt
+                .connect_raw("d1", &username("localhost", "d1"), &token, true, 60)
+                .await
+                .expect("CONNACK");
+            (mqtt, ack.code)
+        }
+    };
+    let first_token = device_token(&cs, hub_now() + 60);
+    let (mut mqtt, code) = connect(first_token.clone()).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    mqtt.subscribe(&[("$iothub/twin/res/#", QoS::AtMostOnce)])
+        .await;
+
+    // Expired, but within the 30 s allowance: still served.
+    clock.advance(chrono::TimeDelta::seconds(60 + 30));
+    let topic = twin_get_topic(&mut mqtt, "1").await;
+    assert!(topic.starts_with("$iothub/twin/res/200/"), "{topic}");
+
+    // Past the allowance: the hub closes the connection.
+    clock.advance(chrono::TimeDelta::seconds(2));
+    mqtt.expect_closed().await;
+
+    // The same token cannot connect again; one expired less than the allowance ago can.
+    let (_, code) = connect(first_token).await;
+    assert_eq!(code, ConnectReturnCode::NotAuthorized);
+    let (mut mqtt, code) = connect(device_token(&cs, hub_now() - 10)).await;
+    assert_eq!(code, ConnectReturnCode::Success);
+    mqtt.subscribe(&[("$iothub/twin/res/#", QoS::AtMostOnce)])
+        .await;
+    let topic = twin_get_topic(&mut mqtt, "2").await;
+    assert!(topic.starts_with("$iothub/twin/res/200/"), "{topic}");
+    hub.shutdown().await;
+}
+
+/// Sends a twin GET and returns the response's topic.
+async fn twin_get_topic(mqtt: &mut common::PlainMqtt, rid: &str) -> String {
+    let topic = format!("$iothub/twin/GET/?$rid={rid}");
+    let _ = mqtt.publish(&topic, QoS::AtMostOnce, b"").await;
+    mqtt.next_publish().await.topic
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use casement_iothub::error::{ErrorCode, twin_error_body};
+use casement_iothub::sas::SasToken;
 use casement_iothub::topic::{DeviceToHub, HubToDevice, MqttUsername};
 use rumqttc::mqttbytes::v4::{
     ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe,
@@ -35,6 +36,9 @@ use crate::throttle::Operation;
 const MAX_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(1767);
 /// How long one write to a device may take before the device is given up on.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a connection compares its token's expiry with the hub's clock. The clock is
+/// injected and may be moved by hand, so the check polls rather than sleeping until expiry.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Outgoing packets are bounded by the queue, not by size; twins are at most ~100 KB.
 const MAX_OUTGOING_PACKET: usize = 4 * 1024 * 1024;
 
@@ -183,8 +187,8 @@ where
             return;
         }
     };
-    let device_id = match authenticate(&shared, &connect) {
-        Ok(device_id) => device_id,
+    let (device_id, token_expires_after) = match authenticate(&shared, &connect) {
+        Ok(accepted) => accepted,
         Err(code) => {
             tracing::info!(%peer, client_id = connect.client_id, ?code, "CONNECT refused");
             let _ = writer
@@ -211,6 +215,7 @@ where
         rx,
         cancel,
         keep_alive: keep_alive_timeout(connect.keep_alive),
+        token_expires_after,
     };
     let result = match conn
         .writer
@@ -240,7 +245,9 @@ fn keep_alive_timeout(keep_alive_secs: u16) -> Option<Duration> {
 }
 
 /// Checks a CONNECT: protocol, username form, hub name, SAS token, device state, quota.
-fn authenticate(shared: &Shared, connect: &Connect) -> Result<String, ConnectReturnCode> {
+/// Returns the device and the unix second after which its token (plus the allowed skew) has
+/// expired.
+fn authenticate(shared: &Shared, connect: &Connect) -> Result<(String, u64), ConnectReturnCode> {
     if connect.protocol != Protocol::V4 {
         return Err(ConnectReturnCode::RefusedProtocolVersion);
     }
@@ -291,7 +298,10 @@ fn authenticate(shared: &Shared, connect: &Connect) -> Result<String, ConnectRet
         tracing::info!(device = device_id, "new-connection quota exceeded");
         return Err(ConnectReturnCode::ServiceUnavailable);
     }
-    Ok(device_id)
+    // The token verified, so it parses; its `se` bounds the session (IoT Hub drops a device
+    // whose token expires; the SDKs reconnect with a new one before that).
+    let se = SasToken::parse(&login.password).map_or(0, |t| t.se);
+    Ok((device_id, shared.identity.expires_after(se)))
 }
 
 struct Connection<R, W> {
@@ -303,6 +313,8 @@ struct Connection<R, W> {
     rx: mpsc::Receiver<Outbound>,
     cancel: CancellationToken,
     keep_alive: Option<Duration>,
+    /// Unix second (by the hub's clock) after which the CONNECT's token has expired.
+    token_expires_after: u64,
 }
 
 impl<R, W> Connection<R, W>
@@ -312,6 +324,7 @@ where
 {
     async fn run(&mut self) -> Result<&'static str, Closed> {
         let mut deadline = self.keep_alive.map(|d| Instant::now() + d);
+        let mut expiry_check = Instant::now() + EXPIRY_CHECK_INTERVAL;
         loop {
             let keep_alive = async {
                 match deadline {
@@ -342,6 +355,13 @@ where
                     }
                 }
                 () = keep_alive => return Err(Closed::KeepAlive),
+                () = tokio::time::sleep_until(expiry_check) => {
+                    let now = u64::try_from(self.shared.clock.now().timestamp()).unwrap_or(0);
+                    if now > self.token_expires_after {
+                        return Ok("SAS token expired (the device must reconnect with a new one)");
+                    }
+                    expiry_check = Instant::now() + EXPIRY_CHECK_INTERVAL;
+                }
             }
         }
     }
