@@ -323,8 +323,6 @@ impl Hub {
             shutdown: shutdown.clone(),
         });
         let tasks = TaskTracker::new();
-        let mqtt_cap = Arc::new(Semaphore::new(config.limits.max_mqtt_connections));
-        let http_cap = Arc::new(Semaphore::new(config.limits.max_http_connections));
         let router = crate::http::router(shared.clone());
         let mut addrs = Addrs::default();
         for (endpoint, addr, tcp) in bound {
@@ -343,7 +341,7 @@ impl Hub {
                         tcp,
                         endpoint,
                         acceptor,
-                        mqtt_cap.clone(),
+                        Arc::new(Semaphore::new(config.limits.max_mqtt_connections)),
                         shared.clone(),
                         &tasks,
                     );
@@ -362,7 +360,13 @@ impl Hub {
                         tcp,
                         endpoint,
                         acceptor,
-                        http_cap.clone(),
+                        Arc::new(crate::admission::Admission::new(
+                            config.limits.max_http_connections,
+                            config
+                                .limits
+                                .max_http_connections_per_peer
+                                .unwrap_or(config.limits.max_http_connections / 2),
+                        )),
                         serving,
                         shutdown.clone(),
                         &tasks,

@@ -32,9 +32,11 @@
 //! - `methods`: direct methods in flight; `auth`: policies, keys and SAS checks;
 //!   `private_dir`: the data directory is 0700 and its files 0600.
 //! - [`tls`]: the generated CA and server certificate; [`listener`]: binding with clear errors,
-//!   connection caps, TLS handshakes off the accept path.
+//!   connection caps, TLS handshakes off the accept path; `admission`: who gets an HTTP slot
+//!   (per-listener cap, silent connections evicted first, a fair share per peer).
 //! - [`throttle`]: tier quotas as token buckets; [`clock`]: the injected wall clock.
 
+mod admission;
 mod auth;
 pub mod cli;
 pub mod clock;

@@ -242,3 +242,149 @@ async fn twin_get_topic(mqtt: &mut common::PlainMqtt, rid: &str) -> String {
     let _ = mqtt.publish(&topic, QoS::AtMostOnce, b"").await;
     mqtt.next_publish().await.topic
 }
+
+/// The process's open-file limit (soft), from /proc; `None` when unknown.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Opens `n` TCP connections to `addr` that send nothing.
+async fn idle_connections(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut idle = Vec::with_capacity(n);
+    for _ in 0..n {
+        idle.push(
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("idle connect"),
+        );
+    }
+    idle
+}
+
+/// A connection from `source` (another 127/8 address is another peer) that has sent the start
+/// of a request header, so it holds its slot until the header timeout.
+async fn talking_connection(
+    source: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::new(source, 0))
+        .expect("bind a loopback source");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /devices HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    stream
+}
+
+/// Whether the hub serves a whole request on a new connection from `source`.
+async fn served_from(source: std::net::IpAddr, addr: std::net::SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = talking_connection(source, addr).await;
+    if stream
+        .write_all(b"Host: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(common::WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer or a close within the wait");
+    // Any answer (without credentials, an error) means the request was served.
+    read.is_ok() && answer.starts_with(b"HTTP/1.1 ")
+}
+
+/// Item 2: 1,100 connections that send nothing do not lock the REST API out: a legitimate
+/// client gets its answer while they are open (silent connections are evicted first).
+#[tokio::test]
+async fn idle_connections_do_not_lock_out_the_rest_api() {
+    const IDLE: usize = 1_100;
+    match open_file_limit() {
+        Some(limit) if limit < 2 * IDLE as u64 + 200 => {
+            eprintln!(
+                "skipped: this test needs about {} open files (client and hub ends of {IDLE} \
+                 connections), and `ulimit -n` is {limit}; raise it with `ulimit -n 4096`",
+                2 * IDLE + 200
+            );
+            return;
+        }
+        _ => {}
+    }
+    let hub = common::start().await;
+    hub.create_device("d1", Value::Null).await.expect("d1");
+    let addr = hub.http_addr().expect("http");
+    let idle = idle_connections(addr, IDLE).await;
+
+    // A generous bound, only so a failure ends; the answer normally takes milliseconds.
+    let api = Api::new(&hub);
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(30), api.get("/twins/d1"))
+        .await
+        .expect("the legitimate call was answered while the idle connections are open");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // Several more, each on a new connection, are served too.
+    for _ in 0..5 {
+        let fresh = Api::new(&hub);
+        assert_eq!(fresh.get("/twins/d1").await.status, 200);
+    }
+    drop(idle);
+    hub.shutdown().await;
+}
+
+/// Item 2: each listener has its own cap (filling plain HTTP with busy connections leaves
+/// HTTPS alone), one peer cannot hold more than its share (another 127/8 address still gets
+/// in), and a connection that sends nothing is closed after the connect timeout.
+#[tokio::test]
+async fn http_slots_are_per_listener_with_a_fair_share_per_peer() {
+    use tokio::io::AsyncReadExt as _;
+    let one: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+    let two: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+    let mut config = casement_hub::HubConfig::for_tests();
+    config.limits.max_http_connections = 8;
+    config.limits.max_http_connections_per_peer = Some(4);
+    config.limits.connect_timeout = std::time::Duration::from_millis(500);
+    let hub = common::start_with(config).await;
+    let http = hub.http_addr().expect("http");
+
+    // 127.0.0.1 holds its share with connections that have spoken: a fifth is refused...
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(talking_connection(one, http).await);
+    }
+    assert!(!served_from(one, http).await, "a fifth from the same peer");
+    // ...while another peer is served.
+    assert!(served_from(two, http).await, "another peer gets in");
+    // 127.0.0.2 fills the rest of the listener; the HTTPS listener has its own slots.
+    for _ in 0..4 {
+        held.push(talking_connection(two, http).await);
+    }
+    assert!(!served_from(two, http).await, "the HTTP listener is full");
+    let https = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(hub.ca_pem().expect("ca").as_bytes()).expect("ca"),
+        )
+        .build()
+        .expect("client");
+    let url = format!(
+        "{}/devices?api-version=2021-04-12",
+        hub.https_url().expect("https")
+    );
+    let status = https.get(url).send().await.expect("HTTPS answers").status();
+    assert_eq!(status.as_u16(), 401);
+
+    // A connection that sends nothing is closed after the connect timeout (0.5 s here).
+    drop(held);
+    let mut silent = tokio::net::TcpStream::connect(http).await.expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(common::WAIT, silent.read(&mut buf))
+        .await
+        .expect("the hub closes a silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    hub.shutdown().await;
+}
