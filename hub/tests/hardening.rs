@@ -388,3 +388,70 @@ async fn http_slots_are_per_listener_with_a_fair_share_per_peer() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     hub.shutdown().await;
 }
+
+/// Bad-input cases of this round on the wire: a NUL in a CONNECT's client id or username, or in
+/// an UNSUBSCRIBE filter, closes that connection; registry calls with a token scoped to `devA`
+/// do not reach `DEVA`; the hub serves on afterwards.
+#[tokio::test]
+async fn bad_input_nul_strings_and_case_variant_ids_are_refused() {
+    let hub = common::start().await;
+    let cs = hub.create_device("devA", Value::Null).await.expect("devA");
+    hub.create_device("DEVA", Value::Null).await.expect("DEVA");
+    let token = device_token(&cs, now() + 600);
+
+    // A NUL in the client id or the username: no CONNACK, the connection is closed.
+    for (client, user) in [
+        ("devA\0", username("localhost", "devA")),
+        ("devA", format!("{}\0", username("localhost", "devA"))),
+    ] {
+        let mut mqtt = Mqtt::open(hub.mqtt_addr().expect("mqtt")).await;
+        let ack = mqtt.connect_raw(client, &user, &token, true, 60).await;
+        assert!(ack.is_none(), "{client:?} / {user:?} got {ack:?}");
+    }
+    // A NUL in an UNSUBSCRIBE filter.
+    let mut device = Device::connect(&hub, "devA", &cs, true).await;
+    let mut unsubscribe =
+        rumqttc::mqttbytes::v4::Unsubscribe::new("devices/devA/messages/devicebound/\0#");
+    unsubscribe.pkid = device.mqtt.pkid();
+    device.mqtt.send(Packet::Unsubscribe(unsubscribe)).await;
+    device.mqtt.expect_closed().await;
+
+    // The registry: a registryReadWrite token scoped to devA reads devA only.
+    let key = hub
+        .policy_connection_string("registryReadWrite")
+        .expect("policy")
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("SharedAccessKey="))
+        .expect("key")
+        .to_owned();
+    let scoped = Api::with_token(
+        &hub,
+        sas::sign(
+            "localhost/devices/devA",
+            &key,
+            Some("registryReadWrite"),
+            now() + 600,
+        )
+        .expect("sign"),
+    );
+    assert_eq!(scoped.get("/devices/devA").await.status, 200);
+    for id in ["DEVA", "deva"] {
+        let reply = scoped.get(&format!("/devices/{id}")).await;
+        assert_eq!(reply.status, 401, "{id}: {reply:?}");
+    }
+    scoped
+        .delete("/devices/DEVA")
+        .await
+        .expect_error(401, "IotHubUnauthorized");
+    assert!(hub.device_connection_string("DEVA").is_some(), "DEVA kept");
+
+    // Still serving.
+    let mut again = Device::connect(&hub, "devA", &cs, true).await;
+    again
+        .mqtt
+        .subscribe(&[("$iothub/twin/res/#", QoS::AtMostOnce)])
+        .await;
+    let topic = twin_get_topic(&mut again.mqtt, "1").await;
+    assert!(topic.starts_with("$iothub/twin/res/200/"), "{topic}");
+    hub.shutdown().await;
+}
