@@ -455,3 +455,42 @@ async fn bad_input_nul_strings_and_case_variant_ids_are_refused() {
     assert!(topic.starts_with("$iothub/twin/res/200/"), "{topic}");
     hub.shutdown().await;
 }
+
+/// Item 2, MQTT side: the plain and TLS MQTT listeners have a cap each, so filling one leaves
+/// the other open.
+#[tokio::test]
+async fn mqtt_listeners_have_a_cap_each() {
+    let mut config = casement_hub::HubConfig::for_tests();
+    config.limits.max_mqtt_connections = 1;
+    let hub = common::start_with(config).await;
+    let _plain = Device::create_and_connect(&hub, "plain").await;
+    // The plain listener is full...
+    let mut refused = Mqtt::open(hub.mqtt_addr().expect("mqtt")).await;
+    assert!(
+        refused.recv().await.is_none(),
+        "a second plain connection is closed"
+    );
+
+    // ...and a device still connects over TLS.
+    let cs = hub.create_device("tls", Value::Null).await.expect("tls");
+    let ca = hub.ca_pem().expect("ca").to_owned();
+    let addr = hub.mqtts_addr().expect("mqtts");
+    let mut options = rumqttc::MqttOptions::new("tls", "localhost", addr.port());
+    options.set_credentials(username("localhost", "tls"), device_token(&cs, now() + 600));
+    options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(common::client_tls(&ca)),
+    ));
+    let (_client, mut events) = rumqttc::AsyncClient::new(options, 10);
+    let ack = tokio::time::timeout(common::WAIT, async {
+        loop {
+            match events.poll().await.expect("event loop") {
+                rumqttc::Event::Incoming(Packet::ConnAck(ack)) => return ack,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("a CONNACK over TLS");
+    assert_eq!(ack.code, ConnectReturnCode::Success);
+    hub.shutdown().await;
+}
