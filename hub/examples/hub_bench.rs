@@ -87,6 +87,8 @@ async fn serve(devices: usize) -> anyhow::Result<()> {
         https: None,
         limits: Limits {
             max_http_connections: 8_192,
+            // Every benchmark client is on 127.0.0.1.
+            max_http_connections_per_peer: Some(8_192),
             max_inflight_methods: 20_000,
             ..Limits::default()
         },

@@ -85,6 +85,7 @@ pub(crate) struct Identity {
     hostname: String,
     aliases: Vec<String>,
     policies: Vec<Policy>,
+    skew_secs: u64,
 }
 
 impl Identity {
@@ -103,7 +104,20 @@ impl Identity {
             hostname: hostname.to_owned(),
             aliases: all,
             policies,
+            skew_secs: sas::DEFAULT_SKEW_SECS,
         }
+    }
+
+    /// The same, allowing `skew` of clock difference on token expiry
+    /// ([`Limits::token_expiry_skew`](crate::Limits::token_expiry_skew)).
+    pub(crate) fn with_skew(mut self, skew: std::time::Duration) -> Self {
+        self.skew_secs = skew.as_secs();
+        self
+    }
+
+    /// The unix second after which a token expiring at `se` is no longer accepted.
+    pub(crate) fn expires_after(&self, se: u64) -> u64 {
+        se.saturating_add(self.skew_secs)
     }
 
     pub(crate) fn hostname(&self) -> &str {
@@ -156,7 +170,7 @@ impl Identity {
                     &token,
                     &[&policy.primary_key, &policy.secondary_key],
                     now_unix,
-                    sas::DEFAULT_SKEW_SECS,
+                    self.skew_secs,
                 )?;
                 Ok(Principal::Policy {
                     name: policy.name.clone(),
@@ -180,12 +194,7 @@ impl Identity {
                         "device {device_id:?} is unknown or disabled"
                     ))
                 })?;
-                sas::verify(
-                    &token,
-                    &[&primary, &secondary],
-                    now_unix,
-                    sas::DEFAULT_SKEW_SECS,
-                )?;
+                sas::verify(&token, &[&primary, &secondary], now_unix, self.skew_secs)?;
                 Ok(Principal::Device { device_id })
             }
         }
@@ -254,14 +263,12 @@ impl Identity {
     }
 }
 
+/// Whether a token's scope (its `sr` without the host) covers `path`: device ids compare
+/// exactly (they are case-sensitive), the `devices` keyword in any case ([`sas::path_covers`]).
 fn scope_covers(scope: &str, path: &str) -> bool {
     let scope: Vec<&str> = scope.split('/').filter(|s| !s.is_empty()).collect();
     let path: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    scope.len() <= path.len()
-        && scope
-            .iter()
-            .zip(&path)
-            .all(|(a, b)| a.eq_ignore_ascii_case(b))
+    sas::path_covers(&scope, &path)
 }
 
 fn describe(required: &[Permissions]) -> String {
@@ -331,6 +338,14 @@ mod tests {
         let token = sas::service_token("myhub:443", "service", &key, NOW + 60).expect("sign");
         let p = id.verify(&token, NOW, |_| None).expect("valid");
         Identity::authorize_service(&p, &[need::SERVICE_CONNECT], "devices/d1").expect("twins");
+        // A token scoped to devA does not reach DEVA, another device; the host may differ in case.
+        let scoped =
+            sas::sign("MYHUB/Devices/devA", &key, Some("service"), NOW + 60).expect("sign");
+        let p2 = id.verify(&scoped, NOW, |_| None).expect("valid");
+        Identity::authorize_service(&p2, &[need::SERVICE_CONNECT], "devices/devA").expect("own");
+        let err = Identity::authorize_service(&p2, &[need::SERVICE_CONNECT], "devices/DEVA")
+            .expect_err("another device");
+        assert!(matches!(err, AuthError::Forbidden(_)));
         let err = Identity::authorize_service(&p, &[need::REGISTRY_WRITE], "devices/d1")
             .expect_err("registry");
         assert!(matches!(err, AuthError::Forbidden(_)));
@@ -373,6 +388,8 @@ mod tests {
         let p = id.verify(&token, NOW, |_| None).expect("valid");
         Identity::authorize_device(&p, "d1").expect("in scope");
         assert!(Identity::authorize_device(&p, "d10").is_err());
+        // Device ids are case-sensitive: a token for d1 does not connect D1.
+        assert!(Identity::authorize_device(&p, "D1").is_err());
         let registry = id.policy("registryRead").expect("rr").primary_key.clone();
         let token = sas::sign("myhub", &registry, Some("registryRead"), NOW + 60).expect("sign");
         let p = id.verify(&token, NOW, |_| None).expect("valid");

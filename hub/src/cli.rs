@@ -435,7 +435,10 @@ mod tests {
         let err = Cli::try_parse_from(["hub", "--configuration-interval", "soon"])
             .expect_err("not a duration")
             .to_string();
-        assert!(err.contains("a duration such as 0, 90s, 5m or 1h30m"), "{err}");
+        assert!(
+            err.contains("a duration such as 0, 90s, 5m or 1h30m"),
+            "{err}"
+        );
     }
 
     #[test]

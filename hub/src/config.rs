@@ -32,10 +32,15 @@ pub const DEFAULT_DATA_DIR: &str = ".casement/hub";
 /// Size and concurrency limits; the defaults suit a laptop running a demo fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
-    /// Open MQTT connections (TLS and plain together); more are refused at accept.
+    /// Open MQTT connections per listener (TLS and plain each); more are refused at accept.
     pub max_mqtt_connections: usize,
-    /// Open HTTP connections (HTTPS and plain together).
+    /// Open HTTP connections per listener (HTTPS and plain each). When full, a new connection
+    /// takes the slot of the oldest one that has not sent a byte yet (`admission`).
     pub max_http_connections: usize,
+    /// Open HTTP connections one IP address may hold on one listener (its fair share; at most
+    /// the cap). `None` (the default) is half of `max_http_connections`, so one peer cannot take
+    /// a listener alone.
+    pub max_http_connections_per_peer: Option<usize>,
     /// Direct methods waiting for a device at once; more get 429.
     pub max_inflight_methods: usize,
     /// Largest MQTT packet accepted (IoT Hub's message limit is 256 KiB; topic and header
@@ -44,7 +49,8 @@ pub struct Limits {
     /// Largest REST request body; bigger gets 413.
     pub max_body_size: usize,
     /// How long a new MQTT connection may take to send CONNECT (and finish TLS); also the
-    /// HTTPS handshake limit.
+    /// HTTPS handshake limit, and how long an HTTP(S) connection may stay silent before its
+    /// first byte.
     pub connect_timeout: Duration,
     /// How long an HTTP connection may go without a complete request header — idle between
     /// requests, or trickling one in — before the hub closes it. Longer than the 90 s that
@@ -58,6 +64,10 @@ pub struct Limits {
     /// Packets queued for one device before the hub gives up on it (a device that does not
     /// read its socket is disconnected rather than buffered without bound).
     pub device_queue: usize,
+    /// Clock skew allowed when checking a SAS token's expiry (`se`), as IoT Edge does: a token
+    /// is refused, and an MQTT connection made with it is closed, once the hub's clock passes
+    /// `se` plus this. Default 5 minutes.
+    pub token_expiry_skew: Duration,
 }
 
 impl Default for Limits {
@@ -65,6 +75,7 @@ impl Default for Limits {
         Self {
             max_mqtt_connections: 50_000,
             max_http_connections: 1_024,
+            max_http_connections_per_peer: None,
             max_inflight_methods: 10_000,
             max_packet_size: 256 * 1024 + 8 * 1024,
             max_body_size: 512 * 1024,
@@ -72,6 +83,7 @@ impl Default for Limits {
             http_idle_timeout: Duration::from_secs(100),
             http_body_timeout: Duration::from_secs(30),
             device_queue: 256,
+            token_expiry_skew: Duration::from_secs(casement_iothub::sas::DEFAULT_SKEW_SECS),
         }
     }
 }

@@ -36,13 +36,16 @@
 //!   the evaluation that writes their content into twins ([`RunningHub::evaluate_configurations`],
 //!   `docs/iothub-contract.md`).
 //! - `registry`: devices and twins in memory, written through to [`store`] (sled).
-//! - `methods`: direct methods in flight; `auth`: policies, keys and SAS checks.
+//! - `methods`: direct methods in flight; `auth`: policies, keys and SAS checks;
+//!   `private_dir`: the data directory is 0700 and its files 0600.
 //! - [`tls`]: the generated CA and server certificate; [`listener`]: binding with clear errors,
-//!   connection caps, TLS handshakes off the accept path.
+//!   connection caps, TLS handshakes off the accept path; `admission`: who gets an HTTP slot
+//!   (per-listener cap, silent connections evicted first, a fair share per peer).
 //! - [`throttle`]: tier quotas as token buckets; [`shaping`]: queueing over quota as Azure
 //!   does (`--throttle-mode`); `lag`: lagging twin queries (`--query-lag`); `faults`: the
 //!   silent-socket fault (`RunningHub::blackhole_device`); [`clock`]: the injected wall clock.
 
+mod admission;
 mod auth;
 pub mod cli;
 pub mod clock;
@@ -57,6 +60,7 @@ mod method_reply;
 mod methods;
 mod mqtt;
 mod presence;
+mod private_dir;
 mod registry;
 mod server;
 pub mod shaping;

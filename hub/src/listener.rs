@@ -16,6 +16,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::Admission;
+
 /// One of the hub's listeners.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -116,15 +118,15 @@ pub(crate) async fn bind(endpoint: Endpoint, addr: SocketAddr) -> Result<TcpList
     })
 }
 
-/// A stream that holds a connection-cap permit for as long as it is open.
+/// A stream that holds a connection-cap permit (or admission ticket) for as long as it is open.
 #[derive(Debug)]
-pub(crate) struct Counted<S> {
+pub(crate) struct Counted<S, P = OwnedSemaphorePermit> {
     inner: S,
-    _permit: OwnedSemaphorePermit,
+    _permit: P,
 }
 
-impl<S> Counted<S> {
-    pub(crate) fn new(inner: S, permit: OwnedSemaphorePermit) -> Self {
+impl<S, P> Counted<S, P> {
+    pub(crate) fn new(inner: S, permit: P) -> Self {
         Self {
             inner,
             _permit: permit,
@@ -132,7 +134,7 @@ impl<S> Counted<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+impl<S: AsyncRead + Unpin, P: Unpin> AsyncRead for Counted<S, P> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -142,7 +144,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+impl<S: AsyncWrite + Unpin, P: Unpin> AsyncWrite for Counted<S, P> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -219,7 +221,7 @@ pub(crate) type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 pub(crate) struct HttpServing {
     /// The REST API.
     pub(crate) router: axum::Router,
-    /// How long a TLS handshake may take.
+    /// How long a new connection may take to send its first byte, and then its TLS handshake.
     pub(crate) handshake_timeout: Duration,
     /// How long a connection may go without a complete request header: the keep-alive idle
     /// limit, and the bound on a client that trickles its header (slowloris).
@@ -227,44 +229,85 @@ pub(crate) struct HttpServing {
 }
 
 /// Spawns the accept task for an HTTP(S) listener; every connection is served on its own task
-/// in `tasks`, so shutting down waits for them.
+/// in `tasks`, so shutting down waits for them. Slots are handed out by `admission` (see
+/// [`crate::admission`]): a connection first has `handshake_timeout` to send a byte and may be
+/// evicted for a newer one until it does.
 pub(crate) fn http_listener(
     listener: TcpListener,
     endpoint: Endpoint,
     tls: Option<TlsAcceptor>,
-    cap: Arc<Semaphore>,
+    admission: Arc<Admission>,
     serving: HttpServing,
     cancel: CancellationToken,
     tasks: &TaskTracker,
 ) {
     let inner_tasks = tasks.clone();
-    tasks.spawn(accept_loop(
-        listener,
-        endpoint,
-        cap,
-        cancel.clone(),
-        move |stream, peer, permit| {
+    tasks.spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = cancel.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%endpoint, error = %e, "accept failed");
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let ticket = match admission.admit(peer.ip()) {
+                Ok(ticket) => ticket,
+                Err(why) => {
+                    tracing::warn!(%peer, %endpoint, ?why, "connection limit reached; refusing a connection");
+                    drop(stream);
+                    continue;
+                }
+            };
             let serving = serving.clone();
             let cancel = cancel.clone();
-            match &tls {
-                None => {
-                    let conn = Counted::new(HttpStream::Plain(stream), permit);
-                    inner_tasks.spawn(serve_http(conn, peer, serving, cancel));
+            let tls = tls.clone();
+            inner_tasks.spawn(async move {
+                // Silent connections get a short deadline (never longer than the idle limit)
+                // and can be evicted.
+                let silent_limit = serving.handshake_timeout.min(serving.idle_timeout);
+                let mut first = [0u8; 1];
+                let spoke = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = ticket.evicted().cancelled() => {
+                        tracing::debug!(%peer, "silent HTTP connection evicted for a newer one");
+                        return;
+                    }
+                    r = tokio::time::timeout(silent_limit, stream.peek(&mut first)) => r,
+                };
+                match spoke {
+                    Ok(Ok(n)) if n > 0 && ticket.spoke() => {}
+                    Ok(_) => return,
+                    Err(_) => {
+                        tracing::debug!(%peer, "HTTP connection sent nothing in time; closed");
+                        return;
+                    }
                 }
-                Some(acceptor) => {
-                    let acceptor = acceptor.clone();
-                    inner_tasks.spawn(async move {
-                        let handshake = tokio::time::timeout(
-                            serving.handshake_timeout,
-                            acceptor.accept(stream),
-                        );
+                match tls {
+                    None => {
+                        let conn = Counted::new(HttpStream::Plain(stream), ticket);
+                        serve_http(conn, peer, serving, cancel).await;
+                    }
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(serving.handshake_timeout, acceptor.accept(stream));
                         let stream = tokio::select! {
                             () = cancel.cancelled() => return,
                             r = handshake => r,
                         };
                         match stream {
                             Ok(Ok(stream)) => {
-                                let conn = Counted::new(HttpStream::Tls(Box::new(stream)), permit);
+                                let conn = Counted::new(HttpStream::Tls(Box::new(stream)), ticket);
                                 serve_http(conn, peer, serving, cancel).await;
                             }
                             Ok(Err(e)) => {
@@ -272,11 +315,11 @@ pub(crate) fn http_listener(
                             }
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
-                    });
+                    }
                 }
-            }
-        },
-    ));
+            });
+        }
+    });
 }
 
 /// Serves one HTTP/1.1 connection until the client closes it, it goes `idle_timeout` without a

@@ -43,10 +43,7 @@ impl Hub {
     pub async fn start(config: HubConfig) -> Result<RunningHub, HubError> {
         validate(&config)?;
         if let Storage::Dir(dir) = &config.storage {
-            std::fs::create_dir_all(dir).map_err(|source| HubError::Write {
-                path: dir.clone(),
-                source,
-            })?;
+            crate::private_dir::prepare(dir)?;
         }
         let store = Arc::new(Store::open(&config.storage)?);
         let policies = match store.get_meta::<Vec<Policy>>("policies")? {
@@ -58,7 +55,8 @@ impl Hub {
                 policies
             }
         };
-        let identity = Identity::new(&config.hostname, &config.aliases, policies);
+        let identity = Identity::new(&config.hostname, &config.aliases, policies)
+            .with_skew(config.limits.token_expiry_skew);
         let registry = Registry::load(store.clone(), config.clock.clone())?
             .with_query_lag(config.query_lag)
             .with_connection_state_lag(config.connection_state_lag);
@@ -116,8 +114,6 @@ impl Hub {
             shutdown: shutdown.clone(),
         });
         let tasks = TaskTracker::new();
-        let mqtt_cap = Arc::new(Semaphore::new(config.limits.max_mqtt_connections));
-        let http_cap = Arc::new(Semaphore::new(config.limits.max_http_connections));
         let router = crate::http::router(shared.clone());
         let mut addrs = Addrs::default();
         for (endpoint, addr, tcp) in bound {
@@ -136,7 +132,7 @@ impl Hub {
                         tcp,
                         endpoint,
                         acceptor,
-                        mqtt_cap.clone(),
+                        Arc::new(Semaphore::new(config.limits.max_mqtt_connections)),
                         shared.clone(),
                         &tasks,
                     );
@@ -155,7 +151,13 @@ impl Hub {
                         tcp,
                         endpoint,
                         acceptor,
-                        http_cap.clone(),
+                        Arc::new(crate::admission::Admission::new(
+                            config.limits.max_http_connections,
+                            config
+                                .limits
+                                .max_http_connections_per_peer
+                                .unwrap_or(config.limits.max_http_connections / 2),
+                        )),
                         serving,
                         shutdown.clone(),
                         &tasks,
@@ -180,6 +182,7 @@ impl Hub {
         };
         if let Some(dir) = &hub.data_dir {
             hub.write_connection_env(dir)?;
+            crate::private_dir::restrict(dir)?;
         }
         Ok(hub)
     }

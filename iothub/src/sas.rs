@@ -9,8 +9,11 @@
 //! `%2f`, Node `%2F`, the Node service SDK the raw host, Python `quote_plus`), `sig` is
 //! URL-decoded before comparing (Python leaves `/` unescaped), the comparison is constant-time,
 //! both keys of a pair are tried, and expiry allows for clock skew. **Authorization** is
-//! separate: the URL-decoded `sr` must be a case-insensitive, segment-wise prefix of the resource
-//! being accessed ([`authorize`], [`authorize_for_host`]).
+//! separate: the URL-decoded `sr` must be a segment-wise prefix of the resource being accessed
+//! ([`authorize`], [`authorize_for_host`]). The host and the `devices`/`modules` keywords compare
+//! case-insensitively; device and module ids do not, because they are case-sensitive names
+//! (`devA` and `DEVA` are two devices), so a token for one never reaches the other
+//! ([`path_covers`]).
 //!
 //! ```
 //! use casement_iothub::sas::{self, SasToken};
@@ -300,17 +303,15 @@ pub fn verify(
 }
 
 /// Checks that `token_resource` (a URL-decoded `sr`) covers `required_resource`: a
-/// case-insensitive, segment-wise prefix. `hub/devices` covers `hub/devices/d1`;
-/// `hub/devices/d1` does not cover `hub/devices/d10`.
+/// segment-wise prefix. `hub/devices` covers `hub/devices/d1`; `hub/devices/d1` does not cover
+/// `hub/devices/d10`, nor `hub/devices/D1` (ids are case-sensitive). The host may differ in case.
 pub fn authorize(token_resource: &str, required_resource: &str) -> Result<(), SasError> {
     let token: Vec<&str> = segments(token_resource).collect();
     let required: Vec<&str> = segments(required_resource).collect();
     let covers = !token.is_empty()
         && token.len() <= required.len()
-        && token
-            .iter()
-            .zip(&required)
-            .all(|(a, b)| a.eq_ignore_ascii_case(b));
+        && token[0].eq_ignore_ascii_case(required[0])
+        && path_covers(&token[1..], &required[1..]);
     if covers {
         Ok(())
     } else {
@@ -362,12 +363,29 @@ pub fn authorize_for_host(
     }
     let rest: Vec<&str> = segments(token_resource).skip(1).collect();
     let required: Vec<&str> = segments(required_path).collect();
-    let covers = rest.len() <= required.len()
-        && rest
-            .iter()
-            .zip(&required)
-            .all(|(a, b)| a.eq_ignore_ascii_case(b));
-    if covers { Ok(()) } else { Err(wrong()) }
+    if path_covers(&rest, &required) {
+        Ok(())
+    } else {
+        Err(wrong())
+    }
+}
+
+/// Whether the path segments of a token's scope (its resource after the host, e.g.
+/// `["devices", "devA"]`) are a prefix of `required` (e.g. `["devices", "devA", "modules", "m"]`).
+///
+/// The keywords at even positions (`devices`, `modules`) compare case-insensitively, as IoT Hub
+/// treats them; the ids between them compare exactly, because device and module ids are
+/// case-sensitive: a scope of `devices/devA` does not cover `devices/DEVA`.
+pub fn path_covers<A: AsRef<str>, B: AsRef<str>>(scope: &[A], required: &[B]) -> bool {
+    scope.len() <= required.len()
+        && scope.iter().zip(required).enumerate().all(|(i, (a, b))| {
+            let (a, b) = (a.as_ref(), b.as_ref());
+            if i % 2 == 0 {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        })
 }
 
 /// The permissions a shared access policy grants.
@@ -623,9 +641,17 @@ mod tests {
     }
 
     #[test]
-    fn authorize_is_segment_prefix_case_insensitive() {
+    fn authorize_is_segment_prefix_with_case_sensitive_ids() {
         assert_eq!(authorize("hub/devices/d1", "hub/devices/d1"), Ok(()));
-        assert_eq!(authorize("HUB/Devices/d1", "hub/devices/D1"), Ok(()));
+        assert_eq!(authorize("HUB/Devices/d1", "hub/devices/d1"), Ok(()));
+        // Device and module ids are case-sensitive: devA and DEVA are two devices.
+        assert!(authorize("hub/devices/devA", "hub/devices/DEVA").is_err());
+        assert!(authorize("hub/devices/devA", "hub/devices/deva").is_err());
+        assert!(authorize("hub/devices/d/modules/m", "hub/devices/d/modules/M").is_err());
+        assert_eq!(
+            authorize("hub/DEVICES/d/MODULES/m", "hub/devices/d/modules/m"),
+            Ok(())
+        );
         assert_eq!(authorize("hub/devices", "hub/devices/d1"), Ok(()));
         assert_eq!(authorize("hub", "hub/devices/d1/modules/m"), Ok(()));
         assert_eq!(authorize("hub/devices/d1/", "hub/devices/d1"), Ok(()));
@@ -664,6 +690,15 @@ mod tests {
         );
         assert!(authorize_for_host("localhost/devices/d2", &aliases, "devices/d1").is_err());
         assert!(authorize_for_host("elsewhere/devices/d1", &aliases, "devices/d1").is_err());
+        // The host stays case-insensitive; the device id does not.
+        assert_eq!(
+            authorize_for_host("LOCALHOST/Devices/devA", &aliases, "devices/devA"),
+            Ok(())
+        );
+        assert!(authorize_for_host("localhost/devices/devA", &aliases, "devices/DEVA").is_err());
+        assert!(path_covers(&["devices", "devA"], &["devices", "devA"]));
+        assert!(!path_covers(&["devices", "devA"], &["devices", "DEVA"]));
+        assert!(path_covers::<&str, &str>(&[], &["devices", "DEVA"]));
     }
 
     #[test]

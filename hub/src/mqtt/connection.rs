@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use casement_iothub::error::{ErrorCode, twin_error_body};
+use casement_iothub::sas::SasToken;
 use casement_iothub::topic::{DeviceToHub, HubToDevice, MqttUsername};
 use rumqttc::mqttbytes::v4::{
     ConnAck, Connect, ConnectReturnCode, Packet, PubAck, Publish, SubAck, Subscribe,
@@ -36,6 +37,9 @@ use crate::throttle::Operation;
 const MAX_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(1767);
 /// How long one write to a device may take before the device is given up on.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a connection compares its token's expiry with the hub's clock. The clock is
+/// injected and may be moved by hand, so the check polls rather than sleeping until expiry.
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Outgoing packets are bounded by the queue, not by size; twins are at most ~100 KB.
 const MAX_OUTGOING_PACKET: usize = 4 * 1024 * 1024;
 
@@ -70,7 +74,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     async fn next(&mut self) -> Result<Option<Packet>, Closed> {
         loop {
             match Packet::read(&mut self.buf, self.max) {
-                Ok(packet) => return Ok(Some(packet)),
+                Ok(packet) => return check_strings(packet).map(Some),
                 Err(mqttbytes::Error::InsufficientBytes(n)) => {
                     self.buf.reserve(n.min(self.max));
                     if self.io.read_buf(&mut self.buf).await? == 0 {
@@ -84,6 +88,37 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 Err(e) => return Err(Closed::Malformed(e)),
             }
         }
+    }
+}
+
+/// Refuses a packet whose strings hold U+0000: MQTT 3.1.1 §1.5.3 forbids it in every UTF-8
+/// string and §4.7.3 in topic names and filters; the connection is closed, as for any other
+/// malformed packet (a NUL-terminated C string on the other side would see a different topic).
+fn check_strings(packet: Packet) -> Result<Packet, Closed> {
+    let nul = match &packet {
+        Packet::Publish(p) => p.topic.contains('\0').then_some("topic name"),
+        Packet::Subscribe(s) => s
+            .filters
+            .iter()
+            .any(|f| f.path.contains('\0'))
+            .then_some("topic filter"),
+        Packet::Unsubscribe(u) => u
+            .topics
+            .iter()
+            .any(|t| t.contains('\0'))
+            .then_some("topic filter"),
+        Packet::Connect(c) => {
+            // The password is binary data in MQTT, not a string; a NUL there is just a bad token.
+            let login = c.login.as_ref().is_some_and(|l| l.username.contains('\0'));
+            (c.client_id.contains('\0') || login).then_some("CONNECT string")
+        }
+        _ => None,
+    };
+    match nul {
+        Some(what) => Err(Closed::Violation(format!(
+            "{what} contains U+0000, which MQTT 3.1.1 forbids (§1.5.3, §4.7.3)"
+        ))),
+        None => Ok(packet),
     }
 }
 
@@ -156,8 +191,8 @@ where
             return;
         }
     };
-    let device_id = match authenticate(&shared, &connect) {
-        Ok(device_id) => device_id,
+    let (device_id, token_expires_after) = match authenticate(&shared, &connect) {
+        Ok(accepted) => accepted,
         Err(code) => {
             tracing::info!(%peer, client_id = connect.client_id, ?code, "CONNECT refused");
             let _ = writer
@@ -184,6 +219,7 @@ where
         rx,
         cancel,
         keep_alive: keep_alive_timeout(connect.keep_alive),
+        token_expires_after,
     };
     let result = match conn
         .writer
@@ -218,7 +254,9 @@ fn keep_alive_timeout(keep_alive_secs: u16) -> Option<Duration> {
 }
 
 /// Checks a CONNECT: protocol, username form, hub name, SAS token, device state, quota.
-fn authenticate(shared: &Shared, connect: &Connect) -> Result<String, ConnectReturnCode> {
+/// Returns the device and the unix second after which its token (plus the allowed skew) has
+/// expired.
+fn authenticate(shared: &Shared, connect: &Connect) -> Result<(String, u64), ConnectReturnCode> {
     if connect.protocol != Protocol::V4 {
         return Err(ConnectReturnCode::RefusedProtocolVersion);
     }
@@ -269,7 +307,10 @@ fn authenticate(shared: &Shared, connect: &Connect) -> Result<String, ConnectRet
         tracing::info!(device = device_id, "new-connection quota exceeded");
         return Err(ConnectReturnCode::ServiceUnavailable);
     }
-    Ok(device_id)
+    // The token verified, so it parses; its `se` bounds the session (IoT Hub drops a device
+    // whose token expires; the SDKs reconnect with a new one before that).
+    let se = SasToken::parse(&login.password).map_or(0, |t| t.se);
+    Ok((device_id, shared.identity.expires_after(se)))
 }
 
 struct Connection<R, W> {
@@ -281,6 +322,8 @@ struct Connection<R, W> {
     rx: mpsc::Receiver<Outbound>,
     cancel: CancellationToken,
     keep_alive: Option<Duration>,
+    /// Unix second (by the hub's clock) after which the CONNECT's token has expired.
+    token_expires_after: u64,
 }
 
 impl<R, W> Connection<R, W>
@@ -292,6 +335,7 @@ where
         let mut deadline = self.keep_alive.map(|d| Instant::now() + d);
         // False once a black-holed connection's stream has ended: the hub does not notice.
         let mut reading = true;
+        let mut expiry_check = Instant::now() + EXPIRY_CHECK_INTERVAL;
         loop {
             let keep_alive = async {
                 match deadline {
@@ -329,6 +373,13 @@ where
                     }
                 }
                 () = keep_alive => return Err(Closed::KeepAlive),
+                () = tokio::time::sleep_until(expiry_check) => {
+                    let now = u64::try_from(self.shared.clock.now().timestamp()).unwrap_or(0);
+                    if now > self.token_expires_after {
+                        return Ok("SAS token expired (the device must reconnect with a new one)");
+                    }
+                    expiry_check = Instant::now() + EXPIRY_CHECK_INTERVAL;
+                }
             }
         }
     }
