@@ -106,32 +106,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 /// Resolves on SIGINT or SIGTERM; a second signal exits at once.
 async fn shutdown_signal() {
-    wait_for_signal().await;
+    casement_iothub::signal::shutdown_signal().await;
     info!("shutting down (again to force)");
     tokio::spawn(async {
-        wait_for_signal().await;
+        casement_iothub::signal::shutdown_signal().await;
         warn!("forced exit");
         std::process::exit(130);
     });
-}
-
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
 }

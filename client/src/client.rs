@@ -483,7 +483,7 @@ impl ServiceClient {
 
     /// `GET /twins/{id}`.
     pub async fn twin(&self, device: &str) -> Result<Twin, ClientError> {
-        let path = rest::twin_path(device, None);
+        let path = device_path("GET", device, |d| rest::twin_path(d, None))?;
         let op = format!("GET {path}");
         let url = self.url(&path);
         self.send(
@@ -504,14 +504,14 @@ impl ServiceClient {
         patch: &TwinPatch,
         etag: Option<&str>,
     ) -> Result<Twin, ClientError> {
-        let path = rest::twin_path(device, None);
+        let path = device_path("PATCH", device, |d| rest::twin_path(d, None))?;
         let op = format!("PATCH {path}");
         let url = self.url(&path);
         let body = serde_json::to_vec(patch).map_err(|e| ClientError::Decode {
             op: op.clone(),
             message: e.to_string(),
         })?;
-        let if_match = etag.map(quote_etag);
+        let if_match = etag.map(rest::quote_etag);
         self.send(
             &op,
             Operation::TwinUpdates,
@@ -541,7 +541,7 @@ impl ServiceClient {
         device: &str,
         request: &MethodRequest,
     ) -> Result<MethodResponse, ClientError> {
-        let path = rest::methods_path(device, None);
+        let path = device_path("POST", device, |d| rest::methods_path(d, None))?;
         let op = format!("POST {path} ({})", request.method_name);
         let url = self.url(&path);
         let body = serde_json::to_vec(request).map_err(|e| ClientError::Decode {
@@ -591,14 +591,24 @@ impl HubApi for ServiceClient {
     }
 }
 
-/// `"etag"`: IoT Hub accepts quoted, unquoted and `*`; the SDKs send it quoted.
-pub fn quote_etag(etag: &str) -> String {
-    let e = etag.trim();
-    if e == "*" || (e.len() >= 2 && e.starts_with('"') && e.ends_with('"')) {
-        e.to_owned()
-    } else {
-        format!("\"{e}\"")
+/// The path of `device`'s twin (or its methods), refusing before anything is sent an id that no
+/// URL can carry (`.` and `..`: HTTP clients remove such path segments, so the request would
+/// reach another resource).
+fn device_path(
+    op: &str,
+    device: &str,
+    path: impl Fn(&str) -> String,
+) -> Result<String, ClientError> {
+    if device == "." || device == ".." {
+        return Err(ClientError::Invalid {
+            op: format!("{op} {device:?}"),
+            message: "a device id of \".\" or \"..\" cannot be addressed in a URL path \
+                      (HTTP clients remove such segments); rename the device (delete it and \
+                      create it under another id)"
+                .to_owned(),
+        });
     }
+    Ok(path(device))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(op: &str, body: &[u8]) -> Result<T, ClientError> {

@@ -51,6 +51,14 @@ pub enum ClientError {
     /// The SAS token could not be signed (a bad key in the connection string).
     #[error("cannot sign a SAS token: {0}")]
     Sas(#[from] SasError),
+    /// The request cannot be sent as asked (a device id no URL can carry); nothing was sent.
+    #[error("{op}: {message}")]
+    Invalid {
+        /// The operation.
+        op: String,
+        /// What is wrong, and what would be right.
+        message: String,
+    },
 }
 
 /// `cannot connect to 127.0.0.1:8080: Connection refused (os error 111) (is the hub running
@@ -91,7 +99,7 @@ impl ClientError {
         match self {
             ClientError::Transport { .. } | ClientError::Timeout { .. } => true,
             ClientError::Service { error, .. } => error.status == 429 || error.status >= 500,
-            ClientError::Decode { .. } | ClientError::Sas(_) => false,
+            ClientError::Decode { .. } | ClientError::Sas(_) | ClientError::Invalid { .. } => false,
         }
     }
 

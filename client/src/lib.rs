@@ -32,7 +32,7 @@ pub mod target;
 pub use casement_iothub::quota::{Operation, Rate, Tier};
 pub use client::{
     ClientConfig, ClientStats, HubApi, QueryPage, RetryPolicy, ServiceClient,
-    ensure_crypto_provider, quote_etag,
+    ensure_crypto_provider,
 };
 pub use error::{ClientError, TargetError};
 pub use quota::Quota;

@@ -466,6 +466,7 @@ fn the_local_hub_file_provides_the_connection_ca_and_endpoint() {
 
 #[test]
 fn etags_are_quoted_once() {
+    use casement_iothub::rest::quote_etag;
     assert_eq!(quote_etag("AAAA"), "\"AAAA\"");
     assert_eq!(quote_etag("\"AAAA\""), "\"AAAA\"");
     assert_eq!(quote_etag("*"), "*");

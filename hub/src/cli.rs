@@ -251,28 +251,7 @@ pub async fn run_cli(args: HubArgs, shutdown: impl Future<Output = ()>) -> anyho
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM (Ctrl-C only on non-Unix platforms).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
+pub use casement_iothub::signal::shutdown_signal;
 
 /// What `casement hub` prints at start-up: listeners, the CA and how to trust it, the
 /// `iothubowner` connection string, and where all that was written.

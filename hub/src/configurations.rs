@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
-use crate::registry::{TwinUpdate, check_etag, merge_diff};
+use crate::registry::{TwinUpdate, check_etag};
 use crate::state::Shared;
 use crate::store::{Store, StoreError};
 
@@ -792,7 +792,8 @@ fn desired_patch(content: &Content, twin: &Value) -> Option<Value> {
         let change = match (current, wanted) {
             (_, None) => Value::Null,
             (Some(current), Some(wanted)) if current.is_object() && wanted.is_object() => {
-                merge_diff(current, &wanted)
+                casement_iothub::twin::merge_diff(current, &wanted)
+                    .unwrap_or_else(|| Value::Object(serde_json::Map::new()))
             }
             (_, Some(wanted)) => wanted,
         };

@@ -491,7 +491,8 @@ impl Registry {
             }
             .map_err(twin_error)?;
             let change = if replace {
-                merge_diff(&before, &Value::Object(desired.properties().clone()))
+                twin::merge_diff(&before, &Value::Object(desired.properties().clone()))
+                    .unwrap_or_else(|| Value::Object(Map::new()))
             } else {
                 patch.clone()
             };
@@ -666,38 +667,6 @@ fn scan(
 
 fn twin_error(e: TwinError) -> ApiError {
     ApiError::new(e.error_code(), e.to_string())
-}
-
-/// A JSON merge patch that turns `before` into `after` (for the notification of a replace).
-pub(crate) fn merge_diff(before: &Value, after: &Value) -> Value {
-    match (before, after) {
-        (Value::Object(b), Value::Object(a)) => {
-            let mut patch = Map::new();
-            for (key, old) in b {
-                match a.get(key) {
-                    None => {
-                        patch.insert(key.clone(), Value::Null);
-                    }
-                    Some(new) if new != old => {
-                        let sub = if old.is_object() && new.is_object() {
-                            merge_diff(old, new)
-                        } else {
-                            new.clone()
-                        };
-                        patch.insert(key.clone(), sub);
-                    }
-                    Some(_) => {}
-                }
-            }
-            for (key, new) in a {
-                if !b.contains_key(key) {
-                    patch.insert(key.clone(), new.clone());
-                }
-            }
-            Value::Object(patch)
-        }
-        (_, after) => after.clone(),
-    }
 }
 
 /// IoT Hub's device id rule (see [`rest::validate_device_id`]).

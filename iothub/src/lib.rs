@@ -29,6 +29,8 @@
 //!   hand-driven [`ManualClock`](clock::ManualClock) for tests.
 //! - [`duration`]: durations as people write them (`90s`, `5m`, `1h30m`) for policy files and
 //!   command-line flags alike.
+//! - [`encoding`]: the one percent-encoding of path segments, SAS resources and topics.
+//! - `signal` (feature `signal`): the binaries' one SIGINT/SIGTERM handler.
 //! - [`time`]: the timestamp format IoT Hub uses (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
 //!
 //! Test vectors for SAS tokens were computed independently with Python
@@ -60,11 +62,14 @@
 pub mod clock;
 pub mod connection_string;
 pub mod duration;
+pub mod encoding;
 pub mod error;
 pub mod query;
 pub mod quota;
 pub mod rest;
 pub mod sas;
+#[cfg(feature = "signal")]
+pub mod signal;
 pub mod time;
 pub mod topic;
 pub mod twin;

@@ -22,7 +22,6 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
@@ -67,12 +66,6 @@ pub const MAX_METHOD_NAME_LEN: usize = 128;
 
 /// Characters other than ASCII alphanumerics allowed in device and module ids.
 pub const ID_EXTRA_CHARS: &str = "-.%_*?!(),:=@$'";
-
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 /// A REST request that breaks IoT Hub's rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -169,6 +162,15 @@ fn check_id(id: &str) -> Result<(), String> {
     if id.chars().count() > MAX_ID_LEN {
         return Err(format!("longer than {MAX_ID_LEN} characters"));
     }
+    if id == "." || id == ".." {
+        // URL parsers (WHATWG's, urllib3's) remove "." and ".." path segments, encoded or
+        // not, so no HTTP client can address such a device: `/twins/..` becomes `/`.
+        return Err(
+            "\".\" and \"..\" cannot be addressed in a URL (HTTP clients remove such path \
+             segments); choose an id with other characters"
+                .into(),
+        );
+    }
     if let Some(c) = id
         .chars()
         .find(|&c| !(c.is_ascii_alphanumeric() || ID_EXTRA_CHARS.contains(c)))
@@ -254,7 +256,7 @@ pub fn validate_method_name(name: &str) -> Result<(), RestError> {
 
 /// URL-encodes one path segment (`encodeURIComponent`, as the Node SDK does for ids).
 pub fn encode_segment(segment: &str) -> String {
-    utf8_percent_encode(segment, COMPONENT).to_string()
+    crate::encoding::encode_component(segment)
 }
 
 /// `/twins/{id}` or `/twins/{id}/modules/{m}`, ids encoded.
@@ -809,9 +811,13 @@ pub fn unquote_etag(etag: &str) -> &str {
         .unwrap_or(etag)
 }
 
-/// An ETag in quotes for an `If-Match` header, as the SDKs send it (`"abc"`, `"*"`).
+/// An ETag for an `If-Match` header, as the SDKs send it: quoted (`"abc"`), weak prefix
+/// dropped, and `*` (any version) as it is.
 pub fn quote_etag(etag: &str) -> String {
-    format!("\"{}\"", unquote_etag(etag))
+    match unquote_etag(etag) {
+        "*" => "*".to_owned(),
+        tag => format!("\"{tag}\""),
+    }
 }
 
 /// The ETag of a document at `version`: base64 of the big-endian version, the service's
@@ -835,7 +841,14 @@ mod tests {
 
     #[test]
     fn device_ids() {
-        for ok in ["dev1", "a-b.c%d_e*f?g!h(i)j,k:l=m@n$o'p", &"x".repeat(128)] {
+        for ok in [
+            "dev1",
+            "a-b.c%d_e*f?g!h(i)j,k:l=m@n$o'p",
+            &"x".repeat(128),
+            "...",
+            ".a",
+            "a..",
+        ] {
             assert_eq!(validate_device_id(ok), Ok(()), "{ok}");
         }
         for bad in [
@@ -847,10 +860,14 @@ mod tests {
             "é",
             &"x".repeat(129),
             "a\u{0}",
+            ".",
+            "..",
         ] {
             let err = validate_device_id(bad).unwrap_err();
             assert!(matches!(err, RestError::InvalidDeviceId { .. }), "{bad}");
         }
+        let err = validate_device_id("..").unwrap_err().to_string();
+        assert!(err.contains("cannot be addressed in a URL"), "{err}");
         assert!(validate_module_id("m/1").is_err());
         let id: DeviceId = "dev1".parse().unwrap();
         assert_eq!(id.as_str(), "dev1");
@@ -1174,6 +1191,8 @@ mod tests {
         assert!(IfMatch::Any.matches("anything"));
         assert_eq!(quote_etag("abc"), "\"abc\"");
         assert_eq!(quote_etag("\"abc\""), "\"abc\"");
-        assert_eq!(quote_etag("*"), "\"*\"");
+        assert_eq!(quote_etag("*"), "*");
+        assert_eq!(quote_etag("\"*\""), "*");
+        assert_eq!(quote_etag("W/\"abc\""), "\"abc\"");
     }
 }

@@ -27,9 +27,9 @@
 
 use std::fmt;
 
+use crate::encoding::decode_component as decode;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -48,14 +48,6 @@ pub const DEFAULT_SKEW_SECS: u64 = 300;
 
 /// The longest token this crate parses; real tokens are a few hundred bytes.
 pub const MAX_TOKEN_LEN: usize = 4096;
-
-/// `encodeURIComponent` as the Node SDK uses it, plus `!'()*`: everything except the RFC 3986
-/// unreserved characters `A-Z a-z 0-9 - _ . ~` is escaped, with uppercase hex.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 /// Why a token was rejected. Messages never contain the signature or a key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -204,7 +196,7 @@ impl fmt::Display for SasToken {
 /// URL-encodes one component as the Node SDK does (`encodeURIComponent` plus `!'()*`), with
 /// uppercase hex: `hub/devices/d1` → `hub%2Fdevices%2Fd1`.
 pub fn encode_component(s: &str) -> String {
-    utf8_percent_encode(s, COMPONENT).to_string()
+    crate::encoding::encode_component(s)
 }
 
 /// The resource URI for a device or module key: `{host}/devices/{id}[/modules/{m}]`.
@@ -480,13 +472,6 @@ fn decode_key(key_base64: &str) -> Result<Vec<u8>, SasError> {
         Ok(key) if !key.is_empty() => Ok(key),
         _ => Err(SasError::InvalidKey),
     }
-}
-
-fn decode(s: &str) -> Option<String> {
-    percent_decode_str(s)
-        .decode_utf8()
-        .ok()
-        .map(|c| c.into_owned())
 }
 
 fn segments(resource: &str) -> impl Iterator<Item = &str> {

@@ -22,7 +22,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use crate::encoding::{decode_component as decode, encode_component as encode};
 
 /// Subscription filter for twin responses.
 pub const TWIN_RESPONSE_FILTER: &str = "$iothub/twin/res/#";
@@ -34,14 +34,6 @@ pub const METHODS_FILTER: &str = "$iothub/methods/POST/#";
 pub const MAX_RID_LEN: usize = 128;
 /// At most this many subscriptions per device (reference §2).
 pub const MAX_SUBSCRIPTIONS: usize = 5;
-
-/// What is escaped in topic segments and property bags: everything but `A-Z a-z 0-9 - _ . ~`
-/// (Python's `quote(safe="")`; Node's `encodeURIComponent` for the characters that matter).
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 /// Why a topic, filter, property bag or username was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -282,9 +274,9 @@ impl fmt::Display for PropertyBag {
             if index > 0 {
                 f.write_str("&")?;
             }
-            write!(f, "{}", utf8_percent_encode(key, COMPONENT))?;
+            write!(f, "{}", encode(key))?;
             if let Some(value) = value {
-                write!(f, "={}", utf8_percent_encode(value, COMPONENT))?;
+                write!(f, "={}", encode(value))?;
             }
         }
         Ok(())
@@ -970,17 +962,6 @@ fn unsupported(topic: &str, reason: &str) -> TopicError {
         topic: truncate(topic),
         reason: reason.to_owned(),
     }
-}
-
-fn encode(s: &str) -> String {
-    utf8_percent_encode(s, COMPONENT).to_string()
-}
-
-fn decode(s: &str) -> Option<String> {
-    percent_decode_str(s)
-        .decode_utf8()
-        .ok()
-        .map(|c| c.into_owned())
 }
 
 /// Decodes an id segment; a segment that does not decode is taken as written.

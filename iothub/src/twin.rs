@@ -175,6 +175,51 @@ impl TwinError {
     }
 }
 
+/// The RFC 7386 JSON merge patch that turns `before` into `after` — the inverse of
+/// [`apply_merge_patch`] — or `None` when they are equal. Keys only in `before` become `null`
+/// (except system keys such as `$version` and `$metadata`, which a patch cannot delete),
+/// objects are compared key by key, anything else is replaced whole.
+///
+/// ```
+/// use casement_iothub::twin::{apply_merge_patch, merge_diff};
+/// use serde_json::json;
+/// let before = json!({"a": 1, "b": {"c": 2, "d": 3}, "$version": 4});
+/// let after = json!({"b": {"c": 2, "d": 5}, "e": [1]});
+/// let patch = merge_diff(&before, &after).unwrap();
+/// assert_eq!(patch, json!({"a": null, "b": {"d": 5}, "e": [1]}));
+/// let mut doc = before.clone();
+/// apply_merge_patch(&mut doc, &patch);
+/// assert_eq!(doc, json!({"b": {"c": 2, "d": 5}, "e": [1], "$version": 4}));
+/// assert_eq!(merge_diff(&after, &after), None);
+/// ```
+pub fn merge_diff(before: &Value, after: &Value) -> Option<Value> {
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            let mut patch = serde_json::Map::new();
+            for (key, new) in a {
+                match b.get(key) {
+                    Some(old) => {
+                        if let Some(sub) = merge_diff(old, new) {
+                            patch.insert(key.clone(), sub);
+                        }
+                    }
+                    None => {
+                        patch.insert(key.clone(), new.clone());
+                    }
+                }
+            }
+            for key in b.keys() {
+                if !a.contains_key(key) && !key.starts_with('$') {
+                    patch.insert(key.clone(), Value::Null);
+                }
+            }
+            (!patch.is_empty()).then_some(Value::Object(patch))
+        }
+        _ if before == after => None,
+        _ => Some(after.clone()),
+    }
+}
+
 /// Applies an RFC 7386 JSON merge patch to `target`: objects merge recursively, `null`
 /// deletes a key, anything else (arrays included) replaces. A non-object patch replaces the
 /// target.

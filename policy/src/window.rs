@@ -210,6 +210,14 @@ impl WindowSpec {
         &self.blackout
     }
 
+    /// The window of this policy for a device at `at`: in the policy's zone, or for
+    /// `timezone = "device"` in `device_zone` — the one function the agent, the scheduler, the
+    /// report and the tests ask. `None` when the policy follows the device's zone and the
+    /// device has not reported one, or when no window ever opens.
+    pub fn window_for(&self, device_zone: Option<Tz>, at: DateTime<Utc>) -> Option<WindowState> {
+        self.window_at(self.timezone().resolve(device_zone)?, at)
+    }
+
     /// Whether a window is open at `at`, and the current-or-next window, computed in `tz`.
     ///
     /// `tz` is the policy's own zone, or for `timezone = "device"` the zone the device reports

@@ -305,34 +305,10 @@ pub async fn build_plan<H: HubApi>(hub: &H, set: &PolicySet) -> Result<Plan, App
     Ok(resolve(set, &targets, &carriers))
 }
 
-/// The JSON merge patch that turns `old` into `new` (`None` when they are equal): keys only in
-/// `old` become `null`, objects are compared key by key, anything else is replaced whole.
+/// The JSON merge patch that turns `old` into `new` (`None` when they are equal); see
+/// [`casement_iothub::twin::merge_diff`].
 pub fn merge_patch_between(old: &Value, new: &Value) -> Option<Value> {
-    match (old, new) {
-        (Value::Object(o), Value::Object(n)) => {
-            let mut patch = Map::new();
-            for (k, v) in n {
-                match o.get(k) {
-                    Some(ov) => {
-                        if let Some(p) = merge_patch_between(ov, v) {
-                            patch.insert(k.clone(), p);
-                        }
-                    }
-                    None => {
-                        patch.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-            for k in o.keys() {
-                if !n.contains_key(k) && !k.starts_with('$') {
-                    patch.insert(k.clone(), Value::Null);
-                }
-            }
-            (!patch.is_empty()).then_some(Value::Object(patch))
-        }
-        _ if old == new => None,
-        _ => Some(new.clone()),
-    }
+    casement_iothub::twin::merge_diff(old, new)
 }
 
 /// The desired patch for a device holding `current` that should hold `target`.

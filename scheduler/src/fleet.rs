@@ -145,23 +145,13 @@ pub fn scheduler_window(
     device_zone: Option<Tz>,
     now: DateTime<Utc>,
 ) -> Option<Window> {
-    let tz = spec.timezone().resolve(device_zone)?;
-    spec.window_at(tz, now).map(|state| state.window)
+    spec.window_for(device_zone, now).map(|state| state.window)
 }
 
-/// Quotes a string literal for the IoT Hub query language.
+/// Quotes a string literal for the IoT Hub query language
+/// ([`casement_iothub::query::quote_literal`]).
 pub fn quote(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('\'');
-    for c in text.chars() {
-        match c {
-            '\'' => out.push_str("\\'"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
+    casement_iothub::query::quote_literal(text)
 }
 
 /// Devices that carry a Casement policy in their desired properties (optionally one policy).

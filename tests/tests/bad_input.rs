@@ -1382,27 +1382,7 @@ mod desired_patches {
 
     /// The JSON merge patch (RFC 7386) that turns `old` into `new`.
     fn merge_diff(old: &Value, new: &Value) -> Value {
-        match (old, new) {
-            (Value::Object(old), Value::Object(new)) => {
-                let mut patch = serde_json::Map::new();
-                for key in old.keys().filter(|k| !new.contains_key(*k)) {
-                    patch.insert(key.clone(), Value::Null);
-                }
-                for (key, value) in new {
-                    match old.get(key) {
-                        Some(before) if before == value => {}
-                        Some(before) => {
-                            patch.insert(key.clone(), merge_diff(before, value));
-                        }
-                        None => {
-                            patch.insert(key.clone(), value.clone());
-                        }
-                    }
-                }
-                Value::Object(patch)
-            }
-            (_, new) => new.clone(),
-        }
+        casement_iothub::twin::merge_diff(old, new).unwrap_or_else(|| json!({}))
     }
 
     /// Polls the twin until `pred` holds on `properties.reported.maintenance`.

@@ -83,9 +83,7 @@ pub fn check(
         };
         let spec = policy.window();
         let window = spec
-            .timezone()
-            .resolve(zones.get(&r.device).copied())
-            .and_then(|tz| spec.window_at(tz, occurrence))
+            .window_for(zones.get(&r.device).copied(), occurrence)
             .map(|state| state.window)
             .filter(|w| w.occurrence == occurrence);
         match window {

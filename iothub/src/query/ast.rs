@@ -554,6 +554,25 @@ impl fmt::Display for Literal {
     }
 }
 
+/// A string as a single-quoted literal of the query language, with the escapes the lexer reads
+/// back: `it's` → `'it\'s'`. Every query Casement builds quotes its constants with this.
+///
+/// ```
+/// use casement_iothub::query::quote_literal;
+/// assert_eq!(quote_literal("it's"), r"'it\'s'");
+/// let sql = format!("SELECT * FROM devices WHERE tags.site = {}", quote_literal("o'hare"));
+/// assert!(casement_iothub::query::parse(&sql).is_ok());
+/// ```
+pub fn quote_literal(text: &str) -> String {
+    struct Quoted<'a>(&'a str);
+    impl fmt::Display for Quoted<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write_string(f, self.0)
+        }
+    }
+    Quoted(text).to_string()
+}
+
 /// Writes a single-quoted string literal with the escapes the lexer reads back.
 fn write_string(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
     f.write_str("'")?;

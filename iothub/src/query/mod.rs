@@ -85,7 +85,7 @@ pub use eval::Rows;
 
 pub use ast::{
     Aggregate, ArithOp, Call, Collection, CompareOp, Condition, Expr, Function, Literal, Path,
-    Projection, Query, Select, SelectItem,
+    Projection, Query, Select, SelectItem, quote_literal,
 };
 
 /// Which query language the parser accepts.
