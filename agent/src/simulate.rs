@@ -25,7 +25,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use rand::{Rng, SeedableRng};
 use rustls::ClientConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -149,7 +149,7 @@ pub struct SimDevice {
 }
 
 /// One simulated reboot, as it really happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SimulatedReboot {
     /// The device.
@@ -208,6 +208,23 @@ impl GroundTruth {
 
     /// A log that also appends to `path`.
     pub fn with_file(path: PathBuf) -> Result<Self, SimulateError> {
+        // A restarted simulation continues the log: the reboots already in the file are the
+        // ground truth too (a device must not reboot twice in one window across the restart).
+        let records = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .lines()
+                .filter(|line| !line.trim().is_empty())
+                .filter_map(|line| match serde_json::from_str(line) {
+                    Ok(record) => Some(record),
+                    Err(err) => {
+                        error!(path = %path.display(), error = %err, "skipping an unreadable ground-truth line");
+                        None
+                    }
+                })
+                .collect(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(SimulateError::GroundTruth { path, source }),
+        };
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -215,7 +232,7 @@ impl GroundTruth {
             .map_err(|source| SimulateError::GroundTruth { path, source })?;
         Ok(Self {
             inner: Arc::new(Mutex::new(GroundTruthInner {
-                records: Vec::new(),
+                records,
                 file: Some(file),
             })),
         })
@@ -314,6 +331,10 @@ impl Simulation {
         }
         info!(devices = devices.len(), %endpoint, "devices registered; starting agents");
 
+        // Boot ids must differ from every earlier run's, as a real device's do after a power
+        // cycle (/proc/sys/kernel/random/boot_id): a restarted simulation that counted from 1
+        // again would look to each agent like "did not reboot" (the same boot id).
+        let run_id = format!("{:016x}", rand::random::<u64>());
         let (stop, _) = watch::channel(false);
         let events = broadcast::Sender::new(EVENT_CAPACITY);
         let mut tasks = JoinSet::new();
@@ -335,6 +356,7 @@ impl Simulation {
                 reference: config.clock.clone(),
                 tls: tls.clone(),
                 reboot_time: config.reboot_time,
+                run_id: run_id.clone(),
                 truth: truth.clone(),
                 events: events.clone(),
                 stop: stop.subscribe(),
@@ -378,9 +400,16 @@ struct DeviceRun {
     reference: AgentClock,
     tls: Option<Arc<ClientConfig>>,
     reboot_time: Duration,
+    /// This run's part of every boot id.
+    run_id: String,
     truth: GroundTruth,
     events: broadcast::Sender<(String, SimEvent)>,
     stop: watch::Receiver<bool>,
+}
+
+/// A simulated boot's id: unique per device, per simulation run and per boot.
+fn boot_id(device: &str, run_id: &str, boot: u64) -> String {
+    format!("{device}-{run_id}-boot-{boot}")
 }
 
 /// Boots, runs and reboots one device until the simulation stops.
@@ -391,7 +420,7 @@ async fn run_device(mut run: DeviceRun) {
         let agent = Agent::with_tls_config(run.config.clone(), run.tls.clone())
             .with_clock(run.clock.clone())
             .with_reboot_hook(RebootHook::Simulated)
-            .with_boot_id(Some(format!("{}-boot-{boot}", run.device.id)));
+            .with_boot_id(Some(boot_id(&run.device.id, &run.run_id, boot)));
         let _ = run
             .events
             .send((run.device.id.clone(), SimEvent::Booted { boot }));

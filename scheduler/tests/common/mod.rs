@@ -198,6 +198,8 @@ impl Env {
         config.reboot_time = reboot_time;
         config.max_skew = max_skew;
         config.seed = 7;
+        // One log across simulator restarts (the file is re-read by a new simulation).
+        config.ground_truth = Some(self.dir.path().join("ground-truth.jsonl"));
         config.clock = self.clock.agent_clock();
         config.backoff = BackoffPolicy {
             initial: Duration::from_millis(20),
