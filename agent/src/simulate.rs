@@ -34,6 +34,8 @@ use crate::agent::{Agent, AgentEvent, RebootHook, RunOutcome};
 use crate::backoff::BackoffPolicy;
 use crate::clock::{AgentClock, Wake};
 use crate::config::{AgentConfig, Endpoint, Transport};
+
+mod silent;
 use crate::mqtt::{ConnectError, tls_config};
 
 /// How long a REST call to the hub may take.
@@ -108,6 +110,11 @@ pub struct SimulationConfig {
     pub token_lifetime: Duration,
     /// Renew that long before expiry.
     pub renew_before: Duration,
+    /// A reboot cuts the power silently: the hub's socket stays open with no FIN and no
+    /// DISCONNECT (each device connects through a loopback relay that never passes its side
+    /// closing on), so the hub notices only by keep-alive, as with a real power cut. Plain MQTT
+    /// endpoints on this machine only. Default off: the connection closes at once.
+    pub silent_power_cuts: bool,
 }
 
 impl SimulationConfig {
@@ -131,6 +138,7 @@ impl SimulationConfig {
             backoff: BackoffPolicy::default(),
             token_lifetime: crate::config::DEFAULT_TOKEN_LIFETIME,
             renew_before: crate::config::DEFAULT_RENEW_BEFORE,
+            silent_power_cuts: false,
         }
     }
 }
@@ -339,9 +347,15 @@ impl Simulation {
         let events = broadcast::Sender::new(EVENT_CAPACITY);
         let mut tasks = JoinSet::new();
         for device in &devices {
+            let (endpoint, relay) = if config.silent_power_cuts {
+                let (relay, endpoint) = silent_endpoint(&endpoint).await?;
+                (endpoint, Some(relay))
+            } else {
+                (endpoint.clone(), None)
+            };
             let mut agent_config = AgentConfig::new(
                 device.connection.clone(),
-                endpoint.clone(),
+                endpoint,
                 config.state_dir.join(&device.id),
                 device.zone,
             );
@@ -357,6 +371,7 @@ impl Simulation {
                 tls: tls.clone(),
                 reboot_time: config.reboot_time,
                 run_id: run_id.clone(),
+                _relay: relay,
                 truth: truth.clone(),
                 events: events.clone(),
                 stop: stop.subscribe(),
@@ -402,9 +417,37 @@ struct DeviceRun {
     reboot_time: Duration,
     /// This run's part of every boot id.
     run_id: String,
+    /// The silent-power-cut relay, held as long as the device runs.
+    _relay: Option<silent::SilentRelay>,
     truth: GroundTruth,
     events: broadcast::Sender<(String, SimEvent)>,
     stop: watch::Receiver<bool>,
+}
+
+/// A relay in front of `endpoint` for silent power cuts, and the endpoint to use instead.
+async fn silent_endpoint(
+    endpoint: &Endpoint,
+) -> Result<(silent::SilentRelay, Endpoint), SimulateError> {
+    let invalid = |why: String| SimulateError::Invalid(format!("silent power cuts: {why}"));
+    if endpoint.transport != Transport::Tcp {
+        return Err(invalid(format!(
+            "{endpoint} is TLS; the relay serves plain MQTT endpoints (mqtt://) only"
+        )));
+    }
+    let upstream = tokio::net::lookup_host((endpoint.host.as_str(), endpoint.port))
+        .await
+        .map_err(|e| invalid(format!("cannot resolve {endpoint}: {e}")))?
+        .next()
+        .ok_or_else(|| invalid(format!("{endpoint} resolves to no address")))?;
+    let relay = silent::SilentRelay::start(upstream)
+        .await
+        .map_err(|e| invalid(format!("cannot start the relay: {e}")))?;
+    let relayed = Endpoint {
+        transport: Transport::Tcp,
+        host: relay.addr().ip().to_string(),
+        port: relay.addr().port(),
+    };
+    Ok((relay, relayed))
 }
 
 /// A simulated boot's id: unique per device, per simulation run and per boot.

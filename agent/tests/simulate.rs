@@ -170,3 +170,89 @@ async fn simulated_devices_register_reboot_in_their_window_and_come_back() {
     );
     simulation.shutdown().await;
 }
+
+/// Issue 14.4: with silent power cuts a rebooting device's socket stays open at the hub, with no
+/// FIN and no DISCONNECT, so a direct method sent while it is dark waits out its timeout and
+/// gets 504101 (as on Azure), where a closed connection gets 404103 at once; when it is back,
+/// its new connection replaces the silent one and it answers `alreadyDone`.
+#[tokio::test]
+async fn a_silent_power_cut_leaves_the_hub_waiting_until_the_method_times_out() {
+    use casement_client::{ClientConfig, HubTarget, RetryPolicy, ServiceClient};
+    use casement_iothub::rest::MethodRequest;
+    use std::sync::Arc;
+
+    let harness = Harness::start().await;
+    let mut config = SimulationConfig::new(harness.service(), 1, harness.dir.path().join("sim"));
+    config.hub_url = Some(harness.http_url());
+    config.mqtt_endpoint = Some(harness.mqtt_endpoint());
+    config.reboot_time = Duration::from_secs(120);
+    config.clock = harness.clock.agent_clock();
+    config.silent_power_cuts = true;
+    config.backoff = BackoffPolicy {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    let simulation = Simulation::start(config).await.expect("simulation starts");
+    let mut events = simulation.events();
+    let ids = vec!["sim-0000".to_owned()];
+    for_each_device(&mut events, &ids, "online", |e| {
+        matches!(e, SimEvent::Agent(AgentEvent::TwinFetched { .. }))
+    })
+    .await;
+    harness
+        .patch_desired("sim-0000", json!({"maintenance": policy("aa01", "UTC")}))
+        .await;
+    harness.clock.set(sunday(2, 10, 0));
+    for_each_device(&mut events, &ids, "window open", |e| {
+        matches!(e, SimEvent::Agent(AgentEvent::Reported(p)) if p["maintenance"]["window"]["open"] == true)
+    })
+    .await;
+    let (status, body) = harness.invoke_reboot("sim-0000", Value::Null).await;
+    assert_eq!((status, &body["accepted"]), (200, &json!(true)), "{body}");
+    for_each_device(&mut events, &ids, "the power cut", |e| {
+        matches!(e, SimEvent::PoweredOff(_))
+    })
+    .await;
+
+    // Dark, but the hub still holds its (silent) connection: the call waits, then 504101.
+    let target = HubTarget::new(harness.service())
+        .with_endpoint(&harness.http_url())
+        .unwrap();
+    let client = ServiceClient::new(
+        target,
+        ClientConfig {
+            retry: RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            },
+            ..ClientConfig::default()
+        },
+        Arc::new(harness.clock.manual()),
+    )
+    .unwrap();
+    let err = client
+        .invoke("sim-0000", &MethodRequest::new("reboot", Value::Null, 5))
+        .await
+        .expect_err("no answer from a dark device");
+    assert!(!err.is_device_offline(), "the hub noticed the cut: {err}");
+    assert_eq!(
+        err.service_error().map(|e| e.status),
+        Some(504),
+        "GatewayTimeout (504101) expected: {err}"
+    );
+
+    // Back after its reboot time: a new connection, the reboot completed, nothing done twice.
+    harness.clock.advance(TimeDelta::minutes(3));
+    for_each_device(&mut events, &ids, "back with the reboot completed", |e| {
+        matches!(e, SimEvent::Agent(AgentEvent::Reported(p)) if p["iothubDM"]["reboot"]["status"] == "completed")
+    })
+    .await;
+    let (status, body) = harness.invoke_reboot("sim-0000", Value::Null).await;
+    assert_eq!(
+        (status, &body["alreadyDone"]),
+        (200, &json!(true)),
+        "{body}"
+    );
+    assert_eq!(simulation.ground_truth().records().len(), 1);
+    simulation.shutdown().await;
+}
