@@ -37,9 +37,11 @@
 //!   DST and blackout annotations.
 //! - [`schedule`]: cron schedules (croner) with errors that name the wrong field.
 //! - [`zone`]: IANA zones or `"device"`, with "did you mean" suggestions.
-//! - [`duration`]: `"90s"`, `"2h"`, `"1h30m"`, `"1d"`.
+//! - [`duration`]: `"90s"`, `"2h"`, `"1h30m"`, `"1d"` (re-exported from
+//!   [`casement_iothub::duration`], which the hub's flags parse with too).
 //! - [`maintenance`]: the maintenance twin schema (desired, reported, `iothubDM.reboot`), query
-//!   paths, and validation of a desired policy on the device.
+//!   paths, validation of a desired policy on the device, and the `reboot` direct method's
+//!   contract ([`RebootRequest`], [`RebootPayload`], [`RebootAnswer`], [`RefusalReason`]).
 //! - [`clock`]: the injected [`Clock`] (re-exported from [`casement_iothub::clock`]): [`SystemClock`]
 //!   and the test [`ManualClock`].
 

@@ -213,6 +213,40 @@ pub struct ScenarioConfig {
     pub tick: Duration,
     /// How long the setup (registering, applying) may take before the run gives up.
     pub setup_timeout: Duration,
+    /// Azure IoT Hub's behaviours the local hub can mimic, switched on for the run.
+    pub azure: AzureBehaviours,
+}
+
+/// Azure IoT Hub's behaviours that `casement hub` mimics behind flags (docs/azure-fidelity.md),
+/// for a run that has them all on: what passes with them passes on Azure.
+#[derive(Debug, Clone, Default)]
+pub struct AzureBehaviours {
+    /// Queries answer from the twins as they were this long ago (`--query-lag`).
+    pub query_lag: Duration,
+    /// `connectionState` and `lastActivityTime` show this late (`--connection-state-lag`).
+    pub connection_state_lag: Duration,
+    /// Quotas over which the hub queues and slows calls down (`--throttle-mode shape`), 429 when
+    /// a queue is full; MQTT connections over quota are closed.
+    pub shaping: Option<casement_hub::ThrottleConfig>,
+    /// Reboots cut the power silently: no FIN, the hub notices by keep-alive, and a method to a
+    /// dark device gets 504101 after its timeout.
+    pub silent_power_cuts: bool,
+}
+
+impl AzureBehaviours {
+    /// Everything on: 30 s of query lag, two minutes of connection-state lag (by the run's
+    /// clock), S3 quotas shaped, silent power cuts.
+    pub fn all() -> Self {
+        Self {
+            query_lag: Duration::from_secs(30),
+            connection_state_lag: Duration::from_secs(120),
+            shaping: Some(casement_hub::ThrottleConfig::tier(
+                casement_iothub::quota::Tier::S3,
+                1,
+            )),
+            silent_power_cuts: true,
+        }
+    }
 }
 
 impl ScenarioConfig {
@@ -225,6 +259,7 @@ impl ScenarioConfig {
             step: Duration::from_millis(200),
             tick: Duration::from_millis(200),
             setup_timeout: Duration::from_secs(90),
+            azure: AzureBehaviours::default(),
         }
     }
 }
@@ -683,7 +718,7 @@ struct Rig {
 
 impl Rig {
     /// The clock, the hub and the two proxies.
-    async fn start() -> Result<Self, ScenarioError> {
+    async fn start(azure: &AzureBehaviours) -> Result<Self, ScenarioError> {
         let work = tempfile::Builder::new()
             .prefix("casement-scenario-")
             .tempdir()
@@ -693,7 +728,15 @@ impl Rig {
             })?;
         let driven = DrivenClock::new(start_time());
         let clock: Arc<dyn Clock> = Arc::new(driven.manual());
-        let hub = TestHub::start_with(Some(clock.clone()), |_| {}).await?;
+        let hub = TestHub::start_with(Some(clock.clone()), |hub| {
+            hub.query_lag = azure.query_lag;
+            hub.connection_state_lag = azure.connection_state_lag;
+            if let Some(quotas) = &azure.shaping {
+                hub.throttle = quotas.clone();
+                hub.throttle_mode = casement_hub::ThrottleMode::Shape;
+            }
+        })
+        .await?;
         let mqtt_proxy = FaultProxy::start(hub.mqtt_addr()?).await?;
         let rest_proxy = FaultProxy::start(hub.http_addr()?).await?;
         let owner = hub.owner()?;
@@ -739,7 +782,7 @@ impl Rig {
 /// an `Ok` outcome with violations).
 pub async fn run(config: ScenarioConfig) -> Result<ScenarioOutcome, ScenarioError> {
     crate::install_crypto_provider();
-    let mut rig = Rig::start().await?;
+    let mut rig = Rig::start(&config.azure).await?;
     let result = drive(&mut rig, &config).await;
     rig.teardown().await;
     tracing::info!("torn down");
@@ -781,6 +824,7 @@ async fn drive(rig: &mut Rig, config: &ScenarioConfig) -> Result<ScenarioOutcome
     // Long-lived tokens: renewals would be a fleet-wide reconnect nobody planned.
     sim_config.token_lifetime = Duration::from_secs(7 * 86_400);
     sim_config.renew_before = Duration::from_secs(3600);
+    sim_config.silent_power_cuts = config.azure.silent_power_cuts;
     let sim = Simulation::start(sim_config)
         .await
         .map_err(|e| ScenarioError::Simulation(e.to_string()))?;
