@@ -4,8 +4,9 @@
 //! The Python device SDK is hard-wired to port 8883, so this test binds 127.0.0.1:8883; it is
 //! the only test in this binary, so the scripts never run in parallel with each other. Python
 //! comes from `$CASEMENT_SDK_PYTHON`, else `<repo>/target/sdk-venv/bin/python` (made by
-//! `hub/tests/sdk/setup.sh`, which `scripts/test` runs). Without it the test fails when
-//! `CI=true` and is skipped with a message otherwise.
+//! `hub/tests/sdk/setup.sh`, which `scripts/test` runs). The test is `#[ignore]`d, so a plain
+//! `cargo test` reports it as ignored rather than passed; `scripts/test` runs it with
+//! `--include-ignored`, and then a missing venv fails it with what to do.
 
 mod common;
 
@@ -55,14 +56,12 @@ async fn run_script(python: &Path, script: &str, envs: &[(&str, String)]) -> Vec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the Python SDK venv (hub/tests/sdk/setup.sh) and port 8883; scripts/test runs it"]
 async fn official_python_sdks_work_unmodified() {
     let Some(python) = python() else {
-        let msg = "SDK conformance: no Python SDK venv (run hub/tests/sdk/setup.sh, or set CASEMENT_SDK_PYTHON)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
-        return;
+        panic!(
+            "SDK conformance: no Python SDK venv (run hub/tests/sdk/setup.sh, or set CASEMENT_SDK_PYTHON)"
+        );
     };
     common::init();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -5,8 +5,9 @@
 //! The Node service SDK always connects to port 443 (reference §7), so this test binds
 //! 127.0.0.1:443 and is the only test in this binary. It needs `node` on the PATH and the SDK
 //! in `<repo>/target/node-sdk` (`hub/tests/sdk/node/setup.sh`), or `$CASEMENT_NODE_SDK`
-//! pointing at a `node_modules` directory. Without them, or when port 443 cannot be bound, the
-//! test fails when `CI=true` and is skipped with a message otherwise.
+//! pointing at a `node_modules` directory. It is `#[ignore]`d, so `cargo test` reports it as
+//! ignored rather than passed; `scripts/test` installs the SDK and runs it with
+//! `--include-ignored`, and then a missing SDK or port fails it with what to do.
 
 mod common;
 
@@ -17,10 +18,7 @@ use casement_hub::{Hub, HubConfig};
 use serde_json::Value;
 
 fn skip(msg: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("SKIPPED: {msg}");
+    panic!("{msg}");
 }
 
 fn node_modules() -> Option<PathBuf> {
@@ -32,6 +30,7 @@ fn node_modules() -> Option<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Node's azure-iothub in target/node-sdk and port 443; scripts/test runs it"]
 async fn official_node_service_sdk_works_unmodified() {
     let Some(modules) = node_modules() else {
         return skip("Node SDK conformance: no azure-iothub (run hub/tests/sdk/node/setup.sh)");

@@ -655,6 +655,47 @@ impl SchedulerHandle {
     }
 }
 
+/// Every device's twin by `GET /twins/{id}` — strongly consistent, unlike a query, which with
+/// `--query-lag` answers from the past (and before the clock moves, sees nothing new at all).
+async fn read_twins(rest: &Rest, ids: &[String]) -> Result<Vec<Value>, ScenarioError> {
+    let mut twins = Vec::with_capacity(ids.len());
+    for id in ids {
+        let answer = rest.twin(id).await?;
+        if answer.status != 200 {
+            return Err(ScenarioError::Scheduler(answer.text()));
+        }
+        twins.push(serde_json::from_slice(&answer.body).unwrap_or(Value::Null));
+    }
+    Ok(twins)
+}
+
+/// With queries lagging: waits until every device's own twin (read fresh) reports its policy
+/// applied — a reported property only a connected device can have written.
+async fn wait_until_applied_fresh(
+    rest: &Rest,
+    ids: &[String],
+    timeout: Duration,
+) -> Result<(), ScenarioError> {
+    let wait = async {
+        loop {
+            if let Ok(twins) = read_twins(rest, ids).await
+                && twins.iter().all(|t| {
+                    t["properties"]["reported"]["maintenance"]["status"] == "applied"
+                })
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::time::timeout(timeout, wait).await.map_err(|_| {
+        ScenarioError::Timeout(format!(
+            "not all {} devices applied their policy within {timeout:?}",
+            ids.len()
+        ))
+    })
+}
+
 /// Waits (polling the hub) until every device reports its policy applied.
 async fn wait_until_applied(
     rest: &Rest,
@@ -881,10 +922,18 @@ async fn drive(rig: &mut Rig, config: &ScenarioConfig) -> Result<ScenarioOutcome
         devices = config.devices,
         "fleet started; waiting for every policy to be applied"
     );
-    wait_until_applied(&rig.rest, config.devices, config.setup_timeout).await?;
-    let twins_at_start = match rig.rest.query_all("SELECT * FROM devices").await? {
-        Ok(items) => items,
-        Err(answer) => return Err(ScenarioError::Scheduler(answer.text())),
+    let twins_at_start = if config.azure.query_lag.is_zero()
+        && config.azure.connection_state_lag.is_zero()
+    {
+        wait_until_applied(&rig.rest, config.devices, config.setup_timeout).await?;
+        match rig.rest.query_all("SELECT * FROM devices").await? {
+            Ok(items) => items,
+            Err(answer) => return Err(ScenarioError::Scheduler(answer.text())),
+        }
+    } else {
+        let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+        wait_until_applied_fresh(&rig.rest, &ids, config.setup_timeout).await?;
+        read_twins(&rig.rest, &ids).await?
     };
     let assignment = assign(&policies, &twins_at_start);
     let faults = plan(seed, &policies, &devices, &assignment);
@@ -999,6 +1048,14 @@ async fn drive(rig: &mut Rig, config: &ScenarioConfig) -> Result<ScenarioOutcome
         .iter()
         .map(|p| (p.policy.clone(), p.occurrence))
         .collect();
+    // Queries answer from the past on a lagging hub (Azure's are eventually consistent): the
+    // final report is taken once the lag has passed, as a monitor would see it.
+    let lag = config.azure.query_lag.max(config.azure.connection_state_lag);
+    if !lag.is_zero() {
+        let settled = rig.driven.now() + TimeDelta::from_std(lag).unwrap_or_default();
+        rig.driven.set(settled + TimeDelta::seconds(5));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let report = report::compute(
         &client,
         &journal,
