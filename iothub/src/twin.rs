@@ -723,7 +723,9 @@ fn map_size(map: &Map<String, Value>) -> usize {
         .sum()
 }
 
-fn type_name(value: &Value) -> &'static str {
+/// What kind of JSON value `value` is, for error messages: `null`, `a boolean`, `a number`,
+/// `a string`, `an array`, `an object`.
+pub fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

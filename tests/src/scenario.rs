@@ -679,9 +679,9 @@ async fn wait_until_applied_fresh(
     let wait = async {
         loop {
             if let Ok(twins) = read_twins(rest, ids).await
-                && twins.iter().all(|t| {
-                    t["properties"]["reported"]["maintenance"]["status"] == "applied"
-                })
+                && twins
+                    .iter()
+                    .all(|t| t["properties"]["reported"]["maintenance"]["status"] == "applied")
             {
                 return;
             }
@@ -880,6 +880,28 @@ async fn drive(rig: &mut Rig, config: &ScenarioConfig) -> Result<ScenarioOutcome
     let truth = sim.ground_truth().clone();
     rig.sim = Some(sim);
 
+    // With lagging queries, a device is in query results only once the lag has passed since it
+    // appeared (as on Azure, where a fresh registration takes a while to be queryable): let the
+    // fleet connect, then let the lag pass before the scheduler's first apply looks for it.
+    if !config.azure.query_lag.is_zero() {
+        let connected = async {
+            while rig.hub.hub().stats().connected_devices < config.devices {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::time::timeout(config.setup_timeout, connected)
+            .await
+            .map_err(|_| {
+                ScenarioError::Timeout(format!(
+                    "not all {} devices connected within {:?}",
+                    config.devices, config.setup_timeout
+                ))
+            })?;
+        let lag = TimeDelta::from_std(config.azure.query_lag).unwrap_or_default();
+        rig.driven
+            .set(rig.driven.now() + lag + TimeDelta::seconds(5));
+    }
+
     // The scheduler, through its proxy, with the tap.
     let target = HubTarget::new(rig.owner.clone())
         .with_endpoint(&format!("http://{}", rig.rest_proxy.addr()))
@@ -922,19 +944,18 @@ async fn drive(rig: &mut Rig, config: &ScenarioConfig) -> Result<ScenarioOutcome
         devices = config.devices,
         "fleet started; waiting for every policy to be applied"
     );
-    let twins_at_start = if config.azure.query_lag.is_zero()
-        && config.azure.connection_state_lag.is_zero()
-    {
-        wait_until_applied(&rig.rest, config.devices, config.setup_timeout).await?;
-        match rig.rest.query_all("SELECT * FROM devices").await? {
-            Ok(items) => items,
-            Err(answer) => return Err(ScenarioError::Scheduler(answer.text())),
-        }
-    } else {
-        let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
-        wait_until_applied_fresh(&rig.rest, &ids, config.setup_timeout).await?;
-        read_twins(&rig.rest, &ids).await?
-    };
+    let twins_at_start =
+        if config.azure.query_lag.is_zero() && config.azure.connection_state_lag.is_zero() {
+            wait_until_applied(&rig.rest, config.devices, config.setup_timeout).await?;
+            match rig.rest.query_all("SELECT * FROM devices").await? {
+                Ok(items) => items,
+                Err(answer) => return Err(ScenarioError::Scheduler(answer.text())),
+            }
+        } else {
+            let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+            wait_until_applied_fresh(&rig.rest, &ids, config.setup_timeout).await?;
+            read_twins(&rig.rest, &ids).await?
+        };
     let assignment = assign(&policies, &twins_at_start);
     let faults = plan(seed, &policies, &devices, &assignment);
 
@@ -1050,7 +1071,10 @@ async fn drive(rig: &mut Rig, config: &ScenarioConfig) -> Result<ScenarioOutcome
         .collect();
     // Queries answer from the past on a lagging hub (Azure's are eventually consistent): the
     // final report is taken once the lag has passed, as a monitor would see it.
-    let lag = config.azure.query_lag.max(config.azure.connection_state_lag);
+    let lag = config
+        .azure
+        .query_lag
+        .max(config.azure.connection_state_lag);
     if !lag.is_zero() {
         let settled = rig.driven.now() + TimeDelta::from_std(lag).unwrap_or_default();
         rig.driven.set(settled + TimeDelta::seconds(5));

@@ -17,6 +17,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use casement_iothub::twin::type_name as json_type;
+
 use super::{ReportedWindow, parse_section};
 
 /// Payloads larger than this are refused (the scheduler's payload is a few hundred bytes).
@@ -141,17 +143,6 @@ impl RebootPayload {
                 serde_json::json!({ "force": true, "reason": reason })
             }
         }
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
