@@ -47,7 +47,7 @@ fn the_invariants_hold_for_a_fleet_under_faults() {
         config.speed = u32::try_from(speed).unwrap_or(config.speed);
     }
     assert!(config.devices >= 500 || std::env::var("CASEMENT_SCENARIO_DEVICES").is_ok());
-    check_run(config);
+    check_run(config, true);
 }
 
 /// The same run with Azure IoT Hub's behaviours that the local hub mimics all switched on
@@ -66,11 +66,15 @@ fn the_invariants_hold_with_azures_behaviours_switched_on() {
     let mut config = ScenarioConfig::new(seed);
     config.devices = 200;
     config.azure = AzureBehaviours::all();
-    check_run(config);
+    // A smaller fleet: the scheduler kills and the hub restart are timed for the 520-device
+    // waves, so only the invariants and the run's substance are checked here, not that each
+    // disruption fell inside a wave.
+    check_run(config, false);
 }
 
-/// Runs a scenario and asserts the invariants, and that the run was not vacuous.
-fn check_run(config: ScenarioConfig) {
+/// Runs a scenario and asserts the invariants, and that the run was not vacuous (with
+/// `disruptions_in_waves`, also that each scheduler kill and the hub restart hit a wave).
+fn check_run(config: ScenarioConfig, disruptions_in_waves: bool) {
     let devices = config.devices;
     let outcome = run_scenario(config);
 
@@ -106,7 +110,7 @@ fn check_run(config: ScenarioConfig) {
     assert!(stats.invocations >= stats.reboots);
     // The scheduler was killed and the hub restarted in the middle of waves: devices were
     // rebooting in the minutes before and after each.
-    for (what, at) in &stats.disruptions {
+    for (what, at) in stats.disruptions.iter().filter(|_| disruptions_in_waves) {
         let near = |from: chrono::TimeDelta, to: chrono::TimeDelta| {
             outcome
                 .facts
