@@ -2,16 +2,19 @@
 //! configurations the library runs on. `main` stays thin.
 
 use std::path::PathBuf;
+#[cfg(feature = "simulate")]
 use std::time::Duration;
 
-use casement_iothub::connection_string::{ConnectionStringError, ServiceConnectionString};
-use casement_policy::duration::parse_duration;
-use chrono::TimeDelta;
-use chrono_tz::Tz;
+use casement_iothub::connection_string::ConnectionStringError;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{ConfigError, Endpoint, RunFlags};
-use crate::simulate::SimulationConfig;
+use crate::config::{ConfigError, RunFlags};
+#[cfg(feature = "simulate")]
+use {
+    crate::config::Endpoint, crate::simulate::SimulationConfig,
+    casement_iothub::connection_string::ServiceConnectionString,
+    casement_policy::duration::parse_duration, chrono::TimeDelta, chrono_tz::Tz,
+};
 
 /// casement-agent: applies maintenance policies, reports its window, and reboots only inside it.
 #[derive(Debug, Parser)]
@@ -31,6 +34,7 @@ pub enum Command {
     /// Run the agent for this device.
     Run(RunArgs),
     /// Run many simulated devices against a hub (demos and load tests).
+    #[cfg(feature = "simulate")]
     Simulate(SimulateArgs),
 }
 
@@ -80,6 +84,7 @@ impl RunArgs {
 }
 
 /// `casement-agent simulate`.
+#[cfg(feature = "simulate")]
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
     /// How many devices to simulate.
@@ -150,6 +155,7 @@ pub enum CliError {
     Endpoint(ConfigError),
 }
 
+#[cfg(feature = "simulate")]
 impl SimulateArgs {
     /// Validates the flags into a [`SimulationConfig`] whose devices keep state under `state_dir`.
     pub fn into_config(self, state_dir: PathBuf) -> Result<SimulationConfig, CliError> {
@@ -194,6 +200,7 @@ impl SimulateArgs {
     }
 }
 
+#[cfg(feature = "simulate")]
 fn duration_flag(flag: &'static str, input: &str) -> Result<Duration, CliError> {
     parse_duration(input).map_err(|err| CliError::Duration {
         flag,
@@ -225,6 +232,7 @@ mod tests {
             "mqtt://127.0.0.1:1883",
         ])
         .unwrap();
+        #[allow(irrefutable_let_patterns)] // without the `simulate` feature, `run` is all there is
         let Command::Run(args) = cli.command else {
             panic!("expected run")
         };
@@ -240,6 +248,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "simulate")]
     fn simulate_flags_become_a_config() {
         let cli = Cli::try_parse_from([
             "casement-agent",
@@ -273,6 +282,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "simulate")]
     fn bad_simulate_flags_say_which_flag() {
         let parse = |extra: &[&str]| {
             let mut argv = vec![

@@ -38,10 +38,12 @@ pub mod maintenance;
 pub mod mqtt;
 pub mod reboot;
 pub mod report;
+#[cfg(feature = "simulate")]
 pub mod simulate;
 pub mod state;
 pub mod timezone;
 
 pub use agent::{Agent, AgentError, AgentEvent, RebootHook, RunOutcome};
 pub use config::AgentConfig;
+#[cfg(feature = "simulate")]
 pub use simulate::{GroundTruth, SimEvent, SimulatedReboot, Simulation, SimulationConfig};

@@ -2,11 +2,14 @@
 
 use std::process::ExitCode;
 
+#[cfg(feature = "simulate")]
 use anyhow::Context as _;
+#[cfg(feature = "simulate")]
+use casement_agent::Simulation;
 use casement_agent::cli::{Cli, Command};
 use casement_agent::config::AgentConfig;
 use casement_agent::timezone::{ZoneSource, system_zone};
-use casement_agent::{Agent, RunOutcome, Simulation};
+use casement_agent::{Agent, RunOutcome};
 use clap::Parser;
 use tracing::{error, info, warn};
 use tracing_subscriber::filter::Targets;
@@ -80,6 +83,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 RunOutcome::Shutdown | RunOutcome::Rebooted(_) => Ok(ExitCode::SUCCESS),
             }
         }
+        #[cfg(feature = "simulate")]
         Command::Simulate(args) => {
             let temp;
             let state_dir = match &args.state_dir {
