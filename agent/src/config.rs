@@ -144,15 +144,18 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The default endpoint for a connection string: TLS to `GatewayHostName` or `HostName`, on
-    /// the port the host name carries (`localhost:8884`) or 8883.
+    /// The default endpoint for a connection string: TLS to `GatewayHostName` (on the port it
+    /// carries, or 8883) or to `HostName` on 8883. A port in `HostName` (`localhost:8443`) is
+    /// the hub's HTTPS port, where the service REST API and SAS resource URIs live — never its
+    /// MQTT port — so it is dropped here; `--mqtt-endpoint` says where MQTT is when not 8883.
     pub fn default_for(connection: &DeviceConnectionString) -> Result<Self, ConfigError> {
         let host = connection.socket_host();
+        let from_host_name = connection.gateway_host_name.is_none();
         parse_host_port(host, MQTTS_PORT)
             .map(|(host, port)| Endpoint {
                 transport: Transport::Tls,
                 host,
-                port,
+                port: if from_host_name { MQTTS_PORT } else { port },
             })
             .map_err(|reason| ConfigError::Endpoint {
                 input: host.to_owned(),
@@ -600,6 +603,22 @@ mod tests {
         ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_https_port_in_host_name_never_becomes_the_mqtt_port() {
+        let connection: DeviceConnectionString =
+            "HostName=localhost:8443;DeviceId=d;SharedAccessKey=a2V5"
+                .parse()
+                .unwrap();
+        let e = Endpoint::default_for(&connection).unwrap();
+        assert_eq!(e.to_string(), "mqtts://localhost:8883");
+        let mut f = flags();
+        f.connection_string =
+            Some("HostName=localhost:8443;DeviceId=d;SharedAccessKey=a2V5".to_owned());
+        f.mqtt_endpoint = Some("mqtts://127.0.0.1:18883".to_owned());
+        let config = AgentConfig::resolve(f, || chrono_tz::UTC).unwrap();
+        assert_eq!(config.endpoint.to_string(), "mqtts://127.0.0.1:18883");
     }
 
     #[test]

@@ -358,7 +358,18 @@ pub fn startup_banner(hub: &RunningHub) -> String {
             path.display()
         ));
     }
-    out.push_str("\nAdd a device: casement device add <ID>; stop with Ctrl-C.");
+    if let Some(device_endpoint) = hub
+        .mqtts_addr()
+        .map(|a| format!("mqtts://{a}"))
+        .or_else(|| hub.mqtt_addr().map(|a| format!("mqtt://{a}")))
+    {
+        // HostName above carries the HTTPS port; devices connect here instead.
+        out.push_str(&format!(
+            "\nDevices connect to {device_endpoint} (casement-agent run --mqtt-endpoint {device_endpoint})\n"
+        ));
+    }
+    out.push_str("\nAdd a device (prints its connection string and the agent command):\n");
+    out.push_str("  casement device add <ID>\nStop with Ctrl-C.");
     out
 }
 

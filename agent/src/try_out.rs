@@ -1,0 +1,105 @@
+//! `casement-agent run --simulate-reboot`: the try-it-out mode for a workstation, which cannot
+//! (and must not) reboot. When the reboot gate accepts, the agent does not run a reboot command:
+//! it drops its session as a power cut would, takes a new simulated boot id (kept in the state
+//! directory, so the agent can tell the "reboot" happened), and starts again — so the reboot
+//! completes and the device can become compliant. Every simulated reboot is logged at WARN as
+//! simulated; nothing is silent.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use crate::agent::{Agent, AgentError, RebootHook, RunOutcome};
+use crate::config::AgentConfig;
+
+/// The file in the state directory holding the current simulated boot id.
+pub const BOOT_ID_FILE: &str = "simulated-boot-id";
+
+/// How many simulated reboots a run made (for tests and the final log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TryOutSummary {
+    /// Simulated reboots.
+    pub reboots: u64,
+}
+
+fn boot_id_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(BOOT_ID_FILE)
+}
+
+/// The current simulated boot id, made (and persisted) on first use.
+fn current_boot_id(state_dir: &Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(boot_id_path(state_dir)) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => new_boot_id(state_dir),
+    }
+}
+
+/// A fresh simulated boot id, persisted.
+fn new_boot_id(state_dir: &Path) -> std::io::Result<String> {
+    std::fs::create_dir_all(state_dir)?;
+    let id = format!("simulated-{:016x}", rand::random::<u64>());
+    std::fs::write(boot_id_path(state_dir), &id)?;
+    Ok(id)
+}
+
+/// Runs the agent for `config` until `shutdown` resolves, simulating every reboot.
+///
+/// # Errors
+/// What [`Agent::run`] fails with, or a state directory where the boot id cannot be kept.
+pub async fn run_simulating_reboots(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<TryOutSummary, AgentError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopper = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let runs = async {
+        let mut summary = TryOutSummary::default();
+        loop {
+            let boot_id = current_boot_id(&config.state_dir).map_err(|e| {
+                AgentError::State(crate::state::StateError::CreateDir {
+                    path: config.state_dir.clone(),
+                    source: e,
+                })
+            })?;
+            info!(boot_id = %boot_id, "--simulate-reboot: this is a simulated boot; no reboot command will run");
+            let agent = Agent::new(config.clone())?
+                .with_reboot_hook(RebootHook::Simulated)
+                .with_boot_id(Some(boot_id));
+            let mut rx = stop_rx.clone();
+            let stop = async move {
+                let _ = rx.wait_for(|stopped| *stopped).await;
+            };
+            match agent.run(stop).await? {
+                RunOutcome::Shutdown => return Ok(summary),
+                RunOutcome::Rebooted(reboot) => {
+                    summary.reboots += 1;
+                    let new_id = new_boot_id(&config.state_dir).map_err(|e| {
+                        AgentError::State(crate::state::StateError::CreateDir {
+                            path: config.state_dir.clone(),
+                            source: e,
+                        })
+                    })?;
+                    warn!(
+                        occurrence = ?reboot.occurrence,
+                        forced = reboot.forced,
+                        boot_id = %new_id,
+                        "SIMULATED reboot (--simulate-reboot): nothing was rebooted; the session \
+                         restarts as a new boot"
+                    );
+                }
+            }
+        }
+    };
+    tokio::pin!(stopper);
+    tokio::pin!(runs);
+    loop {
+        tokio::select! {
+            result = &mut runs => return result,
+            () = &mut stopper => {}
+        }
+    }
+}
