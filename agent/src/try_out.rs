@@ -51,55 +51,35 @@ pub async fn run_simulating_reboots(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<TryOutSummary, AgentError> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopper = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut summary = TryOutSummary::default();
+    let state_error = |e| {
+        AgentError::State(crate::state::StateError::CreateDir {
+            path: config.state_dir.clone(),
+            source: e,
+        })
     };
-    let runs = async {
-        let mut summary = TryOutSummary::default();
-        loop {
-            let boot_id = current_boot_id(&config.state_dir).map_err(|e| {
-                AgentError::State(crate::state::StateError::CreateDir {
-                    path: config.state_dir.clone(),
-                    source: e,
-                })
-            })?;
-            info!(boot_id = %boot_id, "--simulate-reboot: this is a simulated boot; no reboot command will run");
-            let agent = Agent::new(config.clone())?
-                .with_reboot_hook(RebootHook::Simulated)
-                .with_boot_id(Some(boot_id));
-            let mut rx = stop_rx.clone();
-            let stop = async move {
-                let _ = rx.wait_for(|stopped| *stopped).await;
-            };
-            match agent.run(stop).await? {
-                RunOutcome::Shutdown => return Ok(summary),
-                RunOutcome::Rebooted(reboot) => {
-                    summary.reboots += 1;
-                    let new_id = new_boot_id(&config.state_dir).map_err(|e| {
-                        AgentError::State(crate::state::StateError::CreateDir {
-                            path: config.state_dir.clone(),
-                            source: e,
-                        })
-                    })?;
-                    warn!(
-                        occurrence = ?reboot.occurrence,
-                        forced = reboot.forced,
-                        boot_id = %new_id,
-                        "SIMULATED reboot (--simulate-reboot): nothing was rebooted; the session \
-                         restarts as a new boot"
-                    );
-                }
-            }
-        }
-    };
-    tokio::pin!(stopper);
-    tokio::pin!(runs);
     loop {
-        tokio::select! {
-            result = &mut runs => return result,
-            () = &mut stopper => {}
+        let boot_id = current_boot_id(&config.state_dir).map_err(state_error)?;
+        info!(boot_id = %boot_id, "--simulate-reboot: this is a simulated boot; no reboot command will run");
+        let agent = Agent::new(config.clone())?
+            .with_reboot_hook(RebootHook::Simulated)
+            .with_boot_id(Some(boot_id));
+        // A simulated reboot ends the run before `shutdown` resolves, so it is still pending
+        // for the next boot's run.
+        match agent.run(shutdown.as_mut()).await? {
+            RunOutcome::Shutdown => return Ok(summary),
+            RunOutcome::Rebooted(reboot) => {
+                summary.reboots += 1;
+                let new_id = new_boot_id(&config.state_dir).map_err(state_error)?;
+                warn!(
+                    occurrence = ?reboot.occurrence,
+                    forced = reboot.forced,
+                    boot_id = %new_id,
+                    "SIMULATED reboot (--simulate-reboot): nothing was rebooted; the session \
+                     restarts as a new boot"
+                );
+            }
         }
     }
 }
