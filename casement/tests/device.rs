@@ -376,7 +376,7 @@ async fn invoke_and_a_forced_reboot_reach_a_real_agent_and_are_audited() {
     let mut twin_err = String::new();
     for _ in 0..300 {
         let twin = s.client.twin("lab-1").await.unwrap();
-        let reboot = twin.reported()["iothubDM"]["reboot"].clone();
+        let reboot = serde_json::Value::Object(twin.reported())["iothubDM"]["reboot"].clone();
         if reboot["status"] == "completed" {
             assert_eq!(reboot["forced"], true, "{reboot}");
             assert_eq!(reboot["reason"], "INC-1234 kernel hotfix", "{reboot}");
@@ -444,4 +444,81 @@ fn shell_words(line: &str) -> Vec<String> {
     }
     words.push(word);
     words
+}
+
+/// The README's "Try it with one real device", walked in-process from a clean data dir: a hub,
+/// `casement device add`, one real agent with `--simulate-reboot`, a policy whose window is open
+/// now, `apply`, `run --once`, and `report` showing the device compliant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_try_it_out_walk_reaches_compliant_with_one_simulated_reboot() {
+    let s = Setup::start().await;
+    let cs = ok(&s
+        .casement(&[
+            "device",
+            "add",
+            "lab-1",
+            "--tag",
+            "role=lab",
+            "--connection-string-only",
+        ])
+        .await);
+    let (stop, agent) = start_agent(&s, "lab-1", cs.trim());
+
+    // A daily window that opened a minute ago (UTC) and lasts two hours.
+    let opened = chrono::Utc::now() - chrono::TimeDelta::minutes(1);
+    let policy = s.dir.path().join("work").join("lab.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[policy]\nname = \"lab\"\ntarget = \"tags.role = 'lab'\"\n\n[window]\n\
+             schedule = \"{} {} * * *\"\nduration = \"2h\"\ntimezone = \"UTC\"\n\n\
+             [reboot]\nexpected_duration = \"5m\"\n",
+            chrono::Timelike::minute(&opened),
+            chrono::Timelike::hour(&opened)
+        ),
+    )
+    .unwrap();
+    ok(&s.casement(&["validate", "lab.toml"]).await);
+    ok(&s.casement(&["apply", "lab.toml"]).await);
+
+    // The agent applies the policy and reports its window open.
+    let mut open = false;
+    for _ in 0..300 {
+        let twin = s.client.twin("lab-1").await.unwrap();
+        if serde_json::Value::Object(twin.reported())["maintenance"]["window"]["open"] == true {
+            open = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(open, "the agent never reported its window open");
+
+    ok(&s
+        .casement(&["run", "lab.toml", "--once", "--state-dir", "scheduler"])
+        .await);
+    let mut report = String::new();
+    for _ in 0..300 {
+        let out = s
+            .casement(&["report", "--devices", "--format", "json"])
+            .await;
+        report = ok(&out);
+        let json: serde_json::Value = serde_json::from_str(&report).unwrap();
+        if json["total"]["compliant"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let json: serde_json::Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(json["total"]["compliant"], 1, "{report}");
+    let twin = s.client.twin("lab-1").await.unwrap();
+    assert_eq!(
+        serde_json::Value::Object(twin.reported())["iothubDM"]["reboot"]["status"],
+        "completed"
+    );
+    drop(stop);
+    let reboots = tokio::time::timeout(Duration::from_secs(30), agent)
+        .await
+        .expect("agent stopped")
+        .unwrap();
+    assert_eq!(reboots, 1, "one simulated reboot");
 }
