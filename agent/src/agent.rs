@@ -232,6 +232,7 @@ impl Agent {
 
         let mut clock = self.clock.clone();
         let mut backoff = Backoff::new(self.config.backoff);
+        let mut told_untrusted = false;
         tokio::pin!(shutdown);
         loop {
             let end = self.session(&mut core, &mut clock, &mut shutdown).await;
@@ -251,8 +252,16 @@ impl Agent {
                         backoff.reset();
                     }
                     let delay = backoff.next_delay();
-                    warn!(device = %core.device, %reason, retry_in_ms = delay.as_millis() as u64,
-                          attempt = backoff.attempts(), "no connection to the hub; retrying");
+                    if crate::config::is_untrusted_certificate(&reason) {
+                        // Said once: the retries cannot fix it, --ca can.
+                        if !told_untrusted {
+                            told_untrusted = true;
+                            error!(device = %core.device, %reason, "{}", crate::config::UNTRUSTED_CERTIFICATE_HINT);
+                        }
+                    } else {
+                        warn!(device = %core.device, %reason, retry_in_ms = delay.as_millis() as u64,
+                              attempt = backoff.attempts(), "no connection to the hub; retrying");
+                    }
                     core.emit(AgentEvent::Disconnected { reason });
                     // A reboot the hub was told about goes ahead without the hub.
                     if let Some(reboot) = core.start_pending_reboot() {

@@ -132,6 +132,19 @@ pub enum Transport {
     Tls,
 }
 
+/// Whether a lost connection's reason is a TLS certificate the agent does not trust (an unknown
+/// issuer, a wrong name): retrying will not help, `--ca` will.
+pub fn is_untrusted_certificate(reason: &str) -> bool {
+    reason.contains("invalid peer certificate")
+        || reason.contains("UnknownIssuer")
+        || reason.contains("NotValidForName")
+}
+
+/// What to do about an untrusted hub certificate (logged once, not at every retry).
+pub const UNTRUSTED_CERTIFICATE_HINT: &str = "the hub's TLS certificate is not trusted: pass the CA \
+    that signed it with --ca FILE (a local `casement hub` prints its CA file at start-up and writes \
+    it to connection.env as CASEMENT_CA); retrying quietly until it is";
+
 /// Where the MQTT socket goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -603,6 +616,17 @@ mod tests {
         ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn untrusted_certificates_are_told_apart_from_outages() {
+        assert!(is_untrusted_certificate(
+            "TLS: invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(!is_untrusted_certificate(
+            "Connection refused (os error 111)"
+        ));
+        assert!(UNTRUSTED_CERTIFICATE_HINT.contains("--ca"));
     }
 
     #[test]

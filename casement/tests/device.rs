@@ -522,3 +522,43 @@ async fn the_try_it_out_walk_reaches_compliant_with_one_simulated_reboot() {
         .unwrap();
     assert_eq!(reboots, 1, "one simulated reboot");
 }
+
+/// An agent that does not trust the hub's CA sees a reason the agent classifies as an
+/// untrusted certificate (logged once with the --ca hint), not an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_without_the_hubs_ca_is_told_about_ca_not_an_outage() {
+    let s = Setup::start().await;
+    let cs = ok(&s
+        .casement(&["device", "add", "lab-1", "--connection-string-only"])
+        .await);
+    let endpoint: Endpoint = format!("mqtts://localhost:{}", s.hub.mqtts_addr().unwrap().port())
+        .parse()
+        .unwrap();
+    let config = AgentConfig::new(
+        cs.trim().parse().unwrap(),
+        endpoint,
+        s.dir.path().join("agent"),
+        chrono_tz::UTC,
+    );
+    let agent = casement_agent::Agent::new(config).unwrap();
+    let mut events = agent.events();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(agent.run(async {
+        let _ = rx.await;
+    }));
+    let reason = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(casement_agent::AgentEvent::Disconnected { reason }) = events.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the agent reported why it could not connect");
+    assert!(
+        casement_agent::config::is_untrusted_certificate(&reason),
+        "{reason}"
+    );
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+}
