@@ -139,6 +139,7 @@ pub struct Agent {
     hook: RebootHook,
     boot_id: Option<String>,
     events: broadcast::Sender<AgentEvent>,
+    startup_report: Option<Value>,
 }
 
 impl Agent {
@@ -163,6 +164,7 @@ impl Agent {
             hook,
             boot_id: read_boot_id(),
             events: broadcast::Sender::new(EVENT_CAPACITY),
+            startup_report: None,
         }
     }
 
@@ -181,6 +183,13 @@ impl Agent {
     /// Uses this boot id (simulated boots; `None` where the platform has none).
     pub fn with_boot_id(mut self, boot_id: Option<String>) -> Self {
         self.boot_id = boot_id;
+        self
+    }
+
+    /// Also reports this patch (reported properties) once connected, e.g. that reboots are
+    /// simulated ([`crate::try_out`]).
+    pub fn with_startup_report(mut self, patch: Value) -> Self {
+        self.startup_report = Some(patch);
         self
     }
 
@@ -229,6 +238,9 @@ impl Agent {
             self.boot_id.as_deref(),
         ));
         core.execute(actions, None).await;
+        if let Some(patch) = &self.startup_report {
+            core.reporter.queue(patch.clone());
+        }
 
         let mut clock = self.clock.clone();
         let mut backoff = Backoff::new(self.config.backoff);

@@ -16,6 +16,15 @@ use crate::config::AgentConfig;
 /// The file in the state directory holding the current simulated boot id.
 pub const BOOT_ID_FILE: &str = "simulated-boot-id";
 
+/// The reported property saying how this agent reboots: `{"casementAgent": {"rebootMode":
+/// "simulated", "simulatedReboots": N}}`, so the twin never passes a simulated reboot off as real.
+pub const REPORTED_AGENT: &str = "casementAgent";
+
+/// The reported patch for a simulated-reboot agent that has simulated `reboots` so far.
+pub fn simulated_report(reboots: u64) -> serde_json::Value {
+    serde_json::json!({ REPORTED_AGENT: { "rebootMode": "simulated", "simulatedReboots": reboots } })
+}
+
 /// How many simulated reboots a run made (for tests and the final log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TryOutSummary {
@@ -64,7 +73,8 @@ pub async fn run_simulating_reboots(
         info!(boot_id = %boot_id, "--simulate-reboot: this is a simulated boot; no reboot command will run");
         let agent = Agent::new(config.clone())?
             .with_reboot_hook(RebootHook::Simulated)
-            .with_boot_id(Some(boot_id));
+            .with_boot_id(Some(boot_id))
+            .with_startup_report(simulated_report(summary.reboots));
         // A simulated reboot ends the run before `shutdown` resolves, so it is still pending
         // for the next boot's run.
         match agent.run(shutdown.as_mut()).await? {

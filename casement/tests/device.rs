@@ -391,6 +391,24 @@ async fn invoke_and_a_forced_reboot_reach_a_real_agent_and_are_audited() {
         twin_err.contains("FORCED") && twin_err.contains("INC-1234 kernel hotfix"),
         "twin show: {twin_err}"
     );
+    // Never silently simulated: the twin says so, and twin show repeats it.
+    let mut simulated = serde_json::Value::Null;
+    for _ in 0..300 {
+        let twin = s.client.twin("lab-1").await.unwrap();
+        simulated = serde_json::Value::Object(twin.reported())["casementAgent"].clone();
+        if simulated["simulatedReboots"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(simulated["rebootMode"], "simulated", "{simulated}");
+    assert_eq!(simulated["simulatedReboots"], 1, "{simulated}");
+    let shown = s.casement(&["twin", "show", "lab-1"]).await;
+    assert!(
+        text(&shown.stderr).contains("SIMULATES reboots (--simulate-reboot; 1 so far)"),
+        "{}",
+        text(&shown.stderr)
+    );
     drop(stop);
     let reboots = tokio::time::timeout(Duration::from_secs(30), agent)
         .await

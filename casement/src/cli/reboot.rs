@@ -50,6 +50,22 @@ pub fn forced_reboot(twin: &Twin) -> Option<(Option<DateTime<Utc>>, String)> {
     (report.forced == Some(true)).then(|| (report.last_reboot, report.reason.unwrap_or_default()))
 }
 
+/// How many reboots the device's agent simulated, when it runs with `--simulate-reboot`
+/// (`reported.casementAgent.rebootMode = "simulated"`); `None` for a real agent. For `twin show`
+/// and the report.
+pub fn simulated_reboots(twin: &Twin) -> Option<u64> {
+    let agent = twin
+        .reported()
+        .get(casement_agent::try_out::REPORTED_AGENT)?
+        .clone();
+    (agent.get("rebootMode")?.as_str()? == "simulated").then(|| {
+        agent
+            .get("simulatedReboots")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    })
+}
+
 /// Runs `casement reboot`.
 pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Result<u8> {
     let payload = match RebootPayload::forced(&args.reason) {
