@@ -337,7 +337,7 @@ pub fn startup_banner(hub: &RunningHub) -> String {
             out.push_str(&format!("    export NODE_EXTRA_CA_CERTS={ca}   # Node SDKs\n"));
             out.push_str(&format!("    export REQUESTS_CA_BUNDLE={ca}    # Python service SDK\n"));
             out.push_str(&format!("    server_verification_cert=open('{ca}').read()   # Python device SDK\n"));
-            out.push_str(&format!("    export CASEMENT_CA={ca}   # casement (or --ca), casement-agent --ca\n"));
+            out.push_str(&format!("    export CASEMENT_CA={ca}   # casement; or --ca {ca} (casement-agent too)\n"));
         }
         (None, Some(_)) => out.push_str(
             "CA certificate: generated in memory (use --data-dir to keep it in a file clients can trust)\n",
