@@ -177,6 +177,23 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// TLS to a connection string's `HostName` on 8883, any port in it dropped (that port is
+    /// the hub's HTTPS port, not MQTT's). The simulator's default too.
+    pub fn tls_for_host_name(host_name: &str) -> Result<Self, ConfigError> {
+        parse_host_port(host_name, MQTTS_PORT)
+            .map(|(host, _https_port)| Endpoint {
+                transport: Transport::Tls,
+                host,
+                port: MQTTS_PORT,
+            })
+            .map_err(|reason| ConfigError::Endpoint {
+                input: host_name.to_owned(),
+                reason,
+            })
+    }
+}
+
 impl FromStr for Endpoint {
     type Err = ConfigError;
 
@@ -636,6 +653,8 @@ mod tests {
                 .parse()
                 .unwrap();
         let e = Endpoint::default_for(&connection).unwrap();
+        assert_eq!(e.to_string(), "mqtts://localhost:8883");
+        let e = Endpoint::tls_for_host_name("localhost:8443").unwrap();
         assert_eq!(e.to_string(), "mqtts://localhost:8883");
         let mut f = flags();
         f.connection_string =
