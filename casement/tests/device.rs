@@ -580,3 +580,28 @@ async fn an_agent_without_the_hubs_ca_is_told_about_ca_not_an_outage() {
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
 }
+
+/// The client classifies an untrusted certificate as input to fix, not an outage, and does not
+/// retry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_does_not_retry_an_untrusted_certificate() {
+    let s = Setup::start().await;
+    let client = ServiceClient::new(
+        HubTarget::new(s.hub.service_connection_string().parse().unwrap()),
+        ClientConfig::default(),
+        Arc::new(casement_policy::SystemClock),
+    )
+    .unwrap();
+    let err = client.device_ids().await.unwrap_err();
+    assert!(err.is_untrusted_certificate(), "{err}");
+    assert!(!err.is_unavailable(), "{err}");
+    assert!(err.to_string().contains("--ca"), "{err}");
+    assert_eq!(
+        client
+            .stats()
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "sent once"
+    );
+}
