@@ -183,8 +183,9 @@ fn connection_string(target: &HubTarget, device: &Device) -> Option<String> {
     )
 }
 
-/// The `casement-agent run` line for a device: with the local hub's device endpoint and CA when
-/// `target` is the hub whose connection file is `local_file`.
+/// The `casement-agent run` line for a device: with the local hub's device endpoint, CA and
+/// `--simulate-reboot` (a workstation) when `target` is the hub whose connection file is
+/// `local_file`.
 pub fn agent_command(
     target: &HubTarget,
     ca: Option<&Path>,
@@ -198,6 +199,7 @@ pub fn agent_command(
         .filter(|l| l.connection.host_name == target.connection.host_name)
         .and_then(|_| casement_client::local_device_endpoint(local_file));
     let mut ca = ca.map(Path::to_path_buf);
+    let is_local = local.is_some();
     if let Some(local) = local {
         if let Some(endpoint) = local.mqtt_endpoint {
             line.push_str(&format!(" --mqtt-endpoint {endpoint}"));
@@ -208,9 +210,11 @@ pub fn agent_command(
         let ca = std::fs::canonicalize(&ca).unwrap_or(ca);
         line.push_str(&format!(" --ca {}", ca.display()));
     }
-    line.push_str(&format!(
-        " --state-dir ./.casement/agent/{device} --simulate-reboot"
-    ));
+    line.push_str(&format!(" --state-dir ./.casement/agent/{device}"));
+    if is_local {
+        // Trying it out on a workstation; a real device reboots with --reboot-command.
+        line.push_str(" --simulate-reboot");
+    }
     line
 }
 
