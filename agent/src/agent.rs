@@ -139,6 +139,7 @@ pub struct Agent {
     hook: RebootHook,
     boot_id: Option<String>,
     events: broadcast::Sender<AgentEvent>,
+    startup_report: Option<Value>,
 }
 
 impl Agent {
@@ -163,6 +164,7 @@ impl Agent {
             hook,
             boot_id: read_boot_id(),
             events: broadcast::Sender::new(EVENT_CAPACITY),
+            startup_report: None,
         }
     }
 
@@ -181,6 +183,13 @@ impl Agent {
     /// Uses this boot id (simulated boots; `None` where the platform has none).
     pub fn with_boot_id(mut self, boot_id: Option<String>) -> Self {
         self.boot_id = boot_id;
+        self
+    }
+
+    /// Also reports this patch (reported properties) once connected, e.g. that reboots are
+    /// simulated ([`crate::try_out`]).
+    pub fn with_startup_report(mut self, patch: Value) -> Self {
+        self.startup_report = Some(patch);
         self
     }
 
@@ -229,9 +238,13 @@ impl Agent {
             self.boot_id.as_deref(),
         ));
         core.execute(actions, None).await;
+        if let Some(patch) = &self.startup_report {
+            core.reporter.queue(patch.clone());
+        }
 
         let mut clock = self.clock.clone();
         let mut backoff = Backoff::new(self.config.backoff);
+        let mut told_untrusted = false;
         tokio::pin!(shutdown);
         loop {
             let end = self.session(&mut core, &mut clock, &mut shutdown).await;
@@ -251,8 +264,16 @@ impl Agent {
                         backoff.reset();
                     }
                     let delay = backoff.next_delay();
-                    warn!(device = %core.device, %reason, retry_in_ms = delay.as_millis() as u64,
-                          attempt = backoff.attempts(), "no connection to the hub; retrying");
+                    if crate::config::is_untrusted_certificate(&reason) {
+                        // Said once: the retries cannot fix it, --ca can.
+                        if !told_untrusted {
+                            told_untrusted = true;
+                            error!(device = %core.device, %reason, "{}", crate::config::UNTRUSTED_CERTIFICATE_HINT);
+                        }
+                    } else {
+                        warn!(device = %core.device, %reason, retry_in_ms = delay.as_millis() as u64,
+                              attempt = backoff.attempts(), "no connection to the hub; retrying");
+                    }
                     core.emit(AgentEvent::Disconnected { reason });
                     // A reboot the hub was told about goes ahead without the hub.
                     if let Some(reboot) = core.start_pending_reboot() {

@@ -64,10 +64,17 @@ pub struct RunArgs {
     /// [default: "systemctl reboot"]. For arguments with spaces use reboot_command in --config.
     #[arg(long, value_name = "COMMAND")]
     pub reboot_command: Option<String>,
+    /// Try-it-out mode for a workstation: when a reboot is accepted, do not run a reboot
+    /// command; restart the session as a new (simulated) boot instead, logging each one as
+    /// SIMULATED. A real device leaves this off (it needs a reboot command, a state directory
+    /// that survives reboots, and the kernel's boot id).
+    #[arg(long, conflicts_with = "reboot_command")]
+    pub simulate_reboot: bool,
 }
 
 impl RunArgs {
-    /// The raw flags for [`crate::config::AgentConfig::resolve`].
+    /// The raw flags for [`crate::config::AgentConfig::resolve`] (`--simulate-reboot` is read
+    /// by the caller).
     pub fn into_flags(self) -> RunFlags {
         RunFlags {
             connection_string: self.connection_string,

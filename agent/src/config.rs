@@ -132,6 +132,19 @@ pub enum Transport {
     Tls,
 }
 
+/// Whether a lost connection's reason is a TLS certificate the agent does not trust (an unknown
+/// issuer, a wrong name): retrying will not help, `--ca` will.
+pub fn is_untrusted_certificate(reason: &str) -> bool {
+    reason.contains("invalid peer certificate")
+        || reason.contains("UnknownIssuer")
+        || reason.contains("NotValidForName")
+}
+
+/// What to do about an untrusted hub certificate (logged once, not at every retry).
+pub const UNTRUSTED_CERTIFICATE_HINT: &str = "the hub's TLS certificate is not trusted: pass the CA \
+    that signed it with --ca FILE (a local `casement hub` prints its CA file at start-up and writes \
+    it to connection.env as CASEMENT_CA); retrying quietly until it is";
+
 /// Where the MQTT socket goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -144,18 +157,38 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The default endpoint for a connection string: TLS to `GatewayHostName` or `HostName`, on
-    /// the port the host name carries (`localhost:8884`) or 8883.
+    /// The default endpoint for a connection string: TLS to `GatewayHostName` (on the port it
+    /// carries, or 8883) or to `HostName` on 8883. A port in `HostName` (`localhost:8443`) is
+    /// the hub's HTTPS port, where the service REST API and SAS resource URIs live — never its
+    /// MQTT port — so it is dropped here; `--mqtt-endpoint` says where MQTT is when not 8883.
     pub fn default_for(connection: &DeviceConnectionString) -> Result<Self, ConfigError> {
         let host = connection.socket_host();
+        let from_host_name = connection.gateway_host_name.is_none();
         parse_host_port(host, MQTTS_PORT)
             .map(|(host, port)| Endpoint {
                 transport: Transport::Tls,
                 host,
-                port,
+                port: if from_host_name { MQTTS_PORT } else { port },
             })
             .map_err(|reason| ConfigError::Endpoint {
                 input: host.to_owned(),
+                reason,
+            })
+    }
+}
+
+impl Endpoint {
+    /// TLS to a connection string's `HostName` on 8883, any port in it dropped (that port is
+    /// the hub's HTTPS port, not MQTT's). The simulator's default too.
+    pub fn tls_for_host_name(host_name: &str) -> Result<Self, ConfigError> {
+        parse_host_port(host_name, MQTTS_PORT)
+            .map(|(host, _https_port)| Endpoint {
+                transport: Transport::Tls,
+                host,
+                port: MQTTS_PORT,
+            })
+            .map_err(|reason| ConfigError::Endpoint {
+                input: host_name.to_owned(),
                 reason,
             })
     }
@@ -600,6 +633,35 @@ mod tests {
         ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn untrusted_certificates_are_told_apart_from_outages() {
+        assert!(is_untrusted_certificate(
+            "TLS: invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(!is_untrusted_certificate(
+            "Connection refused (os error 111)"
+        ));
+        assert!(UNTRUSTED_CERTIFICATE_HINT.contains("--ca"));
+    }
+
+    #[test]
+    fn the_https_port_in_host_name_never_becomes_the_mqtt_port() {
+        let connection: DeviceConnectionString =
+            "HostName=localhost:8443;DeviceId=d;SharedAccessKey=a2V5"
+                .parse()
+                .unwrap();
+        let e = Endpoint::default_for(&connection).unwrap();
+        assert_eq!(e.to_string(), "mqtts://localhost:8883");
+        let e = Endpoint::tls_for_host_name("localhost:8443").unwrap();
+        assert_eq!(e.to_string(), "mqtts://localhost:8883");
+        let mut f = flags();
+        f.connection_string =
+            Some("HostName=localhost:8443;DeviceId=d;SharedAccessKey=a2V5".to_owned());
+        f.mqtt_endpoint = Some("mqtts://127.0.0.1:18883".to_owned());
+        let config = AgentConfig::resolve(f, || chrono_tz::UTC).unwrap();
+        assert_eq!(config.endpoint.to_string(), "mqtts://127.0.0.1:18883");
     }
 
     #[test]

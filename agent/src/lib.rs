@@ -42,6 +42,7 @@ pub mod report;
 pub mod simulate;
 pub mod state;
 pub mod timezone;
+pub mod try_out;
 
 pub use agent::{Agent, AgentError, AgentEvent, RebootHook, RunOutcome};
 pub use config::AgentConfig;

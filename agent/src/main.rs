@@ -59,6 +59,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => {
+            let simulate_reboot = args.simulate_reboot;
             let config = AgentConfig::resolve(args.into_flags(), || {
                 let (zone, source) = system_zone();
                 match source {
@@ -78,6 +79,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "casement-agent {} starting",
                 env!("CARGO_PKG_VERSION")
             );
+            if simulate_reboot {
+                warn!(
+                    "--simulate-reboot: reboots are SIMULATED (the session restarts as a new \
+                     boot); for trying casement out on a workstation, never on a real device"
+                );
+                let summary =
+                    casement_agent::try_out::run_simulating_reboots(config, shutdown_signal())
+                        .await?;
+                info!(simulated_reboots = summary.reboots, "stopped");
+                return Ok(ExitCode::SUCCESS);
+            }
             let agent = Agent::new(config)?;
             match agent.run(shutdown_signal()).await? {
                 RunOutcome::Shutdown | RunOutcome::Rebooted(_) => Ok(ExitCode::SUCCESS),

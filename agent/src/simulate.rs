@@ -286,11 +286,9 @@ impl Simulation {
         }
         let endpoint = match &config.mqtt_endpoint {
             Some(endpoint) => endpoint.clone(),
-            None => format!("mqtts://{}", config.hub.host_name)
-                .parse()
-                .map_err(|err: crate::config::ConfigError| {
-                    SimulateError::Invalid(err.to_string())
-                })?,
+            // Never HostName's port: that is the hub's HTTPS port (issue 12).
+            None => crate::config::Endpoint::tls_for_host_name(&config.hub.host_name)
+                .map_err(|err| SimulateError::Invalid(err.to_string()))?,
         };
         let hub_url = config
             .hub_url

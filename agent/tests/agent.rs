@@ -578,13 +578,20 @@ async fn the_agent_connects_over_tls_trusting_only_the_given_ca() {
         std::fs::write(&path, pem).unwrap();
         path
     };
-    // The connection string's HostName is localhost:<mqtts port>: the default endpoint is TLS.
+    // The default endpoint is TLS on 8883: a port in HostName is the hub's HTTPS port, never
+    // MQTT's (issue 12); the hub's device endpoint is given as --mqtt-endpoint would give it.
     let mut config = harness.config(&device, chrono_tz::UTC);
-    config.endpoint = casement_agent::config::Endpoint::default_for(&device).unwrap();
+    let default = casement_agent::config::Endpoint::default_for(&device).unwrap();
     assert_eq!(
-        config.endpoint.transport,
-        casement_agent::config::Transport::Tls
+        (default.transport, default.port),
+        (casement_agent::config::Transport::Tls, 8883)
     );
+    config.endpoint = format!(
+        "mqtts://localhost:{}",
+        harness.hub().mqtts_addr().unwrap().port()
+    )
+    .parse()
+    .unwrap();
 
     // Another hub's CA: the handshake fails, and the agent keeps trying (and says why).
     let other = casement_hub::Hub::start(casement_hub::HubConfig::for_tests())

@@ -12,6 +12,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {}", describe(&error));
+            if let Some(hint) = casement::cli::client_args::untrusted_certificate_hint(&error) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::from(exit_code(&error))
         }
     }

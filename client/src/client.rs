@@ -308,7 +308,12 @@ impl ServiceClient {
         Ok(token)
     }
 
-    fn url(&self, path: &str) -> String {
+    /// The configuration the client was made with.
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
         format!(
             "{}{}",
             self.inner.target.endpoint,
@@ -318,7 +323,7 @@ impl ServiceClient {
 
     /// Sends a request (built fresh for every attempt), retrying 429/500/503 and transport
     /// errors with back-off. `idempotent` also retries timeouts.
-    async fn send<T>(
+    pub(crate) async fn send<T>(
         &self,
         op: &str,
         class: Operation,
@@ -381,7 +386,9 @@ impl ServiceClient {
             Ok(Err(e)) if !e.is_timeout() => {
                 // Connection refused or reset before an answer: the request was not processed
                 // when it never connected; otherwise only idempotent calls are retried.
-                let retry = e.is_connect() || idempotent;
+                // An untrusted certificate stays untrusted: not retried.
+                let retry =
+                    (e.is_connect() || idempotent) && !crate::error::is_untrusted_certificate(&e);
                 let error = ClientError::Transport {
                     op: op.to_owned(),
                     error: e,
@@ -611,7 +618,10 @@ fn device_path(
     Ok(path(device))
 }
 
-fn decode<T: serde::de::DeserializeOwned>(op: &str, body: &[u8]) -> Result<T, ClientError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    op: &str,
+    body: &[u8],
+) -> Result<T, ClientError> {
     serde_json::from_slice(body).map_err(|e| ClientError::Decode {
         op: op.to_owned(),
         message: e.to_string(),

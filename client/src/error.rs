@@ -61,6 +61,24 @@ pub enum ClientError {
     },
 }
 
+/// Whether `error` is a TLS handshake that failed because the server's certificate is not
+/// trusted (an unknown issuer, a name or date that does not match): trying again will not help,
+/// `--ca` will.
+pub fn is_untrusted_certificate(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(rustls_error) = e.downcast_ref::<rustls::Error>() {
+            return matches!(rustls_error, rustls::Error::InvalidCertificate(_));
+        }
+        let text = e.to_string();
+        if text.contains("invalid peer certificate") || text.contains("UnknownIssuer") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// `cannot connect to 127.0.0.1:8080: Connection refused (os error 111) (is the hub running
 /// there? --hub and --endpoint say where it is)`, or `no answer from <url>: <root cause>`.
 fn transport_message(error: &reqwest::Error) -> String {
@@ -76,7 +94,15 @@ fn transport_message(error: &reqwest::Error) -> String {
             _ => u.as_str().to_owned(),
         },
     );
-    if error.is_connect() {
+    if is_untrusted_certificate(error) {
+        format!(
+            "the TLS certificate of {place} is not trusted ({root}): pass the CA that signed it \
+             with --ca FILE (or {}); a local `casement hub` prints its CA file at start-up and \
+             writes it to connection.env as {}",
+            crate::target::CA_ENV,
+            crate::target::CA_ENV
+        )
+    } else if error.is_connect() {
         format!(
             "cannot connect to {place}: {root} (is the hub running there? --hub and --endpoint \
              say where it is)"
@@ -97,10 +123,17 @@ impl ClientError {
     /// help; changing the input will not.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            ClientError::Transport { .. } | ClientError::Timeout { .. } => true,
+            ClientError::Transport { error, .. } => !is_untrusted_certificate(error),
+            ClientError::Timeout { .. } => true,
             ClientError::Service { error, .. } => error.status == 429 || error.status >= 500,
             ClientError::Decode { .. } | ClientError::Sas(_) | ClientError::Invalid { .. } => false,
         }
+    }
+
+    /// Whether the hub's TLS certificate is not trusted (see [`is_untrusted_certificate`]):
+    /// fix `--ca`, do not wait.
+    pub fn is_untrusted_certificate(&self) -> bool {
+        matches!(self, ClientError::Transport { error, .. } if is_untrusted_certificate(error))
     }
 
     /// The hub's error, when it answered with one.

@@ -22,11 +22,13 @@
 //! - [`client`]: [`ServiceClient`], [`ClientConfig`], [`RetryPolicy`], [`HubApi`].
 //! - [`target`]: [`HubTarget`] and the local hub's connection file.
 //! - [`quota`]: [`Quota`], the client's own token buckets.
+//! - [`registry`]: device identities — create, read, list, delete, bulk import.
 //! - [`error`]: [`ClientError`], [`TargetError`].
 
 pub mod client;
 pub mod error;
 pub mod quota;
+pub mod registry;
 pub mod target;
 
 pub use casement_iothub::quota::{Operation, Rate, Tier};
@@ -36,7 +38,11 @@ pub use client::{
 };
 pub use error::{ClientError, TargetError};
 pub use quota::Quota;
-pub use target::{CA_ENV, CONNECTION_STRING_ENV, HubTarget, LOCAL_HUB_FILE};
+pub use registry::{ImportFailure, ImportOutcome, MAX_BULK_DEVICES, NewDevice};
+pub use target::{
+    CA_ENV, CONNECTION_STRING_ENV, HubTarget, LOCAL_HUB_FILE, LocalDeviceEndpoint,
+    local_device_endpoint,
+};
 
 #[cfg(test)]
 mod tests;

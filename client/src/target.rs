@@ -48,6 +48,41 @@ struct LocalHubFile {
     connection_string: Option<String>,
     ca: Option<String>,
     endpoint: Option<String>,
+    mqtts: Option<String>,
+    mqtt: Option<String>,
+}
+
+/// What a local `casement hub` tells its devices (from its connection file): where they connect
+/// and which CA they trust.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalDeviceEndpoint {
+    /// `mqtts://ADDR` (`CASEMENT_HUB_MQTTS`), else `mqtt://ADDR` (`CASEMENT_HUB_MQTT`).
+    pub mqtt_endpoint: Option<String>,
+    /// The hub's CA file (`CASEMENT_CA`), relative paths resolved against the file's directory.
+    pub ca: Option<PathBuf>,
+}
+
+/// Reads the device side of a local hub's connection file; `None` when there is no such file.
+pub fn local_device_endpoint(local_file: &Path) -> Option<LocalDeviceEndpoint> {
+    let text = std::fs::read_to_string(local_file).ok()?;
+    let file = parse_env_file(&text);
+    let mqtt_endpoint = file
+        .mqtts
+        .map(|a| format!("mqtts://{a}"))
+        .or_else(|| file.mqtt.map(|a| format!("mqtt://{a}")));
+    Some(LocalDeviceEndpoint {
+        mqtt_endpoint,
+        ca: file.ca.map(|c| relative_to(local_file, c)),
+    })
+}
+
+/// A path from `file`, relative paths taken from the file's directory.
+fn relative_to(file: &Path, path: String) -> PathBuf {
+    let p = PathBuf::from(path);
+    match (p.is_relative(), file.parent()) {
+        (true, Some(dir)) => dir.join(p),
+        _ => p,
+    }
 }
 
 fn parse_env_file(text: &str) -> LocalHubFile {
@@ -69,6 +104,8 @@ fn parse_env_file(text: &str) -> LocalHubFile {
             CA_ENV => out.ca = Some(value),
             "CASEMENT_HUB_HTTPS" => https = true,
             "CASEMENT_HUB_HTTP" => http = Some(value),
+            "CASEMENT_HUB_MQTTS" => out.mqtts = Some(value),
+            "CASEMENT_HUB_MQTT" => out.mqtt = Some(value),
             _ => {}
         }
     }
@@ -181,16 +218,10 @@ impl HubTarget {
         if let Some(e) = endpoint {
             target = target.with_endpoint(&e)?;
         }
-        let ca = ca.map(Path::to_path_buf).or_else(|| {
-            file.ca.map(|c| {
-                let p = PathBuf::from(c);
-                // A relative CA path in the file is relative to the file.
-                match (p.is_relative(), local_file.parent()) {
-                    (true, Some(dir)) => dir.join(p),
-                    _ => p,
-                }
-            })
-        });
+        // A relative CA path in the file is relative to the file.
+        let ca = ca
+            .map(Path::to_path_buf)
+            .or_else(|| file.ca.map(|c| relative_to(local_file, c)));
         if let Some(ca) = ca {
             target = target.with_ca_file(&ca)?;
         }

@@ -316,7 +316,7 @@ pub fn startup_banner(hub: &RunningHub) -> String {
             out.push_str(&format!("    export NODE_EXTRA_CA_CERTS={ca}   # Node SDKs\n"));
             out.push_str(&format!("    export REQUESTS_CA_BUNDLE={ca}    # Python service SDK\n"));
             out.push_str(&format!("    server_verification_cert=open('{ca}').read()   # Python device SDK\n"));
-            out.push_str(&format!("    casement --ca {ca}   (or CASEMENT_CA)\n"));
+            out.push_str(&format!("    export CASEMENT_CA={ca}   # casement; or --ca {ca} (casement-agent too)\n"));
         }
         (None, Some(_)) => out.push_str(
             "CA certificate: generated in memory (use --data-dir to keep it in a file clients can trust)\n",
@@ -337,7 +337,18 @@ pub fn startup_banner(hub: &RunningHub) -> String {
             path.display()
         ));
     }
-    out.push_str("\nAdd a device: casement device add <ID>; stop with Ctrl-C.");
+    if let Some(device_endpoint) = hub
+        .mqtts_addr()
+        .map(|a| format!("mqtts://{a}"))
+        .or_else(|| hub.mqtt_addr().map(|a| format!("mqtt://{a}")))
+    {
+        // HostName above carries the HTTPS port; devices connect here instead.
+        out.push_str(&format!(
+            "\nDevices connect to {device_endpoint} (casement-agent run --mqtt-endpoint {device_endpoint})\n"
+        ));
+    }
+    out.push_str("\nAdd a device (prints its connection string and the agent command):\n");
+    out.push_str("  casement device add <ID>\nStop with Ctrl-C.");
     out
 }
 

@@ -25,7 +25,8 @@ and the exit code is 2. Then each policy's target is resolved with a twin query;
 overlap on a device the highest priority wins (then the name), and the overlaps are listed.
 desired.maintenance is written (with If-Match) only where it differs, and removed from devices
 that carry a policy no file targets any more. Applying unchanged files writes nothing.
-Exit codes: 0 done, 1 some devices could not be written, 2 invalid input.
+Exit codes: 0 done, 1 some devices could not be written, 2 invalid input, 3 the hub could not
+be reached or kept failing (try again later).
 
 Examples:
   casement apply policies/ --plan

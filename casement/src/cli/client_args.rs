@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use casement_policy::Clock;
 
 use casement_client::{
-    CA_ENV, CONNECTION_STRING_ENV, ClientConfig, HubTarget, LOCAL_HUB_FILE, Operation, Quota, Rate,
-    RetryPolicy, ServiceClient, Tier,
+    CA_ENV, CONNECTION_STRING_ENV, ClientConfig, HubTarget, Operation, Quota, Rate, RetryPolicy,
+    ServiceClient, Tier,
 };
 
 /// Which hub, and the client-side limits to keep.
@@ -28,6 +28,10 @@ pub struct ClientArgs {
     /// hub's plain port); tokens still sign HostName.
     #[arg(long, env = "CASEMENT_ENDPOINT", value_name = "URL")]
     pub endpoint: Option<String>,
+    /// A local `casement hub`'s data directory: its connection.env gives the hub, its CA and its
+    /// device endpoint when --hub is not given.
+    #[arg(long, env = DATA_DIR_ENV, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
     /// Keep to the documented throttles of this IoT Hub tier (F1, S1, S2, S3).
     #[arg(long, value_name = "TIER")]
     pub tier: Option<Tier>,
@@ -53,6 +57,36 @@ pub struct ClientArgs {
     /// Timeout of each REST call (direct methods: their own timeout plus 10 s).
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub request_timeout: Duration,
+}
+
+/// The environment variable naming a local hub's data directory (shared with `casement hub`).
+pub const DATA_DIR_ENV: &str = "CASEMENT_HUB_DATA_DIR";
+/// A local hub's data directory unless told otherwise (where `casement hub` keeps it).
+pub const DEFAULT_DATA_DIR: &str = ".casement/hub";
+
+/// The connection file of the local hub whose data directory is `data_dir`.
+pub fn local_hub_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("connection.env")
+}
+
+/// For an error that is an untrusted TLS certificate: the local hub's CA file (from
+/// `$CASEMENT_HUB_DATA_DIR` or `.casement/hub`), as a hint to pass it with `--ca`.
+pub fn untrusted_certificate_hint(error: &anyhow::Error) -> Option<String> {
+    let untrusted = error.chain().any(|e| {
+        e.downcast_ref::<casement_client::ClientError>()
+            .is_some_and(casement_client::ClientError::is_untrusted_certificate)
+    });
+    if !untrusted {
+        return None;
+    }
+    let dir = std::env::var_os(DATA_DIR_ENV)
+        .map_or_else(|| PathBuf::from(DEFAULT_DATA_DIR), PathBuf::from);
+    let ca = casement_client::local_device_endpoint(&local_hub_file(&dir))?.ca?;
+    Some(format!(
+        "the local hub in {} printed its CA: --ca {}",
+        dir.display(),
+        ca.display()
+    ))
 }
 
 /// Parses `"30s"`, `"2m"`, `"1h30m"` (the policy files' durations).
@@ -81,13 +115,18 @@ impl ClientArgs {
         q
     }
 
+    /// The local hub's connection file (`--data-dir`/connection.env).
+    pub fn local_hub_file(&self) -> PathBuf {
+        local_hub_file(&self.data_dir)
+    }
+
     /// The hub, resolved (saying on `err` when the local hub's file is used).
     pub fn target(&self, err: &mut dyn Write) -> anyhow::Result<HubTarget> {
         let target = HubTarget::resolve(
             self.hub.as_deref(),
             self.ca.as_deref(),
             self.endpoint.as_deref(),
-            Path::new(LOCAL_HUB_FILE),
+            &self.local_hub_file(),
         )?;
         if target.source != "--hub" {
             writeln!(

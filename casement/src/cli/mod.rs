@@ -14,7 +14,10 @@ use clap::{Parser, Subcommand};
 pub mod apply;
 pub mod client_args;
 pub mod demo;
+pub mod device;
 pub mod hub;
+pub mod invoke;
+pub mod reboot;
 pub mod report;
 pub mod run;
 pub mod twin;
@@ -73,6 +76,8 @@ Examples:
   casement apply policies/ --plan
   casement run policies/ --metrics 127.0.0.1:9464
   casement report --devices --fail-under 95
+  casement device add store-0042-gw --tag role=gateway
+  casement reboot store-0042-gw --force --reason \"INC-1234\"
 
 Exit codes: 0 ok, 1 a check found something (report below --fail-under, failed writes),
 2 fix the input (flags, policy files, a key or device the hub refused), 3 the hub could not
@@ -118,6 +123,12 @@ pub enum Command {
     Query(twin::QueryArgs),
     /// Show a device twin.
     Twin(twin::TwinArgs),
+    /// Register, list, show, remove and bulk-import devices.
+    Device(device::Args),
+    /// Call a direct method on a device and print its answer.
+    Invoke(invoke::Args),
+    /// Reboot a device now, outside its window (--force --reason: the audited override).
+    Reboot(reboot::Args),
 }
 
 /// Runs a parsed command line against the process's stdout and stderr.
@@ -144,6 +155,9 @@ pub fn run_with(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::R
         Command::Hub(args) => hub::run(&args, out, err),
         Command::Query(args) => twin::query(&args, out, err),
         Command::Twin(args) => twin::twin(&args, out, err),
+        Command::Device(args) => device::run(&args, out, err),
+        Command::Invoke(args) => invoke::run(&args, out, err),
+        Command::Reboot(args) => reboot::run(&args, out, err),
     }
 }
 

@@ -79,6 +79,22 @@ pub fn twin(args: &TwinArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow
                 .client(Arc::new(casement_policy::SystemClock), err)?;
             let twin = runtime()?.block_on(client.twin(&show.device))?;
             writeln!(out, "{}", serde_json::to_string_pretty(&twin)?)?;
+            if let Some(n) = super::reboot::simulated_reboots(&twin) {
+                writeln!(
+                    err,
+                    "{}: its agent SIMULATES reboots (--simulate-reboot; {n} so far): nothing was \
+                     really rebooted",
+                    show.device
+                )?;
+            }
+            if let Some((at, reason)) = super::reboot::forced_reboot(&twin) {
+                let at = at.map_or_else(|| "at an unknown time".to_owned(), |t| format!("at {t}"));
+                writeln!(
+                    err,
+                    "{}: the last reboot ({at}) was FORCED outside the window: {reason}",
+                    show.device
+                )?;
+            }
             Ok(EXIT_OK)
         }
     }
