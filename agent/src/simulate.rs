@@ -19,7 +19,7 @@ use std::time::Duration;
 use casement_iothub::connection_string::{
     DeviceAuth, DeviceConnectionString, ServiceConnectionString,
 };
-use casement_iothub::rest::{self, Device, TwinPatch};
+use casement_iothub::rest::TwinPatch;
 use casement_iothub::time::serde_timestamp;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
@@ -28,7 +28,7 @@ use rustls::ClientConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::agent::{Agent, AgentEvent, RebootHook, RunOutcome};
 use crate::backoff::BackoffPolicy;
@@ -305,7 +305,12 @@ impl Simulation {
             None => GroundTruth::new(),
         };
 
-        let registry = Registry::new(&config.hub, hub_url, tls.as_ref(), config.clock.clone())?;
+        let registry = Registry::new(
+            &config.hub,
+            hub_url,
+            config.ca.as_deref(),
+            config.clock.clone(),
+        )?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
         let max_skew_ms = config.max_skew.num_milliseconds().abs();
         let mut devices = Vec::with_capacity(config.devices);
@@ -527,105 +532,68 @@ async fn run_device(mut run: DeviceRun) {
     }
 }
 
-/// The few registry calls the simulator needs.
+/// The few registry calls the simulator needs, through the service client: a throttled hub's
+/// 429s are retried with back-off (honouring `Retry-After`) rather than ending the simulation.
 struct Registry {
-    client: reqwest::Client,
-    base: String,
-    hub: ServiceConnectionString,
-    clock: AgentClock,
+    client: casement_client::ServiceClient,
 }
 
 impl Registry {
     fn new(
         hub: &ServiceConnectionString,
         base: String,
-        tls: Option<&Arc<ClientConfig>>,
+        ca: Option<&std::path::Path>,
         clock: AgentClock,
     ) -> Result<Self, SimulateError> {
-        // Always hand reqwest an explicit rustls config (ring), so no process-wide crypto
-        // provider is needed; plain-HTTP hubs get one that trusts nothing.
-        let tls = match tls {
-            Some(tls) => ClientConfig::clone(tls),
-            None => ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .map_err(ConnectError::from)?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
+        let invalid = |err: casement_client::TargetError| SimulateError::Hub {
+            action: "cannot reach",
+            device: "the hub".into(),
+            reason: err.to_string(),
         };
-        let client = reqwest::Client::builder()
-            .timeout(REST_TIMEOUT)
-            .tls_backend_preconfigured(tls)
-            .build()
-            .map_err(|err| SimulateError::Hub {
-                action: "cannot build an HTTP client for",
-                device: "the hub".into(),
-                reason: err.to_string(),
-            })?;
-        Ok(Self {
-            client,
-            base: base.trim_end_matches('/').to_owned(),
-            hub: hub.clone(),
-            clock,
-        })
-    }
-
-    fn authorization(&self, device: &str) -> Result<String, SimulateError> {
-        let expiry = u64::try_from(self.clock.now().timestamp()).unwrap_or(0) + 3600;
-        self.hub
-            .sas_token(expiry)
-            .map_err(|err| SimulateError::Hub {
-                action: "cannot sign a service token for",
-                device: device.to_owned(),
-                reason: err.to_string(),
-            })
+        let mut target = casement_client::HubTarget::new(hub.clone())
+            .with_endpoint(&base)
+            .map_err(invalid)?;
+        if let Some(ca) = ca {
+            target = target.with_ca_file(ca).map_err(invalid)?;
+        }
+        let config = casement_client::ClientConfig {
+            request_timeout: REST_TIMEOUT,
+            // Registering a fleet on a throttled hub (S1: 100 registry operations a minute)
+            // waits for the quota rather than giving up.
+            retry: casement_client::RetryPolicy {
+                max_attempts: 20,
+                initial: Duration::from_millis(200),
+                max: Duration::from_secs(20),
+            },
+            ..casement_client::ClientConfig::default()
+        };
+        let client = casement_client::ServiceClient::new(target, config, Arc::new(clock))
+            .map_err(invalid)?;
+        Ok(Self { client })
     }
 
     /// Creates the device (or finds it) and returns its primary key.
     async fn ensure_device(&self, id: &str) -> Result<String, SimulateError> {
-        let url = format!(
-            "{}{}",
-            self.base,
-            rest::with_api_version(&rest::device_path(id))
-        );
-        let fail = |reason: String| SimulateError::Hub {
+        let fail = |err: casement_client::ClientError| SimulateError::Hub {
             action: "cannot register",
             device: id.to_owned(),
-            reason,
+            reason: err.to_string(),
         };
-        let body = serde_json::json!({"deviceId": id});
-        let response = self
-            .client
-            .put(&url)
-            .header("Authorization", self.authorization(id)?)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|err| fail(err.to_string()))?;
-        let response = if response.status() == reqwest::StatusCode::CONFLICT {
-            self.client
-                .get(&url)
-                .header("Authorization", self.authorization(id)?)
-                .send()
-                .await
-                .map_err(|err| fail(err.to_string()))?
-        } else {
-            response
+        let device = match self.client.create_device(id, &Default::default()).await {
+            Ok(device) => device,
+            Err(err) if err.status() == Some(409) => self.client.device(id).await.map_err(fail)?,
+            Err(err) => return Err(fail(err)),
         };
-        let status = response.status();
-        let text = response.text().await.map_err(|err| fail(err.to_string()))?;
-        if !status.is_success() {
-            return Err(fail(format!("HTTP {status}: {text}")));
-        }
-        let device: Device = serde_json::from_str(&text)
-            .map_err(|err| fail(format!("unexpected answer ({err}): {text}")))?;
         device
             .authentication
             .and_then(|auth| auth.symmetric_key)
             .and_then(|keys| keys.primary_key)
             .filter(|key| !key.is_empty())
-            .ok_or_else(|| fail("the hub returned no symmetric key".into()))
+            .ok_or_else(|| SimulateError::Hub {
+                action: "cannot register",
+                device: id.to_owned(),
+                reason: "the hub returned no symmetric key".into(),
+            })
     }
 
     /// Merges `tags` into the device's twin.
@@ -634,35 +602,15 @@ impl Registry {
         id: &str,
         tags: &BTreeMap<String, String>,
     ) -> Result<(), SimulateError> {
-        let url = format!(
-            "{}{}",
-            self.base,
-            rest::with_api_version(&rest::twin_path(id, None))
-        );
         let patch = TwinPatch::tags(serde_json::to_value(tags).unwrap_or_default());
-        let response = self
-            .client
-            .patch(&url)
-            .header("Authorization", self.authorization(id)?)
-            .header(rest::HEADER_IF_MATCH, "*")
-            .json(&patch)
-            .send()
+        self.client
+            .patch(id, &patch, Some("*"))
             .await
+            .map(drop)
             .map_err(|err| SimulateError::Hub {
                 action: "cannot tag",
                 device: id.to_owned(),
                 reason: err.to_string(),
-            })?;
-        if !response.status().is_success() {
-            let status = response.status();
-            let text = response.text().await.unwrap_or_default();
-            warn!(device = id, %status, body = %text, "tagging failed");
-            return Err(SimulateError::Hub {
-                action: "cannot tag",
-                device: id.to_owned(),
-                reason: format!("HTTP {status}: {text}"),
-            });
-        }
-        Ok(())
+            })
     }
 }
