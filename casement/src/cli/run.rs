@@ -54,6 +54,9 @@ pub struct Args {
     /// Do not write the policies into twins (another process runs `casement apply`).
     #[arg(long)]
     pub no_apply: bool,
+    /// How the re-apply writes the policies (as `casement apply --via`).
+    #[arg(long, value_enum, default_value_t = super::apply::Via::Twins)]
+    pub via: super::apply::Via,
     /// The hub.
     #[command(flatten)]
     pub hub: ClientArgs,
@@ -67,6 +70,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Res
     let mut config = RunConfig::new(args.paths.clone(), args.state_dir.clone());
     config.tick = args.tick.max(Duration::from_millis(100));
     config.apply = !args.no_apply;
+    config.apply_options.via = args.via.into();
     config.rollout = RolloutConfig {
         clock_skew: args.clock_skew,
         completion_grace: args.completion_grace,
