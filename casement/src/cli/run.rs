@@ -22,8 +22,9 @@ expected duration left, and that have not rebooted in this window, are invoked (
 {policy, revision, occurrence}) within max_concurrent, max_per_minute and max_failures.
 Each invocation is journaled and flushed under --state-dir before the call, so a restarted
 scheduler neither reboots a device twice in one window nor forgets one.
-Policy files are re-read when they change or on SIGHUP, and re-applied. SIGINT/SIGTERM stop
-gracefully (a second one stops at once).
+Policy files are re-read when they change or on SIGHUP, and re-applied (--via twins or
+configurations, as `casement apply --via`; the re-apply prunes: run owns its whole policy
+set). SIGINT/SIGTERM stop gracefully (a second one stops at once).
 
 Examples:
   casement run policies/ --metrics 127.0.0.1:9464
