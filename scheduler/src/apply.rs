@@ -199,12 +199,17 @@ pub struct Plan {
     /// Casement configurations no policy wants).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub configurations: Option<Vec<ConfigChange>>,
+    /// With `--via configurations`: the devices some policy targets, counted by the hub (the
+    /// plan then lists only the devices to clear).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub targeted: Option<usize>,
 }
 
 impl Plan {
     /// Devices a policy targets.
     pub fn targeted(&self) -> usize {
-        self.devices.iter().filter(|d| d.winner.is_some()).count()
+        self.targeted
+            .unwrap_or_else(|| self.devices.iter().filter(|d| d.winner.is_some()).count())
     }
 
     /// Devices with more than one policy targeting them.
@@ -261,7 +266,7 @@ fn decide(current: Option<&Assigned>, winner: Option<&Policy>) -> ChangeKind {
     }
 }
 
-fn assigned(view: &TwinView) -> Option<Assigned> {
+pub(crate) fn assigned(view: &TwinView) -> Option<Assigned> {
     let raw = view.desired_raw.as_ref()?;
     let field = |k: &str| raw.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     Some(Assigned {
@@ -348,10 +353,11 @@ pub fn resolve(
         policies: policies.into_values().collect(),
         devices,
         configurations: None,
+        targeted: None,
     }
 }
 
-fn twins(items: Vec<Value>, what: &str) -> Vec<TwinView> {
+pub(crate) fn twins(items: Vec<Value>, what: &str) -> Vec<TwinView> {
     items
         .into_iter()
         .filter_map(|item| match TwinView::from_value(item) {
@@ -380,28 +386,18 @@ pub async fn build_plan<H: HubApi>(hub: &H, set: &PolicySet) -> Result<Plan, App
     Ok(resolve(set, &targets, &carriers))
 }
 
-/// [`build_plan`], and with [`ApplyVia::Configurations`] the configuration decisions: refuses
-/// equal-priority overlaps ([`ApplyError::Tie`]), lists the hub's configurations and decides
-/// per configuration (create, update, remove, unchanged, keep without `prune`).
+/// The plan for `options.via`: [`build_plan`] (twins), or [`configurations::build_plan`]
+/// (counts, ties refused with [`ApplyError::Tie`], the configuration decisions, the devices to
+/// clear).
 pub async fn plan<H: HubApi>(
     hub: &H,
     set: &PolicySet,
     options: &ApplyOptions,
 ) -> Result<Plan, ApplyError> {
-    let mut plan = build_plan(hub, set).await?;
-    if options.via == ApplyVia::Configurations {
-        configurations::check_ties(set, &plan)?;
-        let existing = hub
-            .list_configurations()
-            .await
-            .map_err(ApplyError::Configurations)?;
-        plan.configurations = Some(configurations::resolve_configurations(
-            set,
-            &existing,
-            options.prune,
-        ));
+    match options.via {
+        ApplyVia::Twins => build_plan(hub, set).await,
+        ApplyVia::Configurations => configurations::build_plan(hub, set, options.prune).await,
     }
-    Ok(plan)
 }
 
 /// The JSON merge patch that turns `old` into `new` (`None` when they are equal): keys only in
@@ -674,8 +670,7 @@ pub async fn execute<H: HubApi + Clone>(
         summary.configurations_created = count(ConfigAction::Create);
         summary.configurations_updated = count(ConfigAction::Update);
         summary.configurations_removed = count(ConfigAction::Remove);
-        // The hub writes the targeted devices at its next evaluation; apply clears.
-        summary.changed = writes.iter().filter(|d| d.winner.is_some()).count();
+        // The hub writes the targeted devices at its next evaluation; apply only clears.
         writes.retain(|d| d.winner.is_none());
         if !options.plan_only {
             write_configurations(hub, configs, &mut summary).await;
@@ -765,18 +760,24 @@ pub fn render_text(plan: &Plan, summary: &ApplySummary, list_changes: bool) -> S
     let mut out = String::new();
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::NOTHING);
-    table.set_header([
-        "POLICY", "PRIORITY", "REVISION", "TARGETED", "WINS", "CHANGES",
-    ]);
+    if plan.configurations.is_some() {
+        table.set_header(["POLICY", "PRIORITY", "REVISION", "TARGETED"]);
+    } else {
+        table.set_header([
+            "POLICY", "PRIORITY", "REVISION", "TARGETED", "WINS", "CHANGES",
+        ]);
+    }
     for p in &plan.policies {
-        table.add_row([
+        let mut row = vec![
             p.name.clone(),
             p.priority.to_string(),
             p.revision.clone(),
             p.targeted.to_string(),
-            p.wins.to_string(),
-            p.changes.to_string(),
-        ]);
+        ];
+        if plan.configurations.is_none() {
+            row.extend([p.wins.to_string(), p.changes.to_string()]);
+        }
+        table.add_row(row);
     }
     let _ = writeln!(out, "{table}");
     if let Some(configs) = &plan.configurations {
@@ -851,11 +852,6 @@ pub fn render_text(plan: &Plan, summary: &ApplySummary, list_changes: bool) -> S
     } else {
         "cleared"
     };
-    let by_hub = if summary.via == ApplyVia::Configurations {
-        " (by the hub's next configuration evaluation)"
-    } else {
-        ""
-    };
     if summary.via == ApplyVia::Configurations {
         let _ = writeln!(
             out,
@@ -880,9 +876,23 @@ pub fn render_text(plan: &Plan, summary: &ApplySummary, list_changes: bool) -> S
             summary.configurations_removed,
         );
     }
+    if summary.via == ApplyVia::Configurations {
+        let _ = writeln!(
+            out,
+            "\n{} devices targeted: the hub writes them at its next configuration evaluation; {clear_verb} {}{}",
+            summary.targeted,
+            summary.cleared,
+            if summary.failed.is_empty() {
+                String::new()
+            } else {
+                format!(", failed {}", summary.failed.len())
+            }
+        );
+        return out;
+    }
     let _ = writeln!(
         out,
-        "\n{} devices targeted, {verb} {}{by_hub}, unchanged {}, {clear_verb} {}, conflicts {}{}",
+        "\n{} devices targeted, {verb} {}, unchanged {}, {clear_verb} {}, conflicts {}{}",
         summary.targeted,
         summary.changed,
         summary.unchanged,

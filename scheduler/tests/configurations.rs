@@ -340,3 +340,30 @@ async fn plan_lists_configurations_and_prune_removes_those_of_policies_not_given
         "{twin:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_through_configurations_makes_calls_per_policy_not_per_device() {
+    let env = Env::start(utc(2026, 3, 28, 12, 0, 0)).await;
+    for n in 0..250 {
+        env.hub
+            .create_device(&format!("g{n:03}"), json!({"role": "gateway"}))
+            .await
+            .unwrap();
+    }
+    env.write_policy("weekly.toml", &PolicyFile::default());
+    let set = env.load_policies();
+    let client = Env::client_for(&env.hub, &env.clock, Default::default());
+    let options = via_configurations(true, false);
+    let plan = apply::plan(&client, &set, &options).await.unwrap();
+    let summary = apply::execute(&client, &set, &plan, &options, &()).await;
+    assert_eq!(summary.targeted, 250);
+    assert_eq!(summary.configurations_created, 1);
+    // Per policy: a COUNT(); then the union COUNT(), the clear query, the list and the PUT.
+    let requests = client
+        .stats()
+        .requests
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(requests, 5, "{summary:?}");
+    let evaluation = env.hub.evaluate_configurations().await.unwrap();
+    assert_eq!(evaluation.desired_writes, 250);
+}

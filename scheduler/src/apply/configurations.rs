@@ -15,8 +15,13 @@
 //!   counts it.
 //! - Casement-labelled configurations of policies not given are removed only with `--prune`.
 //! - Ties: IoT Hub settles equal priorities by creation time, Casement by name. Two policies
-//!   with equal priority whose targets match a common device now (the plan's target queries)
-//!   are refused ([`ApplyError::Tie`](super::ApplyError::Tie)) before anything is written.
+//!   with equal priority whose targets match a common device now (`SELECT COUNT() … WHERE (a)
+//!   AND (b)`, one query per such pair) are refused
+//!   ([`ApplyError::Tie`](super::ApplyError::Tie)) before anything is written.
+//! - The plan ([`build_plan`]) reads no twin it does not write: a `COUNT()` per policy and one
+//!   for all, the tie queries, the hub's configuration list, and the twins to clear — those
+//!   that carry a policy and match no target (`IS_DEFINED(…policy) AND NOT (t1) AND NOT (t2)…`).
+//!   So apply through configurations is O(policies) calls plus the clears, whatever the fleet.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,7 +31,9 @@ use casement_policy::{DesiredMaintenance, Policy, PolicySet};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{ApplyError, Plan};
+use super::{ApplyError, ChangeKind, DevicePlan, Plan, PolicyPlan, assigned, twins};
+use crate::fleet::{self, TwinView};
+use casement_client::{ClientError, HubApi};
 
 /// Label every configuration Casement writes carries (value [`MANAGED_BY`]).
 pub const LABEL_MANAGED_BY: &str = "managed-by";
@@ -151,55 +158,136 @@ fn is_casement(config: &Configuration) -> bool {
     config.labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
 }
 
-/// Pairs of policies with equal priority that both target a device now, with one such device
-/// and how many devices they share.
-pub fn ties<'a>(set: &'a PolicySet, plan: &Plan) -> Vec<(&'a Policy, &'a Policy, String, usize)> {
-    let mut found: BTreeMap<(&str, &str), (String, usize)> = BTreeMap::new();
-    for device in plan.overlaps() {
-        let policies: Vec<&Policy> = device.overlap.iter().filter_map(|n| set.get(n)).collect();
-        for (i, a) in policies.iter().enumerate() {
-            for b in &policies[i + 1..] {
-                if a.priority() == b.priority() {
-                    let key = if a.name() < b.name() {
-                        (a.name(), b.name())
-                    } else {
-                        (b.name(), a.name())
-                    };
-                    let entry = found.entry(key).or_insert((device.device.clone(), 0));
-                    entry.1 += 1;
-                }
-            }
-        }
-    }
-    found
-        .into_iter()
-        .filter_map(|((a, b), (device, n))| Some((set.get(a)?, set.get(b)?, device, n)))
-        .collect()
+fn count_of(items: &[Value]) -> usize {
+    items
+        .first()
+        .and_then(|v| v.get("n"))
+        .and_then(Value::as_u64)
+        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
-/// Refuses equal-priority overlaps, which IoT Hub and Casement would settle differently.
-pub fn check_ties(set: &PolicySet, plan: &Plan) -> Result<(), ApplyError> {
-    let ties = ties(set, plan);
-    if ties.is_empty() {
-        return Ok(());
-    }
-    let lines: Vec<String> = ties
-        .iter()
-        .map(|(a, b, device, n)| {
-            format!(
-                "policies {} ({}) and {} ({}) both have priority {} and both target {n} device(s) now (e.g. {device})",
+async fn count<H: HubApi>(hub: &H, condition: &str) -> Result<usize, ClientError> {
+    let items = hub
+        .query(&format!(
+            "SELECT COUNT() AS n FROM devices WHERE {condition}"
+        ))
+        .await?;
+    Ok(count_of(&items))
+}
+
+/// Refuses equal-priority policies whose targets match a common device now, which IoT Hub and
+/// Casement would settle differently: one `COUNT()` query per pair of equal priority.
+pub async fn check_ties<H: HubApi>(hub: &H, set: &PolicySet) -> Result<(), ApplyError> {
+    let policies: Vec<&Policy> = set.iter().collect();
+    let mut lines = Vec::new();
+    for (i, a) in policies.iter().enumerate() {
+        for b in policies[i + 1..]
+            .iter()
+            .filter(|b| b.priority() == a.priority())
+        {
+            let both = format!("({}) AND ({})", a.target(), b.target());
+            let target_error = |source| ApplyError::Target {
+                policy: format!("{} and {}", a.name(), b.name()),
+                source,
+            };
+            let n = count(hub, &both).await.map_err(target_error)?;
+            if n == 0 {
+                continue;
+            }
+            let example = hub
+                .query(&format!("SELECT TOP 1 deviceId FROM devices WHERE {both}"))
+                .await
+                .map_err(target_error)?
+                .first()
+                .and_then(|v| v.get("deviceId"))
+                .and_then(Value::as_str)
+                .map(|d| format!(" (e.g. {d})"))
+                .unwrap_or_default();
+            lines.push(format!(
+                "policies {} ({}) and {} ({}) both have priority {} and both target {n} device(s) now{example}",
                 a.name(),
                 a.file().display(),
                 b.name(),
                 b.file().display(),
                 a.priority()
-            )
-        })
-        .collect();
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return Ok(());
+    }
     Err(ApplyError::Tie(format!(
         "{}; IoT Hub gives such a device the most recently created configuration, Casement the first name, so they would disagree: give one of each pair a higher priority (or make the targets disjoint), or apply with --via twins",
         lines.join("; ")
     )))
+}
+
+/// The plan of `--via configurations`: counts instead of twins, the ties refused, the
+/// configuration decisions, and the devices to clear (see the module documentation).
+pub async fn build_plan<H: HubApi>(
+    hub: &H,
+    set: &PolicySet,
+    prune: bool,
+) -> Result<Plan, ApplyError> {
+    check_ties(hub, set).await?;
+    let mut policies = Vec::new();
+    for policy in set {
+        let targeted = count(hub, &policy.target().to_string())
+            .await
+            .map_err(|source| ApplyError::Target {
+                policy: policy.name().to_owned(),
+                source,
+            })?;
+        policies.push(PolicyPlan {
+            name: policy.name().to_owned(),
+            priority: policy.priority(),
+            revision: policy.revision().as_str().to_owned(),
+            targeted,
+            wins: 0,
+            changes: 0,
+        });
+    }
+    policies.sort_by(|a, b| a.name.cmp(&b.name));
+    let any = set
+        .iter()
+        .map(|p| format!("({})", p.target()))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let targeted = if set.is_empty() {
+        0
+    } else {
+        count(hub, &any).await.map_err(ApplyError::Carriers)?
+    };
+    let mut clear = fleet::carriers_query(None);
+    for p in set {
+        clear.push_str(&format!(" AND NOT ({})", p.target()));
+    }
+    let views: Vec<TwinView> = twins(
+        hub.query(&clear).await.map_err(ApplyError::Carriers)?,
+        &clear,
+    );
+    let devices = views
+        .into_iter()
+        .map(|view| DevicePlan {
+            device: view.device_id.clone(),
+            winner: None,
+            current: assigned(&view),
+            change: ChangeKind::Clear,
+            overlap: Vec::new(),
+            etag: view.etag.clone(),
+            current_raw: view.desired_raw.clone(),
+        })
+        .collect();
+    let existing = hub
+        .list_configurations()
+        .await
+        .map_err(ApplyError::Configurations)?;
+    Ok(Plan {
+        policies,
+        devices,
+        configurations: Some(resolve_configurations(set, &existing, prune)),
+        targeted: Some(targeted),
+    })
 }
 
 /// Decides per configuration (pure): `existing` is the hub's list.
