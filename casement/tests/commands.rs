@@ -373,3 +373,84 @@ async fn query_and_twin_show_read_the_hub_and_a_bad_query_names_its_column() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_clears_other_policies_only_with_prune_and_writes_configurations_with_via() {
+    let s = setup().await;
+    s.hub
+        .create_device("g1", json!({"role": "gateway"}))
+        .await
+        .unwrap();
+    s.hub
+        .create_device("p1", json!({"role": "pos"}))
+        .await
+        .unwrap();
+    s.policy("weekly.toml", &PolicyFile::default().text());
+    s.policy(
+        "pos.toml",
+        &PolicyFile {
+            name: "pos",
+            priority: 20,
+            target: "tags.role = 'pos'",
+            ..PolicyFile::default()
+        }
+        .text(),
+    );
+    let out = s.run(&["apply", "policies"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let policy_of = |desired: &[(String, Value)], id: &str| {
+        desired.iter().find(|(d, _)| d == id).unwrap().1["maintenance"]["policy"].clone()
+    };
+
+    // One file: p1 keeps pos, and the output says what --prune would clear.
+    let out = s.run(&["apply", "policies/weekly.toml"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("--prune clears them"), "{stdout}");
+    assert!(stdout.contains("  p1\n"), "{stdout}");
+    assert!(stdout.contains("cleared 0"), "{stdout}");
+    assert_eq!(policy_of(&s.desired_versions().await, "p1"), json!("pos"));
+
+    let out = s.run(&["apply", "policies/weekly.toml", "--prune"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("cleared 1"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(policy_of(&s.desired_versions().await, "p1"), Value::Null);
+
+    // Through configurations: --plan lists them, then they are created and the hub writes p1.
+    let out = s
+        .run(&["apply", "policies", "--via", "configurations", "--plan"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("configurations: would create 2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("create    casement-pos-"), "{stdout}");
+    let out = s
+        .run(&["apply", "policies", "--via", "configurations"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("configurations: created 2"),
+        "{}",
+        text(&out.stdout)
+    );
+    s.hub.evaluate_configurations().await.unwrap();
+    assert_eq!(policy_of(&s.desired_versions().await, "p1"), json!("pos"));
+
+    let out = casement(s.dir.path(), &["apply", "--help"]).await;
+    let help = text(&out.stdout);
+    for needle in [
+        "--prune",
+        "--via <VIA>",
+        "3 hub unavailable",
+        "--via configurations",
+    ] {
+        assert!(help.contains(needle), "{needle:?} missing in:\n{help}");
+    }
+}

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use casement_iothub::clock::Clock;
+use casement_iothub::configuration::Configuration;
 use casement_iothub::error::{ERROR_CODE_HEADER, ServiceError};
 use casement_iothub::quota::Operation;
 use casement_iothub::rest::{
@@ -124,6 +125,30 @@ pub trait HubApi: Send + Sync + 'static {
         device: &str,
         request: &MethodRequest,
     ) -> impl Future<Output = Result<MethodResponse, ClientError>> + Send;
+    /// `GET /configurations`. The default answers that configurations are not supported.
+    fn list_configurations(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Configuration>, ClientError>> + Send {
+        async { Err(crate::configurations::unsupported("GET /configurations")) }
+    }
+    /// `PUT /configurations/{id}`: create (no `etag`) or update (`If-Match: etag`).
+    fn put_configuration(
+        &self,
+        config: &Configuration,
+        etag: Option<&str>,
+    ) -> impl Future<Output = Result<Configuration, ClientError>> + Send {
+        let _ = etag;
+        let op = format!("PUT /configurations/{}", config.id);
+        async move { Err(crate::configurations::unsupported(&op)) }
+    }
+    /// `DELETE /configurations/{id}` (`If-Match: *`).
+    fn delete_configuration(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send {
+        let op = format!("DELETE /configurations/{id}");
+        async move { Err(crate::configurations::unsupported(&op)) }
+    }
 }
 
 impl<T: HubApi> HubApi for Arc<T> {
@@ -147,6 +172,24 @@ impl<T: HubApi> HubApi for Arc<T> {
         request: &MethodRequest,
     ) -> impl Future<Output = Result<MethodResponse, ClientError>> + Send {
         (**self).invoke_method(device, request)
+    }
+    fn list_configurations(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Configuration>, ClientError>> + Send {
+        (**self).list_configurations()
+    }
+    fn put_configuration(
+        &self,
+        config: &Configuration,
+        etag: Option<&str>,
+    ) -> impl Future<Output = Result<Configuration, ClientError>> + Send {
+        (**self).put_configuration(config, etag)
+    }
+    fn delete_configuration(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send {
+        (**self).delete_configuration(id)
     }
 }
 
@@ -272,6 +315,11 @@ impl ServiceClient {
     /// What the client has done so far.
     pub fn stats(&self) -> &ClientStats {
         &self.inner.stats
+    }
+
+    /// The timeout of one call (`ClientConfig::request_timeout`).
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.config.request_timeout
     }
 
     /// The current SAS token, signing a new one when none is held or it is near expiry.
@@ -595,6 +643,24 @@ impl HubApi for ServiceClient {
         request: &MethodRequest,
     ) -> impl Future<Output = Result<MethodResponse, ClientError>> + Send {
         self.invoke(device, request)
+    }
+    fn list_configurations(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Configuration>, ClientError>> + Send {
+        self.configurations()
+    }
+    fn put_configuration(
+        &self,
+        config: &Configuration,
+        etag: Option<&str>,
+    ) -> impl Future<Output = Result<Configuration, ClientError>> + Send {
+        self.put_config(config, etag)
+    }
+    fn delete_configuration(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<(), ClientError>> + Send {
+        self.delete_config(id)
     }
 }
 

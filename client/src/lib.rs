@@ -20,12 +20,15 @@
 //!
 //! # Layout
 //! - [`client`]: [`ServiceClient`], [`ClientConfig`], [`RetryPolicy`], [`HubApi`].
+//! - [`configurations`]: `/configurations` calls on [`ServiceClient`] (automatic device
+//!   management).
 //! - [`target`]: [`HubTarget`] and the local hub's connection file.
 //! - [`quota`]: [`Quota`], the client's own token buckets.
 //! - [`registry`]: device identities — create, read, list, delete, bulk import.
 //! - [`error`]: [`ClientError`], [`TargetError`].
 
 pub mod client;
+pub mod configurations;
 pub mod error;
 pub mod quota;
 pub mod registry;

@@ -65,44 +65,10 @@ pub(crate) const STATUS_TARGETED: &str = "Targeted";
 /// A twin's status for the configuration whose content it carries.
 pub(crate) const STATUS_APPLIED: &str = "Applied";
 
-/// `results` and `queries` of `metrics` and `systemMetrics`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Metrics {
-    #[serde(default)]
-    pub(crate) results: BTreeMap<String, u64>,
-    #[serde(default)]
-    pub(crate) queries: BTreeMap<String, String>,
-}
-
-/// `content`: only `deviceContent` is served (module content is an IoT Edge feature).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Content {
-    #[serde(default)]
-    pub(crate) device_content: Map<String, Value>,
-    #[serde(default)]
-    pub(crate) modules_content: Map<String, Value>,
-    #[serde(default)]
-    pub(crate) module_content: Map<String, Value>,
-}
-
-/// A configuration as served.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Configuration {
-    pub(crate) id: String,
-    pub(crate) schema_version: String,
-    pub(crate) labels: BTreeMap<String, String>,
-    pub(crate) content: Content,
-    pub(crate) target_condition: String,
-    pub(crate) created_time_utc: String,
-    pub(crate) last_updated_time_utc: String,
-    pub(crate) priority: i64,
-    pub(crate) system_metrics: Metrics,
-    pub(crate) metrics: Metrics,
-    pub(crate) etag: String,
-}
+// The wire types are shared with the client (one definition, in `casement_iothub`).
+pub(crate) use casement_iothub::configuration::{
+    Configuration, Content, Metrics, TestQueriesResponse,
+};
 
 /// A configuration as stored: with its creation order (the tie-break between equal
 /// priorities) and its write counter (the ETag).
@@ -145,14 +111,6 @@ struct MetricsInput {
 pub(crate) struct TestQueriesInput {
     target_condition: Option<String>,
     custom_metric_queries: Option<BTreeMap<String, String>>,
-}
-
-/// `POST /configurations/testQueries` answer: an empty string where the query is fine.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct TestQueriesResponse {
-    target_condition_error: String,
-    custom_metric_query_errors: BTreeMap<String, String>,
 }
 
 /// What one evaluation changed.

@@ -20,6 +20,7 @@
 //! - [`twin`]: twin documents — JSON merge patch, `$version`/`$metadata`, IoT Hub's limits.
 //! - [`rest`]: service REST request and response bodies (twin, device, method, query), paths,
 //!   header names, device-id rules and ETags.
+//! - [`configuration`]: automatic device management configurations (`/configurations` JSON).
 //! - [`error`]: IoT Hub error codes, the `ErrorCode:<Name>;<msg>` error body, and reading
 //!   errors back (with retry classification).
 //! - [`query`]: the IoT Hub query language — parser, printer and evaluator over twin JSON.
@@ -60,6 +61,7 @@
 //! ```
 
 pub mod clock;
+pub mod configuration;
 pub mod connection_string;
 pub mod duration;
 pub mod encoding;

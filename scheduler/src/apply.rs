@@ -11,6 +11,17 @@
 //!
 //! Re-applying unchanged files writes nothing: a device whose desired policy and revision
 //! already match is left alone. `--plan` stops after step 1.
+//!
+//! Clearing: a device that carries a policy the files do not name is cleared only with
+//! [`ApplyOptions::prune`] (`casement apply --prune`, as `kubectl apply --prune`); without it
+//! those devices are left alone and listed ([`ApplySummary::not_pruned`]). A device whose
+//! policy is among the files but no longer targets it is always cleared.
+//!
+//! Two ways to write ([`ApplyVia`]): twin by twin (above), or through IoT Hub automatic device
+//! management configurations ([`configurations`]): one per policy revision, written by the hub
+//! at its next evaluation, O(policies) calls. [`plan`] adds the configuration decisions to the
+//! plan; apply still clears, twin by twin, the devices no policy targets (configurations leave
+//! what they wrote).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -24,6 +35,33 @@ use serde_json::{Map, Value};
 
 use crate::fleet::{self, TwinView};
 use casement_client::{ClientError, HubApi};
+
+pub mod configurations;
+
+pub use configurations::{ConfigAction, ConfigChange};
+
+/// How apply writes the policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyVia {
+    /// PATCH each twin whose desired maintenance differs: at once, exact on any hub, O(devices)
+    /// calls.
+    #[default]
+    Twins,
+    /// One IoT Hub configuration per policy revision: O(policies) calls, covers devices that
+    /// appear later, takes effect at the hub's next evaluation.
+    Configurations,
+}
+
+impl ApplyVia {
+    /// Lower-case name (`twins`, `configurations`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyVia::Twins => "twins",
+            ApplyVia::Configurations => "configurations",
+        }
+    }
+}
 
 /// Why apply could not plan.
 #[derive(Debug, thiserror::Error)]
@@ -40,14 +78,28 @@ pub enum ApplyError {
     /// Listing the devices that carry a policy failed.
     #[error("listing devices that carry a Casement policy: {0}")]
     Carriers(#[source] ClientError),
+    /// Listing the hub's configurations failed.
+    #[error("listing the hub's configurations: {0}")]
+    Configurations(#[source] ClientError),
+    /// Policies that IoT Hub's and Casement's priority rules would settle differently.
+    #[error("cannot apply through configurations: {0}")]
+    Tie(String),
 }
 
 impl ApplyError {
-    /// The hub call that failed.
-    pub fn hub_error(&self) -> &ClientError {
+    /// The hub call that failed, when one did.
+    pub fn hub_error(&self) -> Option<&ClientError> {
         match self {
-            ApplyError::Target { source, .. } | ApplyError::Carriers(source) => source,
+            ApplyError::Target { source, .. }
+            | ApplyError::Carriers(source)
+            | ApplyError::Configurations(source) => Some(source),
+            ApplyError::Tie(_) => None,
         }
+    }
+
+    /// Whether the hub could not be reached (or kept failing).
+    pub fn is_unavailable(&self) -> bool {
+        self.hub_error().is_some_and(ClientError::is_unavailable)
     }
 }
 
@@ -143,12 +195,21 @@ pub struct Plan {
     pub policies: Vec<PolicyPlan>,
     /// Per device, in id order (targeted devices and devices to clear).
     pub devices: Vec<DevicePlan>,
+    /// With `--via configurations`: per configuration (policies in name order, then the
+    /// Casement configurations no policy wants).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub configurations: Option<Vec<ConfigChange>>,
+    /// With `--via configurations`: the devices some policy targets, counted by the hub (the
+    /// plan then lists only the devices to clear).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub targeted: Option<usize>,
 }
 
 impl Plan {
     /// Devices a policy targets.
     pub fn targeted(&self) -> usize {
-        self.devices.iter().filter(|d| d.winner.is_some()).count()
+        self.targeted
+            .unwrap_or_else(|| self.devices.iter().filter(|d| d.winner.is_some()).count())
     }
 
     /// Devices with more than one policy targeting them.
@@ -160,6 +221,24 @@ impl Plan {
     pub fn count(&self, kind: ChangeKind) -> usize {
         self.devices.iter().filter(|d| d.change == kind).count()
     }
+
+    /// Whether the plan writes through configurations.
+    pub fn via(&self) -> ApplyVia {
+        if self.configurations.is_some() {
+            ApplyVia::Configurations
+        } else {
+            ApplyVia::Twins
+        }
+    }
+}
+
+/// Whether clearing `device` is pruning: it carries a policy that is not in `set`.
+pub fn is_prune(set: &PolicySet, device: &DevicePlan) -> bool {
+    device.change == ChangeKind::Clear
+        && device
+            .current
+            .as_ref()
+            .is_none_or(|c| set.get(&c.policy).is_none())
 }
 
 /// The winner among the policies targeting one device: highest priority, then the first name.
@@ -187,7 +266,7 @@ fn decide(current: Option<&Assigned>, winner: Option<&Policy>) -> ChangeKind {
     }
 }
 
-fn assigned(view: &TwinView) -> Option<Assigned> {
+pub(crate) fn assigned(view: &TwinView) -> Option<Assigned> {
     let raw = view.desired_raw.as_ref()?;
     let field = |k: &str| raw.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     Some(Assigned {
@@ -273,10 +352,12 @@ pub fn resolve(
     Plan {
         policies: policies.into_values().collect(),
         devices,
+        configurations: None,
+        targeted: None,
     }
 }
 
-fn twins(items: Vec<Value>, what: &str) -> Vec<TwinView> {
+pub(crate) fn twins(items: Vec<Value>, what: &str) -> Vec<TwinView> {
     items
         .into_iter()
         .filter_map(|item| match TwinView::from_value(item) {
@@ -303,6 +384,20 @@ pub async fn build_plan<H: HubApi>(hub: &H, set: &PolicySet) -> Result<Plan, App
     let sql = fleet::carriers_query(None);
     let carriers = twins(hub.query(&sql).await.map_err(ApplyError::Carriers)?, &sql);
     Ok(resolve(set, &targets, &carriers))
+}
+
+/// The plan for `options.via`: [`build_plan`] (twins), or [`configurations::build_plan`]
+/// (counts, ties refused with [`ApplyError::Tie`], the configuration decisions, the devices to
+/// clear).
+pub async fn plan<H: HubApi>(
+    hub: &H,
+    set: &PolicySet,
+    options: &ApplyOptions,
+) -> Result<Plan, ApplyError> {
+    match options.via {
+        ApplyVia::Twins => build_plan(hub, set).await,
+        ApplyVia::Configurations => configurations::build_plan(hub, set, options.prune).await,
+    }
 }
 
 /// The JSON merge patch that turns `old` into `new` (`None` when they are equal); see
@@ -341,6 +436,18 @@ pub struct ApplySummary {
     pub plan_only: bool,
     /// Devices that could not be written, with the error.
     pub failed: Vec<DeviceFailure>,
+    /// Devices that carry a policy the files do not name, left alone without `--prune`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_pruned: Vec<String>,
+    /// How the policies were written.
+    pub via: ApplyVia,
+    /// With `--via configurations`: configurations created, updated and removed (`--plan`:
+    /// that would be).
+    pub configurations_created: usize,
+    /// Configurations updated.
+    pub configurations_updated: usize,
+    /// Configurations removed.
+    pub configurations_removed: usize,
 }
 
 /// A device apply could not write.
@@ -361,6 +468,12 @@ pub struct ApplyOptions {
     pub concurrency: usize,
     /// Re-reads after ETag conflicts, per device.
     pub max_conflict_retries: u32,
+    /// Clear devices (and, via configurations, remove Casement configurations) of policies
+    /// the given set does not name. `true` by default: `casement run` owns its whole policy
+    /// directory; `casement apply` sets it from `--prune`.
+    pub prune: bool,
+    /// How to write.
+    pub via: ApplyVia,
 }
 
 impl Default for ApplyOptions {
@@ -369,6 +482,8 @@ impl Default for ApplyOptions {
             plan_only: false,
             concurrency: 16,
             max_conflict_retries: 5,
+            prune: true,
+            via: ApplyVia::Twins,
         }
     }
 }
@@ -457,6 +572,48 @@ async fn write_device<H: HubApi>(
     }
 }
 
+/// Creates and updates the configurations, then removes the old ones (so a changed policy's
+/// devices are never without one). Failures are listed as `configuration <id>`.
+async fn write_configurations<H: HubApi>(
+    hub: &H,
+    configs: &[ConfigChange],
+    summary: &mut ApplySummary,
+) {
+    let mut fail = |id: &str, error: ClientError| {
+        tracing::warn!(configuration = id, %error, "could not write the configuration");
+        summary.failed.push(DeviceFailure {
+            device: format!("configuration {id}"),
+            error: error.to_string(),
+        });
+    };
+    let mut failed_policies = BTreeSet::new();
+    for change in configs {
+        let result = match (change.action, &change.config) {
+            (ConfigAction::Create, Some(c)) => hub.put_configuration(c, None).await.map(drop),
+            (ConfigAction::Update, Some(c)) => hub
+                .put_configuration(c, Some(change.etag.as_deref().unwrap_or("*")))
+                .await
+                .map(drop),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            failed_policies.insert(change.policy.as_str());
+            fail(&change.id, e);
+        }
+    }
+    // A policy whose new configuration could not be written keeps its old one.
+    for change in configs.iter().filter(|c| {
+        c.action == ConfigAction::Remove && !failed_policies.contains(c.policy.as_str())
+    }) {
+        match hub.delete_configuration(&change.id).await {
+            Ok(()) => {}
+            // Already gone (another apply, or a replayed delete).
+            Err(e) if e.status() == Some(404) => {}
+            Err(e) => fail(&change.id, e),
+        }
+    }
+}
+
 /// Writes the plan's changes (unless `plan_only`) and sums up.
 pub async fn execute<H: HubApi + Clone>(
     hub: &H,
@@ -468,17 +625,37 @@ pub async fn execute<H: HubApi + Clone>(
     let mut summary = ApplySummary {
         targeted: plan.targeted(),
         plan_only: options.plan_only,
+        via: plan.via(),
         ..ApplySummary::default()
     };
-    let writes: Vec<&DevicePlan> = plan.devices.iter().filter(|d| d.change.writes()).collect();
+    let mut writes: Vec<&DevicePlan> = Vec::new();
+    for d in plan.devices.iter().filter(|d| d.change.writes()) {
+        if !options.prune && is_prune(set, d) {
+            summary.not_pruned.push(d.device.clone());
+        } else {
+            writes.push(d);
+        }
+    }
     summary.unchanged = plan
         .devices
         .iter()
         .filter(|d| d.winner.is_some() && !d.change.writes())
         .count();
+    if let Some(configs) = &plan.configurations {
+        let count = |a: ConfigAction| configs.iter().filter(|c| c.action == a).count();
+        summary.configurations_created = count(ConfigAction::Create);
+        summary.configurations_updated = count(ConfigAction::Update);
+        summary.configurations_removed = count(ConfigAction::Remove);
+        // The hub writes the targeted devices at its next evaluation; apply only clears.
+        writes.retain(|d| d.winner.is_none());
+        if !options.plan_only {
+            write_configurations(hub, configs, &mut summary).await;
+        }
+    }
     if options.plan_only {
-        summary.changed = writes.iter().filter(|d| d.winner.is_some()).count();
-        summary.cleared = writes.len() - summary.changed;
+        let changed = writes.iter().filter(|d| d.winner.is_some()).count();
+        summary.changed += changed;
+        summary.cleared = writes.len() - changed;
         return summary;
     }
     let desired: Arc<BTreeMap<String, (DesiredMaintenance, Policy)>> = Arc::new(
@@ -559,20 +736,36 @@ pub fn render_text(plan: &Plan, summary: &ApplySummary, list_changes: bool) -> S
     let mut out = String::new();
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::NOTHING);
-    table.set_header([
-        "POLICY", "PRIORITY", "REVISION", "TARGETED", "WINS", "CHANGES",
-    ]);
+    if plan.configurations.is_some() {
+        table.set_header(["POLICY", "PRIORITY", "REVISION", "TARGETED"]);
+    } else {
+        table.set_header([
+            "POLICY", "PRIORITY", "REVISION", "TARGETED", "WINS", "CHANGES",
+        ]);
+    }
     for p in &plan.policies {
-        table.add_row([
+        let mut row = vec![
             p.name.clone(),
             p.priority.to_string(),
             p.revision.clone(),
             p.targeted.to_string(),
-            p.wins.to_string(),
-            p.changes.to_string(),
-        ]);
+        ];
+        if plan.configurations.is_none() {
+            row.extend([p.wins.to_string(), p.changes.to_string()]);
+        }
+        table.add_row(row);
     }
     let _ = writeln!(out, "{table}");
+    if let Some(configs) = &plan.configurations {
+        let _ = writeln!(out, "\nConfigurations:");
+        for c in configs {
+            let verb = match (c.action, summary.plan_only) {
+                (ConfigAction::Keep, _) => "keep (not given; --prune removes it)",
+                (a, _) => a.as_str(),
+            };
+            let _ = writeln!(out, "  {:<9} {}  (policy {})", verb, c.id, c.policy);
+        }
+    }
     let overlaps: Vec<&DevicePlan> = plan.overlaps().collect();
     if !overlaps.is_empty() {
         let _ = writeln!(
@@ -609,6 +802,19 @@ pub fn render_text(plan: &Plan, summary: &ApplySummary, list_changes: bool) -> S
             }
         }
     }
+    if !summary.not_pruned.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNot cleared ({} devices carry a policy none of the files names; --prune clears them):",
+            summary.not_pruned.len()
+        );
+        for d in summary.not_pruned.iter().take(20) {
+            let _ = writeln!(out, "  {d}");
+        }
+        if summary.not_pruned.len() > 20 {
+            let _ = writeln!(out, "  … and {} more", summary.not_pruned.len() - 20);
+        }
+    }
     for f in &summary.failed {
         let _ = writeln!(out, "error: {}: {}", f.device, f.error);
     }
@@ -622,6 +828,44 @@ pub fn render_text(plan: &Plan, summary: &ApplySummary, list_changes: bool) -> S
     } else {
         "cleared"
     };
+    if summary.via == ApplyVia::Configurations {
+        let _ = writeln!(
+            out,
+            "\nconfigurations: {} {}, {} {}, {} {}",
+            if summary.plan_only {
+                "would create"
+            } else {
+                "created"
+            },
+            summary.configurations_created,
+            if summary.plan_only {
+                "would update"
+            } else {
+                "updated"
+            },
+            summary.configurations_updated,
+            if summary.plan_only {
+                "would remove"
+            } else {
+                "removed"
+            },
+            summary.configurations_removed,
+        );
+    }
+    if summary.via == ApplyVia::Configurations {
+        let _ = writeln!(
+            out,
+            "\n{} devices targeted: the hub writes them at its next configuration evaluation; {clear_verb} {}{}",
+            summary.targeted,
+            summary.cleared,
+            if summary.failed.is_empty() {
+                String::new()
+            } else {
+                format!(", failed {}", summary.failed.len())
+            }
+        );
+        return out;
+    }
     let _ = writeln!(
         out,
         "\n{} devices targeted, {verb} {}, unchanged {}, {clear_verb} {}, conflicts {}{}",

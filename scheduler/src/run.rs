@@ -481,7 +481,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
         if !self.apply_pending {
             return;
         }
-        match apply::build_plan(&self.hub, &self.policies).await {
+        match apply::plan(&self.hub, &self.policies, &self.config.apply_options).await {
             Ok(plan) => {
                 let summary = apply::execute(
                     &self.hub,
@@ -504,7 +504,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 self.apply_pending = !summary.failed.is_empty();
             }
             Err(e) => {
-                self.hub_error(&e, e.hub_error().is_unavailable());
+                self.hub_error(&e, e.is_unavailable());
                 tracing::warn!(error = %e, "could not apply the policies; retrying at the next pass");
             }
         }

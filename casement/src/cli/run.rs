@@ -22,8 +22,9 @@ expected duration left, and that have not rebooted in this window, are invoked (
 {policy, revision, occurrence}) within max_concurrent, max_per_minute and max_failures.
 Each invocation is journaled and flushed under --state-dir before the call, so a restarted
 scheduler neither reboots a device twice in one window nor forgets one.
-Policy files are re-read when they change or on SIGHUP, and re-applied. SIGINT/SIGTERM stop
-gracefully (a second one stops at once).
+Policy files are re-read when they change or on SIGHUP, and re-applied (--via twins or
+configurations, as `casement apply --via`; the re-apply prunes: run owns its whole policy
+set). SIGINT/SIGTERM stop gracefully (a second one stops at once).
 
 Examples:
   casement run policies/ --metrics 127.0.0.1:9464
@@ -54,6 +55,9 @@ pub struct Args {
     /// Do not write the policies into twins (another process runs `casement apply`).
     #[arg(long)]
     pub no_apply: bool,
+    /// How the re-apply writes the policies (as `casement apply --via`).
+    #[arg(long, value_enum, default_value_t = super::apply::Via::Twins)]
+    pub via: super::apply::Via,
     /// The hub.
     #[command(flatten)]
     pub hub: ClientArgs,
@@ -67,6 +71,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Res
     let mut config = RunConfig::new(args.paths.clone(), args.state_dir.clone());
     config.tick = args.tick.max(Duration::from_millis(100));
     config.apply = !args.no_apply;
+    config.apply_options.via = args.via.into();
     config.rollout = RolloutConfig {
         clock_skew: args.clock_skew,
         completion_grace: args.completion_grace,
