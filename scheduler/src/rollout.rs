@@ -126,6 +126,9 @@ pub enum MethodOutcome {
     Refused(Refusal),
     /// 404103: the device is not connected.
     Offline,
+    /// 429: the hub refused the call before it reached the device (over a quota). Retried
+    /// after a backoff without counting as a failure or an attempt: the device never heard it.
+    Throttled,
     /// Anything else: a timeout, a server error after retries, a malformed answer.
     Error(String),
 }
@@ -414,6 +417,54 @@ impl PolicyRollout {
             .map(|(id, d)| (id.as_str(), &d.window))
     }
 
+    /// Devices in flight whose outcome only their twins can tell (accepted, timed out, or
+    /// journaled before a restart) — not those whose call is still under way. The run loop
+    /// reads these twins one by one every pass (strongly consistent, bounded by
+    /// `max_concurrent`); a query, which may lag, never confirms a completion.
+    pub fn to_follow(&self) -> impl Iterator<Item = &str> {
+        self.devices
+            .iter()
+            .filter(|(_, d)| {
+                d.state.in_flight() && !matches!(d.state, DeviceState::Invoking { .. })
+            })
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// How many invocations may start at `now`: free `max_concurrent` slots, and what is left
+    /// of the per-minute budget, whichever is smaller.
+    pub fn capacity(&self, now: DateTime<Utc>) -> u32 {
+        let slots = self
+            .limits
+            .max_concurrent
+            .saturating_sub(self.in_flight_count());
+        let last_minute = self.recent.iter().filter(|t| now - **t < MINUTE).count();
+        let per_minute = (self.limits.max_per_minute as usize).saturating_sub(last_minute);
+        slots.min(u32::try_from(per_minute).unwrap_or(u32::MAX))
+    }
+
+    /// How many devices the candidate query should ask for at `now` (its `TOP`): 0 when no
+    /// invocation can start, else [`capacity`](Self::capacity) plus every device a query
+    /// answering up to `lag` late may still show as due although this rollout already knows
+    /// it — in flight, invoked within `lag`, or waiting (eligible, retrying) — so known devices
+    /// never crowd new ones out of the answer. Bounded by the limits, not by the fleet.
+    pub fn candidates_wanted(&self, now: DateTime<Utc>, lag: Duration) -> u32 {
+        let capacity = self.capacity(now);
+        if capacity == 0 {
+            return 0;
+        }
+        let since = now - delta(lag);
+        let known = self
+            .devices
+            .values()
+            .filter(|d| {
+                d.state.in_flight()
+                    || matches!(d.state, DeviceState::Eligible | DeviceState::Retry { .. })
+                    || d.invoked_at.is_some_and(|t| t >= since)
+            })
+            .count();
+        capacity.saturating_add(u32::try_from(known).unwrap_or(u32::MAX))
+    }
+
     /// How many devices are in flight.
     pub fn in_flight_count(&self) -> u32 {
         u32::try_from(
@@ -562,6 +613,12 @@ impl PolicyRollout {
                 dev.state = DeviceState::Done { completed: false };
                 dev.detail = EntryState::Failed(format!("refused: {refusal}"));
                 failed = true;
+            }
+            MethodOutcome::Throttled => {
+                dev.state = DeviceState::Retry {
+                    at: now + backoff(&config, 1),
+                };
+                dev.detail = EntryState::Error("throttled by the hub (429); retrying".into());
             }
             MethodOutcome::Offline => {
                 dev.offline_streak += 1;

@@ -116,6 +116,11 @@ pub struct RunConfig {
     pub journal_retention: Duration,
     /// Twin reads of in-flight devices at once.
     pub read_concurrency: usize,
+    /// How late a twin query may answer (Azure documents query results as eventually
+    /// consistent). The candidate query asks for this many seconds' worth of already-invoked
+    /// devices on top of the free capacity, so stale answers never crowd out due devices;
+    /// correctness never depends on it (the journal and twin reads decide).
+    pub query_lag: Duration,
 }
 
 impl RunConfig {
@@ -130,6 +135,7 @@ impl RunConfig {
             apply_options: ApplyOptions::default(),
             journal_retention: Duration::from_secs(60 * 86_400),
             read_concurrency: 16,
+            query_lag: Duration::from_secs(10),
         }
     }
 }
@@ -162,6 +168,14 @@ pub struct RunStats {
     pub applies: u64,
     /// Queries or twin reads that failed (retried at the next pass).
     pub hub_errors: u64,
+    /// Candidate queries made (a policy with no free capacity makes none).
+    pub candidate_queries: u64,
+    /// Devices those queries returned.
+    pub candidates: u64,
+    /// Twins of devices in flight read one by one.
+    pub twin_reads: u64,
+    /// Invocations the hub answered 429 (retried later, not failures).
+    pub throttled: u64,
 }
 
 /// Stop and reload requests: from signals in the binary, by hand in tests.
@@ -287,6 +301,7 @@ pub fn classify(result: &Result<MethodResponse, ClientError>) -> MethodOutcome {
     let response = match result {
         Ok(response) => response,
         Err(e) if e.is_device_offline() => return MethodOutcome::Offline,
+        Err(e) if e.is_throttled() => return MethodOutcome::Throttled,
         Err(e) => return MethodOutcome::Error(e.to_string()),
     };
     let answer = match RebootAnswer::from_json(&response.payload) {
@@ -317,6 +332,7 @@ fn outcome_label(o: &MethodOutcome) -> &'static str {
         MethodOutcome::AlreadyDone => "already_done",
         MethodOutcome::Refused(_) => "refused",
         MethodOutcome::Offline => "offline",
+        MethodOutcome::Throttled => "throttled",
         MethodOutcome::Error(_) => "error",
     }
 }
@@ -562,23 +578,24 @@ impl<H: HubApi + Clone> Scheduler<H> {
         Ok(())
     }
 
+    /// One policy's share of a pass, costing what it can act on:
+    ///
+    /// 1. the twins of its devices in flight are read one by one (strongly consistent; at most
+    ///    `max_concurrent`) — only these confirm a completion;
+    /// 2. when an invocation can start, one `SELECT TOP k` candidate query asks for devices that
+    ///    report themselves due (`window.due`), `k` from [`PolicyRollout::candidates_wanted`];
+    ///    answers about devices in flight are ignored (the twin reads are fresher), so a query
+    ///    that lags can neither confirm nor repeat anything — the journal decides.
     async fn pass_policy(&mut self, name: &str) -> Result<(), RunError> {
         let Some(policy) = self.policies.get(name).cloned() else {
             return Ok(());
         };
         let now = self.clock.now();
-        let sql = fleet::candidates_query(name);
-        let views: Vec<TwinView> = match self.hub.query(&sql).await {
-            Ok(items) => items
-                .into_iter()
-                .filter_map(|item| TwinView::from_value(item).ok())
-                .collect(),
-            Err(e) => {
-                self.hub_error(&e, e.is_unavailable());
-                tracing::warn!(policy = name, error = %e, "candidate query failed; retrying at the next pass");
-                return Ok(());
-            }
+        let follow: Vec<String> = match self.rollouts.get(name) {
+            Some(r) => r.to_follow().map(str::to_owned).collect(),
+            None => return Ok(()),
         };
+        let followed = self.read_twins(&follow).await;
         let mut zones: HashMap<Option<Tz>, Option<Window>> = HashMap::new();
         let mut observe = |view: &TwinView| -> Observation {
             let zone = view.device_zone();
@@ -587,28 +604,48 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 .or_insert_with(|| fleet::scheduler_window(policy.window(), zone, now));
             view.observation_with(window)
         };
-        let seen: BTreeSet<String> = views.iter().map(|v| v.device_id.clone()).collect();
-        let observations: Vec<Observation> = views.iter().map(&mut observe).collect();
-        let missing: Vec<String> = self
+        let observations: Vec<Observation> = followed.iter().map(&mut observe).collect();
+        // Completions first: the slots they free are what the candidate query asks for.
+        let mut actions = match self.rollouts.get_mut(name) {
+            Some(r) => r.observe(now, &observations, false),
+            None => return Ok(()),
+        };
+        let wanted = self
             .rollouts
             .get(name)
-            .map(|r| {
-                r.in_flight()
-                    .filter(|(id, _)| !seen.contains(*id))
-                    .map(|(id, _)| id.to_owned())
-                    .collect()
-            })
+            .map_or(0, |r| r.candidates_wanted(now, self.config.query_lag));
+        let mut views: Vec<TwinView> = Vec::new();
+        let mut complete = false;
+        if wanted > 0 {
+            let sql = fleet::candidates_query(name, wanted);
+            self.stats.candidate_queries += 1;
+            match self.hub.query(&sql).await {
+                Ok(items) => {
+                    complete = items.len() < wanted as usize;
+                    self.stats.candidates += items.len() as u64;
+                    views = items
+                        .iter()
+                        .filter_map(|item| TwinView::from_candidate(item).ok())
+                        .collect();
+                }
+                Err(e) => {
+                    self.hub_error(&e, e.is_unavailable());
+                    tracing::warn!(policy = name, error = %e, "candidate query failed; retrying at the next pass");
+                }
+            }
+        }
+        let in_flight: BTreeSet<String> = self
+            .rollouts
+            .get(name)
+            .map(|r| r.in_flight().map(|(id, _)| id.to_owned()).collect())
             .unwrap_or_default();
-        let extra: Vec<Observation> = self
-            .read_twins(&missing)
-            .await
+        let candidates: Vec<Observation> = views
             .iter()
+            .filter(|v| !in_flight.contains(&v.device_id))
             .map(&mut observe)
             .collect();
-        let mut actions = Vec::new();
         if let Some(r) = self.rollouts.get_mut(name) {
-            actions.extend(r.observe(now, &observations, true));
-            actions.extend(r.observe(now, &extra, false));
+            actions.extend(r.observe(now, &candidates, complete));
         }
         self.execute(actions).await?;
         self.update_gauges(name);
@@ -630,7 +667,10 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 });
             }
             match tasks.join_next().await {
-                Some(Ok((_, Ok(twin)))) => out.push(TwinView::from_twin(&twin)),
+                Some(Ok((_, Ok(twin)))) => {
+                    self.stats.twin_reads += 1;
+                    out.push(TwinView::from_twin(&twin));
+                }
                 Some(Ok((id, Err(e)))) => {
                     self.hub_error(&format!("{id}: {e}"), e.is_unavailable());
                     tracing::warn!(device = %id, error = %e, "cannot read the twin of a device in flight");
@@ -771,6 +811,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 tracing::warn!(policy = %result.policy, device = %result.device, reason = %refusal.reason, message = %refusal.message, "reboot refused");
             }
             MethodOutcome::Offline => self.stats.offline += 1,
+            MethodOutcome::Throttled => self.stats.throttled += 1,
             MethodOutcome::Error(e) => {
                 self.stats.errors += 1;
                 tracing::warn!(policy = %result.policy, device = %result.device, error = %e, "reboot invocation failed");
