@@ -343,6 +343,8 @@ struct CallResult {
     device: String,
     window: Window,
     outcome: MethodOutcome,
+    /// The HTTP status of the call (`None` when none came back).
+    status: Option<u16>,
 }
 
 /// The scheduler: policies, their rollouts, the journal, the calls under way.
@@ -360,6 +362,25 @@ pub struct Scheduler<H: HubApi + Clone> {
     draining: bool,
     stats: RunStats,
     hub_errors: ClientErrors,
+    /// Candidate query pages read by the pass under way.
+    pass_pages: u64,
+    /// Whether the pass under way got a 429.
+    pass_throttled: bool,
+    /// Passes in a row that got a 429.
+    throttled_passes: u32,
+    /// Whether the persistent throttle was logged (once, until a pass goes without 429).
+    throttle_warned: bool,
+}
+
+/// Passes in a row with a 429 after which the throttle counts as persistent and is logged.
+const PERSISTENT_THROTTLE_PASSES: u32 = 3;
+
+/// The HTTP status of a call's outcome (`None` when none came back).
+fn status_of<T>(result: &Result<T, ClientError>) -> Option<u16> {
+    match result {
+        Ok(_) => Some(200),
+        Err(e) => e.status(),
+    }
 }
 
 impl<H: HubApi + Clone> std::fmt::Debug for Scheduler<H> {
@@ -411,6 +432,10 @@ impl<H: HubApi + Clone> Scheduler<H> {
             draining: false,
             stats: RunStats::default(),
             hub_errors: ClientErrors::default(),
+            pass_pages: 0,
+            pass_throttled: false,
+            throttled_passes: 0,
+            throttle_warned: false,
         };
         scheduler.install(policies)?;
         let unresolved = scheduler
@@ -569,11 +594,14 @@ impl<H: HubApi + Clone> Scheduler<H> {
             self.apply_if_pending().await;
         }
         let names: Vec<String> = self.rollouts.keys().cloned().collect();
+        self.pass_pages = 0;
         for name in names {
             self.pass_policy(&name).await?;
         }
         self.stats.passes += 1;
         self.metrics.tick(started.elapsed());
+        self.metrics.pass_pages(self.pass_pages);
+        self.end_pass_throttle();
         self.snapshot();
         Ok(())
     }
@@ -619,8 +647,12 @@ impl<H: HubApi + Clone> Scheduler<H> {
         if wanted > 0 {
             let sql = fleet::candidates_query(name, wanted);
             self.stats.candidate_queries += 1;
-            match self.hub.query(&sql).await {
+            let result = self.hub.query(&sql).await;
+            self.note_call("query", status_of(&result));
+            match result {
                 Ok(items) => {
+                    // What the hub meters: pages of at most 100 items (one when k <= 100).
+                    self.pass_pages += (items.len() as u64).div_ceil(100).max(1);
                     complete = items.len() < wanted as usize;
                     self.stats.candidates += items.len() as u64;
                     views = items
@@ -666,7 +698,11 @@ impl<H: HubApi + Clone> Scheduler<H> {
                     (id, result)
                 });
             }
-            match tasks.join_next().await {
+            let joined = tasks.join_next().await;
+            if let Some(Ok((_, result))) = &joined {
+                self.note_call("twin_read", status_of(result));
+            }
+            match joined {
                 Some(Ok((_, Ok(twin)))) => {
                     self.stats.twin_reads += 1;
                     out.push(TwinView::from_twin(&twin));
@@ -795,12 +831,14 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 device: inv.device,
                 window: inv.window,
                 outcome: classify(&result),
+                status: status_of(&result),
             }
         });
     }
 
     async fn on_call(&mut self, result: CallResult) -> Result<(), RunError> {
         let now = self.clock.now();
+        self.note_call("method", result.status);
         self.metrics
             .invocation(&result.policy, outcome_label(&result.outcome));
         match &result.outcome {
@@ -882,6 +920,40 @@ impl<H: HubApi + Clone> Scheduler<H> {
             });
         }
         Ok(self.stats)
+    }
+
+    /// Counts a call to the hub in the metrics and notes a 429.
+    fn note_call(&mut self, op: &'static str, status: Option<u16>) {
+        self.metrics.hub_call(op, status);
+        if status == Some(429) {
+            self.pass_throttled = true;
+        }
+    }
+
+    /// At the end of a pass: a throttle that lasts [`PERSISTENT_THROTTLE_PASSES`] passes is
+    /// logged once, with what to do; a pass without 429 ends it.
+    fn end_pass_throttle(&mut self) {
+        if std::mem::take(&mut self.pass_throttled) {
+            self.throttled_passes += 1;
+            if self.throttled_passes >= PERSISTENT_THROTTLE_PASSES && !self.throttle_warned {
+                self.throttle_warned = true;
+                tracing::warn!(
+                    passes = self.throttled_passes,
+                    tick = ?self.config.tick,
+                    "the hub has answered 429 (throttled) in every one of the last passes: the \
+                     loop needs more than the tier's quotas allow. Raise the hub's units \
+                     (--units, and the IoT Hub's own unit count), lower max_concurrent or \
+                     max_per_minute, or make passes rarer with a longer --tick; the run goes \
+                     on, slower, retrying what was refused"
+                );
+            }
+        } else {
+            if self.throttle_warned {
+                tracing::info!("the hub no longer throttles the run loop");
+            }
+            self.throttled_passes = 0;
+            self.throttle_warned = false;
+        }
     }
 
     /// Counts a failed call to the hub (the pass goes on; the next one retries it).
