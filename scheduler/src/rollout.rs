@@ -126,6 +126,11 @@ pub enum MethodOutcome {
     Refused(Refusal),
     /// 404103: the device is not connected.
     Offline,
+    /// 504101 (GatewayTimeout): the device did not answer in time — but it may have received
+    /// the call and rebooted (a socket that died silently). Not a failure: the device keeps its
+    /// slot, is journaled "may have run", and only its twin (or, when re-invoked, its
+    /// `alreadyDone`) tells; counted as a failed attempt only when `max_attempts` run out.
+    MayHaveRun(String),
     /// 429: the hub refused the call before it reached the device (over a quota). Retried
     /// after a backoff without counting as a failure or an attempt: the device never heard it.
     Throttled,
@@ -177,6 +182,9 @@ pub enum EntryState {
     Offline,
     /// The last attempt ended in a method error (retried while attempts are left).
     Error(String),
+    /// The last attempt timed out at the hub (504101): the device may have rebooted. Followed
+    /// by twin reads; re-invoked (the agent answers `alreadyDone` if it did) after a backoff.
+    MayHaveRun(String),
     /// Final failure: refused, reboot failed, timed out, attempts exhausted.
     Failed(String),
 }
@@ -511,6 +519,9 @@ impl PolicyRollout {
             },
             EntryState::Completed => DeviceState::Done { completed: true },
             EntryState::Failed(_) => DeviceState::Done { completed: false },
+            EntryState::MayHaveRun(_) => DeviceState::Unresolved {
+                at: entry.invoked_at.unwrap_or(entry.updated_at),
+            },
             EntryState::Offline | EntryState::Error(_) => DeviceState::Retry {
                 at: entry.updated_at + backoff(&self.config, entry.attempts),
             },
@@ -522,7 +533,10 @@ impl PolicyRollout {
             let pos = self.recent.partition_point(|t| *t <= at);
             self.recent.insert(pos, at);
         }
-        let errors = if matches!(entry.state, EntryState::Error(_)) {
+        let errors = if matches!(
+            entry.state,
+            EntryState::Error(_) | EntryState::MayHaveRun(_)
+        ) {
             entry.failures
         } else {
             0
@@ -613,6 +627,21 @@ impl PolicyRollout {
                 dev.state = DeviceState::Done { completed: false };
                 dev.detail = EntryState::Failed(format!("refused: {refusal}"));
                 failed = true;
+            }
+            MethodOutcome::MayHaveRun(message) => {
+                dev.errors += 1;
+                if dev.errors >= max_attempts {
+                    dev.state = DeviceState::Done { completed: false };
+                    dev.detail = EntryState::Failed(format!(
+                        "may have run: {message} (after {} attempts)",
+                        dev.errors
+                    ));
+                    failed = true;
+                } else {
+                    // In flight until a twin read (or alreadyDone) resolves it.
+                    dev.state = DeviceState::Unresolved { at: now };
+                    dev.detail = EntryState::MayHaveRun(message);
+                }
             }
             MethodOutcome::Throttled => {
                 dev.state = DeviceState::Retry {
@@ -791,9 +820,15 @@ impl PolicyRollout {
                 DeviceState::Unresolved { .. } => {
                     // Journaled but no trace in the twin: the call may never have been made.
                     // Invoke again (same occurrence: an agent that did reboot answers "already
-                    // done"), as a retry that is due now.
+                    // done"), as a retry that is due now — or, after a timeout (504101), after
+                    // the backoff.
                     if same_occurrence {
-                        dev.state = DeviceState::Retry { at: now };
+                        let at = if dev.errors > 0 {
+                            now + backoff(&self.config, dev.errors)
+                        } else {
+                            now
+                        };
+                        dev.state = DeviceState::Retry { at };
                     }
                     return;
                 }

@@ -176,6 +176,8 @@ pub struct RunStats {
     pub twin_reads: u64,
     /// Invocations the hub answered 429 (retried later, not failures).
     pub throttled: u64,
+    /// Invocations that timed out at the hub (504101): the device may have rebooted.
+    pub may_have_run: u64,
 }
 
 /// Stop and reload requests: from signals in the binary, by hand in tests.
@@ -302,6 +304,12 @@ pub fn classify(result: &Result<MethodResponse, ClientError>) -> MethodOutcome {
         Ok(response) => response,
         Err(e) if e.is_device_offline() => return MethodOutcome::Offline,
         Err(e) if e.is_throttled() => return MethodOutcome::Throttled,
+        Err(e)
+            if e.service_error()
+                .is_some_and(casement_iothub::error::ServiceError::is_gateway_timeout) =>
+        {
+            return MethodOutcome::MayHaveRun(e.to_string());
+        }
         Err(e) => return MethodOutcome::Error(e.to_string()),
     };
     let answer = match RebootAnswer::from_json(&response.payload) {
@@ -333,6 +341,7 @@ fn outcome_label(o: &MethodOutcome) -> &'static str {
         MethodOutcome::Refused(_) => "refused",
         MethodOutcome::Offline => "offline",
         MethodOutcome::Throttled => "throttled",
+        MethodOutcome::MayHaveRun(_) => "may_have_run",
         MethodOutcome::Error(_) => "error",
     }
 }
@@ -850,6 +859,10 @@ impl<H: HubApi + Clone> Scheduler<H> {
             }
             MethodOutcome::Offline => self.stats.offline += 1,
             MethodOutcome::Throttled => self.stats.throttled += 1,
+            MethodOutcome::MayHaveRun(e) => {
+                self.stats.may_have_run += 1;
+                tracing::warn!(policy = %result.policy, device = %result.device, error = %e, "reboot call timed out: the device may have rebooted; following its twin");
+            }
             MethodOutcome::Error(e) => {
                 self.stats.errors += 1;
                 tracing::warn!(policy = %result.policy, device = %result.device, error = %e, "reboot invocation failed");
@@ -1108,7 +1121,12 @@ mod tests {
             op: "POST".into(),
             error: ServiceError::parse(504, Some("GatewayTimeout"), b""),
         });
-        assert!(matches!(classify(&timeout), MethodOutcome::Error(_)));
+        assert!(matches!(classify(&timeout), MethodOutcome::MayHaveRun(_)));
+        let throttled = Err(ClientError::Service {
+            op: "POST".into(),
+            error: ServiceError::parse(429, Some("ThrottlingException"), b""),
+        });
+        assert_eq!(classify(&throttled), MethodOutcome::Throttled);
     }
 
     #[test]
