@@ -316,8 +316,11 @@ async fn a_hub_answering_429_to_every_third_call_gets_the_wave_done_without_a_do
         calls: Arc::new(AtomicUsize::new(0)),
         throttled: Arc::new(AtomicUsize::new(0)),
     };
-    let mut scheduler = env.scheduler(hub.clone()).await;
+    // The policy applied first through the real client (applying is not what this is about).
+    let applier = env.scheduler(env.client.clone()).await;
     env.wait_applied("weekly").await;
+    drop(applier);
+    let mut scheduler = env.scheduler(hub.clone()).await;
     wave(
         &env,
         &mut scheduler,
@@ -343,4 +346,60 @@ async fn a_hub_answering_429_to_every_third_call_gets_the_wave_done_without_a_do
     assert!(stats.throttled > 0, "{stats:?}");
     assert_eq!(stats.failed, 0, "a 429 is no failure: {stats:?}");
     assert_eq!(stats.completed, 10, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_that_shapes_rather_than_refuses_slows_the_wave_but_keeps_it_correct() {
+    let (env, spec) = fleet(8, 4, |mut c| {
+        c.throttle_mode = casement_hub::ThrottleMode::Shape;
+        c.throttle = casement_hub::ThrottleConfig {
+            rates: [
+                // Four reboots at once against two a second: two wait in the queue.
+                (
+                    casement_hub::Operation::Methods,
+                    casement_hub::Rate::per_second(2.0),
+                ),
+                (
+                    casement_hub::Operation::TwinReads,
+                    casement_hub::Rate::per_second(4.0),
+                ),
+                (
+                    casement_hub::Operation::Queries,
+                    casement_hub::Rate::per_second(4.0),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        c
+    })
+    .await;
+    let mut scheduler = env.scheduler(env.client.clone()).await;
+    env.wait_applied("weekly").await;
+    wave(
+        &env,
+        &mut scheduler,
+        &spec,
+        common::utc(2026, 3, 29, 2, 0, 10),
+        common::utc(2026, 3, 29, 3, 30, 0),
+        TimeDelta::seconds(120),
+    )
+    .await;
+    assert!(
+        env.hub.throttle_counts().queued > 0,
+        "the hub never shaped a call"
+    );
+    let records = env.reboots();
+    check_invariants(
+        &records,
+        &spec,
+        &|_| UTC,
+        TimeDelta::zero(),
+        REBOOT,
+        4,
+        1000,
+    );
+    assert_eq!(records.len(), 8, "every device rebooted once");
+    let stats = scheduler.stats();
+    assert_eq!((stats.failed, stats.completed), (0, 8), "{stats:?}");
 }
