@@ -326,7 +326,7 @@ mod tests {
             json!({"maintenance": {"policy": "weekly", "revision": "aa01", "status": "applied",
                    "error": null, "timezone": "Europe/Amsterdam",
                    "window": {"open": false, "opensAt": "2026-11-29T01:00:00.000Z",
-                              "closesAt": "2026-11-29T03:00:00.000Z"}}})
+                              "closesAt": "2026-11-29T03:00:00.000Z", "due": false}}})
         );
         assert_eq!(window.map(|w| w.open), Some(false));
         // The same desired again changes nothing.
@@ -335,6 +335,24 @@ mod tests {
                 .apply_desired(Some(&desired("aa01", "0 2 * * SUN")))
                 .changed()
         );
+    }
+
+    #[test]
+    fn the_window_is_due_while_open_until_the_device_reboots_for_it() {
+        let mut state = amsterdam();
+        state.apply_desired(Some(&desired("aa01", "0 2 * * SUN")));
+        let open = sunday(1, 30);
+        let due = state.window_report(open, &|_| false).unwrap();
+        assert!(due.open && due.due);
+        let occurrence = due.opens_at;
+        let done = state.window_report(open, &|o| o == occurrence).unwrap();
+        assert!(done.open && !done.due);
+        // Another occurrence's reboot does not count.
+        let other = state.window_report(open, &|o| o != occurrence).unwrap();
+        assert!(other.due);
+        let (patch, _) = state.report(open, &|o| o == occurrence);
+        assert_eq!(patch["maintenance"]["window"]["due"], json!(false));
+        assert!(!state.window_report(saturday(), &|_| false).unwrap().due);
     }
 
     #[test]
