@@ -132,6 +132,12 @@ impl Metrics {
         v.pages_max = v.pages_max.max(pages);
     }
 
+    /// Candidate query pages over all passes, passes, and the most one pass read.
+    pub fn pages_per_pass(&self) -> (u64, u64, u64) {
+        let v = self.values();
+        (v.pages_sum, v.pages_count, v.pages_max)
+    }
+
     /// Invocations counted for (policy, outcome).
     pub fn invocations(&self, policy: &str, outcome: &'static str) -> u64 {
         self.values()
@@ -302,6 +308,7 @@ mod tests {
         assert!(text.contains("casement_query_pages_last_pass 3"));
         assert!(text.contains("casement_query_pages_max_pass 3"));
         assert_eq!(m.hub_calls("method", "429"), 2);
+        assert_eq!(m.pages_per_pass(), (4, 2, 3));
         assert!(
             text.contains(
                 "casement_reboot_invocations_total{policy=\"gw\",outcome=\"accepted\"} 2"
