@@ -662,6 +662,7 @@ impl Core {
                     let patch = report.to_patch();
                     info!(device = %self.device, report = %patch, "reboot status");
                     self.reporter.queue(patch);
+                    self.report_due_if_changed();
                 }
                 RebootAction::RunRebootCommand => {
                     self.reboot = RebootStage::WaitingForReport {
@@ -936,16 +937,46 @@ impl Core {
         changed
     }
 
+    /// Whether the device rebooted, or is rebooting, for the window occurrence `occurrence`
+    /// (what clears `maintenance.window.due`).
+    fn rebooted_for(state: &AgentState, occurrence: DateTime<Utc>) -> bool {
+        state.rebooted_for(occurrence)
+            || state
+                .in_progress
+                .as_ref()
+                .is_some_and(|r| r.occurrence == Some(occurrence))
+    }
+
     /// Queues the whole maintenance section (status, policy, zone and window).
     fn report_maintenance(&mut self, now: DateTime<Utc>) {
-        let (patch, window) = self.policy.report(now);
+        let state = &self.state;
+        let (patch, window) = self
+            .policy
+            .report(now, &|occurrence| Self::rebooted_for(state, occurrence));
         self.last_window = window;
         self.reporter.queue(patch);
     }
 
+    /// After a reboot report: `due` turns false (or true again after a failed reboot) in the
+    /// same patch, composed with the report queued just before, so the window's `due` costs
+    /// no patch of its own.
+    fn report_due_if_changed(&mut self) {
+        let Some(window) = self.last_window else {
+            return;
+        };
+        let updated = window.rebooted(Self::rebooted_for(&self.state, window.opens_at));
+        if updated != window {
+            self.reporter.queue(window_patch(&updated));
+            self.last_window = Some(updated);
+        }
+    }
+
     /// Queues `maintenance.window` when it differs from what was last reported.
     fn report_window_if_changed(&mut self, now: DateTime<Utc>) {
-        let window = self.policy.window_report(now);
+        let state = &self.state;
+        let window = self
+            .policy
+            .window_report(now, &|occurrence| Self::rebooted_for(state, occurrence));
         if window != self.last_window {
             if let Some(window) = &window {
                 info!(device = %self.device, open = window.open, opens_at = %window.opens_at, closes_at = %window.closes_at,

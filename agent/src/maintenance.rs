@@ -204,15 +204,25 @@ impl PolicyState {
         })
     }
 
-    /// The `maintenance.window` to report, while a plan runs.
-    pub fn window_report(&self, now: DateTime<Utc>) -> Option<ReportedWindow> {
-        self.window_at(now).map(ReportedWindow::from)
+    /// The `maintenance.window` to report, while a plan runs; `rebooted(occurrence)` says
+    /// whether the device rebooted (or is rebooting) for an occurrence, which clears `due`.
+    pub fn window_report(
+        &self,
+        now: DateTime<Utc>,
+        rebooted: &dyn Fn(DateTime<Utc>) -> bool,
+    ) -> Option<ReportedWindow> {
+        self.window_at(now)
+            .map(|state| ReportedWindow::from(state).rebooted(rebooted(state.window.occurrence)))
     }
 
     /// The whole reported `maintenance` section as a patch (`{"maintenance": null}` when no
     /// policy is desired), and the window in it.
-    pub fn report(&self, now: DateTime<Utc>) -> (Value, Option<ReportedWindow>) {
-        let window = self.window_report(now);
+    pub fn report(
+        &self,
+        now: DateTime<Utc>,
+        rebooted: &dyn Fn(DateTime<Utc>) -> bool,
+    ) -> (Value, Option<ReportedWindow>) {
+        let window = self.window_report(now, rebooted);
         let (policy, revision, status, error) = match &self.verdict {
             Verdict::None => return (json!({ MAINTENANCE: null }), None),
             Verdict::Applied => match self.plan() {
@@ -310,13 +320,13 @@ mod tests {
                 changed: true
             }
         );
-        let (patch, window) = state.report(saturday());
+        let (patch, window) = state.report(saturday(), &|_| false);
         assert_eq!(
             patch,
             json!({"maintenance": {"policy": "weekly", "revision": "aa01", "status": "applied",
                    "error": null, "timezone": "Europe/Amsterdam",
                    "window": {"open": false, "opensAt": "2026-11-29T01:00:00.000Z",
-                              "closesAt": "2026-11-29T03:00:00.000Z"}}})
+                              "closesAt": "2026-11-29T03:00:00.000Z", "due": false}}})
         );
         assert_eq!(window.map(|w| w.open), Some(false));
         // The same desired again changes nothing.
@@ -328,19 +338,41 @@ mod tests {
     }
 
     #[test]
+    fn the_window_is_due_while_open_until_the_device_reboots_for_it() {
+        let mut state = amsterdam();
+        state.apply_desired(Some(&desired("aa01", "0 2 * * SUN")));
+        let open = sunday(1, 30);
+        let due = state.window_report(open, &|_| false).unwrap();
+        assert!(due.open && due.due);
+        let occurrence = due.opens_at;
+        let done = state.window_report(open, &|o| o == occurrence).unwrap();
+        assert!(done.open && !done.due);
+        // Another occurrence's reboot does not count.
+        let other = state.window_report(open, &|o| o != occurrence).unwrap();
+        assert!(other.due);
+        let (patch, _) = state.report(open, &|o| o == occurrence);
+        assert_eq!(patch["maintenance"]["window"]["due"], json!(false));
+        assert!(!state.window_report(saturday(), &|_| false).unwrap().due);
+    }
+
+    #[test]
     fn transitions_alternate_between_open_and_close() {
         let mut state = amsterdam();
         state.apply_desired(Some(&desired("aa01", "0 2 * * SUN")));
         assert_eq!(state.next_transition(saturday()), Some(sunday(1, 0)));
         assert_eq!(
-            state.window_report(sunday(1, 0)).map(|w| w.open),
+            state
+                .window_report(sunday(1, 0), &|_| false)
+                .map(|w| w.open),
             Some(true)
         );
         assert_eq!(state.next_transition(sunday(1, 0)), Some(sunday(3, 0)));
         let next_week = sunday(1, 0) + TimeDelta::days(7);
         assert_eq!(state.next_transition(sunday(3, 0)), Some(next_week));
         assert_eq!(
-            state.window_report(sunday(3, 0)).map(|w| w.open),
+            state
+                .window_report(sunday(3, 0), &|_| false)
+                .map(|w| w.open),
             Some(false)
         );
         let active = state.active(sunday(2, 0)).unwrap();
@@ -371,7 +403,7 @@ mod tests {
         // The old plan still decides the window and the gate; the report says "rejected".
         assert_eq!(state.active(saturday()).unwrap().revision, "aa01");
         assert_eq!(state.next_transition(saturday()), Some(sunday(1, 0)));
-        let (patch, _) = state.report(saturday());
+        let (patch, _) = state.report(saturday(), &|_| false);
         assert_eq!(patch["maintenance"]["status"], "rejected");
         assert_eq!(patch["maintenance"]["revision"], "bb02");
         assert!(
@@ -417,7 +449,7 @@ mod tests {
             error.starts_with("maintenance.window.durationSeconds: invalid type: string \"2h\""),
             "{error}"
         );
-        let (patch, window) = state.report(saturday());
+        let (patch, window) = state.report(saturday(), &|_| false);
         assert_eq!(patch["maintenance"]["status"], "rejected");
         assert_eq!(patch["maintenance"]["window"], Value::Null);
         assert_eq!(window, None);
@@ -432,7 +464,10 @@ mod tests {
             state.apply_desired(None),
             ApplyOutcome::Cleared { changed: true }
         );
-        assert_eq!(state.report(saturday()).0, json!({"maintenance": null}));
+        assert_eq!(
+            state.report(saturday(), &|_| false).0,
+            json!({"maintenance": null})
+        );
         assert!(state.active(saturday()).is_none());
         assert_eq!(state.next_transition(saturday()), None);
         assert_eq!(state.persisted(), None);
@@ -470,7 +505,7 @@ mod tests {
         tokyo.apply_desired(Some(&named));
         assert_eq!(tokyo.next_transition(saturday()), Some(sunday(2, 0)));
         assert_eq!(
-            tokyo.report(saturday()).0["maintenance"]["timezone"],
+            tokyo.report(saturday(), &|_| false).0["maintenance"]["timezone"],
             "Asia/Tokyo"
         );
     }

@@ -41,7 +41,8 @@ async fn window_opens_and_closes_are_reported_when_they_happen() {
         applied["maintenance"],
         json!({"policy": "weekly", "revision": "aa01", "status": "applied", "error": null,
                "timezone": "UTC",
-               "window": {"open": false, "opensAt": OCCURRENCE, "closesAt": "2030-01-06T04:00:00.000Z"}})
+               "window": {"open": false, "opensAt": OCCURRENCE, "closesAt": "2030-01-06T04:00:00.000Z",
+                          "due": false}})
     );
 
     // One second before the window: still closed, by the agent's own answer and the twin.
@@ -69,7 +70,7 @@ async fn window_opens_and_closes_are_reported_when_they_happen() {
     assert_eq!(
         open,
         json!({"maintenance": {"window": {"open": true, "opensAt": OCCURRENCE,
-                                          "closesAt": "2030-01-06T04:00:00.000Z"}}})
+                                          "closesAt": "2030-01-06T04:00:00.000Z", "due": true}}})
     );
     assert_eq!(
         harness.reported("gw-window").await["maintenance"]["window"]["open"],
@@ -141,7 +142,7 @@ async fn the_reboot_method_accepts_and_refuses_by_the_agents_own_window() {
     assert_eq!(
         body["window"],
         json!({"open": false, "opensAt": OCCURRENCE,
-                                      "closesAt": "2030-01-06T04:00:00.000Z"})
+                                      "closesAt": "2030-01-06T04:00:00.000Z", "due": false})
     );
 
     // Near the end: less than expectedDurationSeconds (300 s) left.
@@ -198,6 +199,12 @@ async fn the_reboot_method_accepts_and_refuses_by_the_agents_own_window() {
     assert_eq!(reboot["status"], "rebooting");
     assert_eq!(reboot["occurrence"], OCCURRENCE);
     assert_eq!(reboot["lastReboot"], "2030-01-06T02:30:00.000Z");
+    // No longer due for this occurrence: the scheduler's candidate query stops finding it.
+    let window = harness.reported(id).await["maintenance"]["window"].clone();
+    assert_eq!(
+        (&window["open"], &window["due"]),
+        (&json!(true), &json!(false))
+    );
 
     // The same occurrence again (the scheduler retrying): already done, no second reboot.
     let (status, body) = harness

@@ -424,6 +424,8 @@ impl RunningHub {
             connected_devices: self.shared.broker.connected_count(),
             telemetry_messages: self.shared.stats.telemetry.load(Ordering::Relaxed),
             methods_in_flight: self.shared.methods.in_flight(),
+            query_pages: self.shared.stats.query_pages.load(Ordering::Relaxed),
+            query_items: self.shared.stats.query_items.load(Ordering::Relaxed),
         }
     }
 

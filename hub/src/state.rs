@@ -35,6 +35,10 @@ use crate::throttle::{Operation, Throttle};
 pub(crate) struct Stats {
     /// Telemetry messages accepted.
     pub(crate) telemetry: AtomicU64,
+    /// Query pages answered (`POST /devices/query` with status 200).
+    pub(crate) query_pages: AtomicU64,
+    /// Items in those pages.
+    pub(crate) query_items: AtomicU64,
 }
 
 /// A snapshot of the hub's counters.
@@ -48,6 +52,10 @@ pub struct HubStats {
     pub telemetry_messages: u64,
     /// Direct methods waiting for a device's answer.
     pub methods_in_flight: usize,
+    /// Query pages answered since start (each continuation is a page; what IoT Hub meters).
+    pub query_pages: u64,
+    /// Items returned in those pages.
+    pub query_items: u64,
 }
 
 /// The state every connection and request shares.

@@ -70,6 +70,9 @@ pub mod paths {
     pub const REPORTED_WINDOW_OPENS_AT: &str = "properties.reported.maintenance.window.opensAt";
     /// When it closes.
     pub const REPORTED_WINDOW_CLOSES_AT: &str = "properties.reported.maintenance.window.closesAt";
+    /// Whether the device is due a reboot now: its window is open and it has not rebooted (nor
+    /// started rebooting) for this occurrence. The run loop's candidate query filters on it.
+    pub const REPORTED_WINDOW_DUE: &str = "properties.reported.maintenance.window.due";
     /// The reboot state.
     pub const REPORTED_REBOOT: &str = "properties.reported.iothubDM.reboot";
     /// When the device last rebooted.
@@ -352,15 +355,34 @@ pub struct ReportedWindow {
     /// When it closes.
     #[serde(with = "serde_timestamp")]
     pub closes_at: DateTime<Utc>,
+    /// Whether the device is due a reboot: the window is open and the device has neither
+    /// rebooted nor started a reboot for this occurrence (`opensAt`). IoT Hub's query language
+    /// compares a property with a constant, never two properties, so the device states this
+    /// fact itself for the scheduler's `WHERE … window.due = true`. It turns `false` in the
+    /// same patch that reports the reboot starting. Absent (older agents) reads as `false`.
+    #[serde(default)]
+    pub due: bool,
 }
 
 impl From<crate::window::WindowState> for ReportedWindow {
+    /// The window as the clock gives it: due whenever open (the caller clears
+    /// [`due`](ReportedWindow::due) once the device rebooted for the occurrence).
     fn from(state: crate::window::WindowState) -> Self {
         ReportedWindow {
             open: state.open,
             opens_at: state.window.opens_at,
             closes_at: state.window.closes_at,
+            due: state.open,
         }
+    }
+}
+
+impl ReportedWindow {
+    /// This window with [`due`](ReportedWindow::due) cleared when the device `rebooted`
+    /// (or started rebooting) for its occurrence.
+    pub fn rebooted(mut self, rebooted: bool) -> Self {
+        self.due = self.open && !rebooted;
+        self
     }
 }
 
@@ -562,6 +584,7 @@ mod tests {
                 open: true,
                 opens_at: opens,
                 closes_at: opens + chrono::TimeDelta::hours(2),
+                due: true,
             }),
         };
         let patch = reported.to_patch();
@@ -570,7 +593,7 @@ mod tests {
             json!({ "maintenance": { "policy": "store-gateways-weekly", "revision": "9c1e3f2a",
                 "status": "applied", "error": null, "timezone": "Europe/Amsterdam",
                 "window": { "open": true, "opensAt": "2026-11-29T01:00:00.000Z",
-                            "closesAt": "2026-11-29T03:00:00.000Z" } } })
+                            "closesAt": "2026-11-29T03:00:00.000Z", "due": true } } })
         );
         // Read back from a twin where the null was deleted by the merge.
         let twin = json!({ "maintenance": { "policy": "store-gateways-weekly", "revision": "9c1e3f2a",
@@ -579,6 +602,27 @@ mod tests {
         assert_eq!(back.status, MaintenanceStatus::Rejected);
         assert_eq!(back.window, None);
         assert_eq!(back.error.as_deref(), Some("window.schedule: bad"));
+    }
+
+    #[test]
+    fn due_is_open_and_not_rebooted_and_absent_reads_as_false() {
+        let opens = Utc.with_ymd_and_hms(2026, 11, 29, 1, 0, 0).unwrap();
+        let state = |open| crate::window::WindowState {
+            open,
+            window: crate::window::Window {
+                occurrence: opens,
+                opens_at: opens,
+                closes_at: opens + chrono::TimeDelta::hours(2),
+            },
+        };
+        assert!(ReportedWindow::from(state(true)).due);
+        assert!(!ReportedWindow::from(state(false)).due);
+        assert!(!ReportedWindow::from(state(true)).rebooted(true).due);
+        assert!(!ReportedWindow::from(state(false)).rebooted(false).due);
+        let older: ReportedWindow = serde_json::from_value(json!({"open": true,
+            "opensAt": "2026-11-29T01:00:00.000Z", "closesAt": "2026-11-29T03:00:00.000Z"}))
+        .unwrap();
+        assert!(!older.due);
     }
 
     #[test]

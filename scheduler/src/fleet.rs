@@ -7,7 +7,7 @@
 
 use casement_iothub::rest::{ConnectionState, Twin};
 use casement_iothub::time::parse_timestamp;
-use casement_policy::maintenance::{MAINTENANCE, paths};
+use casement_policy::maintenance::{IOTHUB_DM, MAINTENANCE, paths};
 use casement_policy::{
     DesiredMaintenance, RebootReport, ReportedMaintenance, SchemaError, WindowSpec,
 };
@@ -169,14 +169,54 @@ pub fn carriers_query(policy: Option<&str>) -> String {
     }
 }
 
-/// The run loop's candidate query: devices that report this policy with an open window.
-pub fn candidates_query(policy: &str) -> String {
+/// The run loop's candidate query: at most `top` devices that report this policy and say they
+/// are due a reboot now (`maintenance.window.due`: open, and not rebooted for this occurrence),
+/// with only what the rollout reads — `deviceId`, `reported.maintenance` and
+/// `reported.iothubDM` (read back with [`TwinView::from_candidate`]). A pass therefore costs
+/// what it can act on (`top` comes from the free `max_concurrent` slots and the per-minute
+/// budget), not what the fleet holds.
+pub fn candidates_query(policy: &str, top: u32) -> String {
     format!(
-        "SELECT * FROM devices WHERE {} = {} AND {} = true",
+        "SELECT TOP {top} deviceId, {}, {} FROM devices WHERE {} = {} AND {} = true",
+        paths::REPORTED_MAINTENANCE,
+        REPORTED_IOTHUB_DM,
         paths::REPORTED_POLICY,
         quote(policy),
-        paths::REPORTED_WINDOW_OPEN
+        paths::REPORTED_WINDOW_DUE
     )
+}
+
+/// `properties.reported.iothubDM`, the parent of [`paths::REPORTED_REBOOT`].
+const REPORTED_IOTHUB_DM: &str = "properties.reported.iothubDM";
+
+impl TwinView {
+    /// Reads one item of [`candidates_query`]: `{"deviceId", "maintenance", "iothubDM"}` (the
+    /// projection names each value by its path's last segment). The desired side and the
+    /// connection state are not in it.
+    pub fn from_candidate(value: &Value) -> Result<Self, String> {
+        let device_id = value
+            .get("deviceId")
+            .and_then(Value::as_str)
+            .ok_or("a candidate without a deviceId")?
+            .to_owned();
+        let mut reported = Map::new();
+        for key in [MAINTENANCE, IOTHUB_DM] {
+            if let Some(v) = value.get(key) {
+                reported.insert(key.to_owned(), v.clone());
+            }
+        }
+        let reported = Value::Object(reported);
+        Ok(Self {
+            device_id,
+            etag: None,
+            connected: None,
+            desired_raw: None,
+            desired: None,
+            desired_updated: None,
+            reported: parse_section(ReportedMaintenance::from_reported(&reported)),
+            reboot: parse_section(RebootReport::from_reported(&reported)),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -276,10 +316,33 @@ mod tests {
         for q in [
             carriers_query(None),
             carriers_query(Some("it's")),
-            candidates_query("weekly"),
+            candidates_query("weekly", 7),
         ] {
             query::parse(&q).unwrap_or_else(|e| panic!("{q}: {e}"));
         }
         assert_eq!(quote("it's"), "'it\\'s'");
+    }
+
+    #[test]
+    fn a_candidate_projection_reads_like_the_whole_twin() {
+        let twin = twin_json();
+        let q = query::parse(&candidates_query("weekly", 5)).unwrap();
+        assert_eq!(q.top, Some(5));
+        let item = json!({
+            "deviceId": "gw-1",
+            "maintenance": twin["properties"]["reported"]["maintenance"],
+            "iothubDM": twin["properties"]["reported"]["iothubDM"],
+        });
+        let whole = TwinView::from_value(twin).unwrap();
+        let projected = TwinView::from_candidate(&item).unwrap();
+        assert_eq!(projected.reported, whole.reported);
+        assert_eq!(projected.reboot, whole.reboot);
+        let now: DateTime<Utc> = "2026-11-29T01:30:00Z".parse().unwrap();
+        let plan = whole.desired.clone().unwrap().unwrap().validate().unwrap();
+        assert_eq!(
+            projected.observation(&plan.window, now),
+            whole.observation(&plan.window, now)
+        );
+        assert!(TwinView::from_candidate(&json!({"maintenance": {}})).is_err());
     }
 }

@@ -7,6 +7,12 @@
 //! - `casement_paused_policies`: policies with an occurrence paused by the failure budget.
 //! - `casement_tick_duration_seconds`: how long each pass of the loop took (summary: sum, count)
 //!   and `casement_last_tick_duration_seconds`.
+//! - `casement_hub_calls_total{op,status}`: the loop's calls to the hub by operation (`query`,
+//!   `twin_read`, `method`) and HTTP status (`200`, `429`, `404`, …; `error` when no status came
+//!   back) — 429s show how close the loop runs to the tier's quotas.
+//! - `casement_query_pages_per_pass`: candidate query pages read in each pass (summary: sum,
+//!   count) and `casement_query_pages_last_pass`, `casement_query_pages_max_pass`: flat in the
+//!   fleet size, bounded by what a pass can start.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,6 +41,11 @@ struct Values {
     tick_sum: f64,
     tick_count: u64,
     tick_last: f64,
+    hub_calls: BTreeMap<(&'static str, String), u64>,
+    pages_sum: u64,
+    pages_count: u64,
+    pages_last: u64,
+    pages_max: u64,
 }
 
 /// Escapes a label value for the text exposition format.
@@ -94,6 +105,37 @@ impl Metrics {
         v.tick_sum += secs;
         v.tick_count += 1;
         v.tick_last = secs;
+    }
+
+    /// Counts a call to the hub: `op` is `query`, `twin_read` or `method`; `status` the HTTP
+    /// status, or `None` when none came back.
+    pub fn hub_call(&self, op: &'static str, status: Option<u16>) {
+        let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+        *self.values().hub_calls.entry((op, status)).or_default() += 1;
+    }
+
+    /// Calls counted for (op, status).
+    pub fn hub_calls(&self, op: &'static str, status: &str) -> u64 {
+        self.values()
+            .hub_calls
+            .get(&(op, status.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Records the query pages one pass read.
+    pub fn pass_pages(&self, pages: u64) {
+        let mut v = self.values();
+        v.pages_sum += pages;
+        v.pages_count += 1;
+        v.pages_last = pages;
+        v.pages_max = v.pages_max.max(pages);
+    }
+
+    /// Candidate query pages over all passes, passes, and the most one pass read.
+    pub fn pages_per_pass(&self) -> (u64, u64, u64) {
+        let v = self.values();
+        (v.pages_sum, v.pages_count, v.pages_max)
     }
 
     /// Invocations counted for (policy, outcome).
@@ -176,6 +218,32 @@ impl Metrics {
             "# HELP casement_last_tick_duration_seconds Duration of the last pass.\n# TYPE casement_last_tick_duration_seconds gauge\ncasement_last_tick_duration_seconds {}",
             v.tick_last
         );
+        let _ = writeln!(
+            out,
+            "# HELP casement_hub_calls_total Calls the run loop made to the hub, by operation and HTTP status.\n# TYPE casement_hub_calls_total counter"
+        );
+        for ((op, status), n) in &v.hub_calls {
+            let _ = writeln!(
+                out,
+                "casement_hub_calls_total{{op=\"{op}\",status=\"{}\"}} {n}",
+                label(status)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP casement_query_pages_per_pass Candidate query pages read per pass.\n# TYPE casement_query_pages_per_pass summary\ncasement_query_pages_per_pass_sum {}\ncasement_query_pages_per_pass_count {}",
+            v.pages_sum, v.pages_count
+        );
+        let _ = writeln!(
+            out,
+            "# HELP casement_query_pages_last_pass Candidate query pages read by the last pass.\n# TYPE casement_query_pages_last_pass gauge\ncasement_query_pages_last_pass {}",
+            v.pages_last
+        );
+        let _ = writeln!(
+            out,
+            "# HELP casement_query_pages_max_pass Most candidate query pages read by one pass.\n# TYPE casement_query_pages_max_pass gauge\ncasement_query_pages_max_pass {}",
+            v.pages_max
+        );
         out
     }
 }
@@ -227,7 +295,20 @@ mod tests {
         m.policy_state("gw", 3, true);
         m.policy_state("we\"ird", 0, false);
         m.tick(Duration::from_millis(250));
+        m.hub_call("method", Some(429));
+        m.hub_call("method", Some(429));
+        m.hub_call("query", None);
+        m.pass_pages(1);
+        m.pass_pages(3);
         let text = m.render();
+        assert!(text.contains("casement_hub_calls_total{op=\"method\",status=\"429\"} 2"));
+        assert!(text.contains("casement_hub_calls_total{op=\"query\",status=\"error\"} 1"));
+        assert!(text.contains("casement_query_pages_per_pass_sum 4"));
+        assert!(text.contains("casement_query_pages_per_pass_count 2"));
+        assert!(text.contains("casement_query_pages_last_pass 3"));
+        assert!(text.contains("casement_query_pages_max_pass 3"));
+        assert_eq!(m.hub_calls("method", "429"), 2);
+        assert_eq!(m.pages_per_pass(), (4, 2, 3));
         assert!(
             text.contains(
                 "casement_reboot_invocations_total{policy=\"gw\",outcome=\"accepted\"} 2"

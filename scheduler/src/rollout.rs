@@ -126,6 +126,14 @@ pub enum MethodOutcome {
     Refused(Refusal),
     /// 404103: the device is not connected.
     Offline,
+    /// 504101 (GatewayTimeout): the device did not answer in time — but it may have received
+    /// the call and rebooted (a socket that died silently). Not a failure: the device keeps its
+    /// slot, is journaled "may have run", and only its twin (or, when re-invoked, its
+    /// `alreadyDone`) tells; counted as a failed attempt only when `max_attempts` run out.
+    MayHaveRun(String),
+    /// 429: the hub refused the call before it reached the device (over a quota). Retried
+    /// after a backoff without counting as a failure or an attempt: the device never heard it.
+    Throttled,
     /// Anything else: a timeout, a server error after retries, a malformed answer.
     Error(String),
 }
@@ -174,6 +182,9 @@ pub enum EntryState {
     Offline,
     /// The last attempt ended in a method error (retried while attempts are left).
     Error(String),
+    /// The last attempt timed out at the hub (504101): the device may have rebooted. Followed
+    /// by twin reads; re-invoked (the agent answers `alreadyDone` if it did) after a backoff.
+    MayHaveRun(String),
     /// Final failure: refused, reboot failed, timed out, attempts exhausted.
     Failed(String),
 }
@@ -414,6 +425,54 @@ impl PolicyRollout {
             .map(|(id, d)| (id.as_str(), &d.window))
     }
 
+    /// Devices in flight whose outcome only their twins can tell (accepted, timed out, or
+    /// journaled before a restart) — not those whose call is still under way. The run loop
+    /// reads these twins one by one every pass (strongly consistent, bounded by
+    /// `max_concurrent`); a query, which may lag, never confirms a completion.
+    pub fn to_follow(&self) -> impl Iterator<Item = &str> {
+        self.devices
+            .iter()
+            .filter(|(_, d)| {
+                d.state.in_flight() && !matches!(d.state, DeviceState::Invoking { .. })
+            })
+            .map(|(id, _)| id.as_str())
+    }
+
+    /// How many invocations may start at `now`: free `max_concurrent` slots, and what is left
+    /// of the per-minute budget, whichever is smaller.
+    pub fn capacity(&self, now: DateTime<Utc>) -> u32 {
+        let slots = self
+            .limits
+            .max_concurrent
+            .saturating_sub(self.in_flight_count());
+        let last_minute = self.recent.iter().filter(|t| now - **t < MINUTE).count();
+        let per_minute = (self.limits.max_per_minute as usize).saturating_sub(last_minute);
+        slots.min(u32::try_from(per_minute).unwrap_or(u32::MAX))
+    }
+
+    /// How many devices the candidate query should ask for at `now` (its `TOP`): 0 when no
+    /// invocation can start, else [`capacity`](Self::capacity) plus every device a query
+    /// answering up to `lag` late may still show as due although this rollout already knows
+    /// it — in flight, invoked within `lag`, or waiting (eligible, retrying) — so known devices
+    /// never crowd new ones out of the answer. Bounded by the limits, not by the fleet.
+    pub fn candidates_wanted(&self, now: DateTime<Utc>, lag: Duration) -> u32 {
+        let capacity = self.capacity(now);
+        if capacity == 0 {
+            return 0;
+        }
+        let since = now - delta(lag);
+        let known = self
+            .devices
+            .values()
+            .filter(|d| {
+                d.state.in_flight()
+                    || matches!(d.state, DeviceState::Eligible | DeviceState::Retry { .. })
+                    || d.invoked_at.is_some_and(|t| t >= since)
+            })
+            .count();
+        capacity.saturating_add(u32::try_from(known).unwrap_or(u32::MAX))
+    }
+
     /// How many devices are in flight.
     pub fn in_flight_count(&self) -> u32 {
         u32::try_from(
@@ -460,6 +519,9 @@ impl PolicyRollout {
             },
             EntryState::Completed => DeviceState::Done { completed: true },
             EntryState::Failed(_) => DeviceState::Done { completed: false },
+            EntryState::MayHaveRun(_) => DeviceState::Unresolved {
+                at: entry.invoked_at.unwrap_or(entry.updated_at),
+            },
             EntryState::Offline | EntryState::Error(_) => DeviceState::Retry {
                 at: entry.updated_at + backoff(&self.config, entry.attempts),
             },
@@ -471,7 +533,10 @@ impl PolicyRollout {
             let pos = self.recent.partition_point(|t| *t <= at);
             self.recent.insert(pos, at);
         }
-        let errors = if matches!(entry.state, EntryState::Error(_)) {
+        let errors = if matches!(
+            entry.state,
+            EntryState::Error(_) | EntryState::MayHaveRun(_)
+        ) {
             entry.failures
         } else {
             0
@@ -562,6 +627,27 @@ impl PolicyRollout {
                 dev.state = DeviceState::Done { completed: false };
                 dev.detail = EntryState::Failed(format!("refused: {refusal}"));
                 failed = true;
+            }
+            MethodOutcome::MayHaveRun(message) => {
+                dev.errors += 1;
+                if dev.errors >= max_attempts {
+                    dev.state = DeviceState::Done { completed: false };
+                    dev.detail = EntryState::Failed(format!(
+                        "may have run: {message} (after {} attempts)",
+                        dev.errors
+                    ));
+                    failed = true;
+                } else {
+                    // In flight until a twin read (or alreadyDone) resolves it.
+                    dev.state = DeviceState::Unresolved { at: now };
+                    dev.detail = EntryState::MayHaveRun(message);
+                }
+            }
+            MethodOutcome::Throttled => {
+                dev.state = DeviceState::Retry {
+                    at: now + backoff(&config, 1),
+                };
+                dev.detail = EntryState::Error("throttled by the hub (429); retrying".into());
             }
             MethodOutcome::Offline => {
                 dev.offline_streak += 1;
@@ -734,9 +820,15 @@ impl PolicyRollout {
                 DeviceState::Unresolved { .. } => {
                     // Journaled but no trace in the twin: the call may never have been made.
                     // Invoke again (same occurrence: an agent that did reboot answers "already
-                    // done"), as a retry that is due now.
+                    // done"), as a retry that is due now — or, after a timeout (504101), after
+                    // the backoff.
                     if same_occurrence {
-                        dev.state = DeviceState::Retry { at: now };
+                        let at = if dev.errors > 0 {
+                            now + backoff(&self.config, dev.errors)
+                        } else {
+                            now
+                        };
+                        dev.state = DeviceState::Retry { at };
                     }
                     return;
                 }

@@ -116,6 +116,11 @@ pub struct RunConfig {
     pub journal_retention: Duration,
     /// Twin reads of in-flight devices at once.
     pub read_concurrency: usize,
+    /// How late a twin query may answer (Azure documents query results as eventually
+    /// consistent). The candidate query asks for this many seconds' worth of already-invoked
+    /// devices on top of the free capacity, so stale answers never crowd out due devices;
+    /// correctness never depends on it (the journal and twin reads decide).
+    pub query_lag: Duration,
 }
 
 impl RunConfig {
@@ -130,6 +135,7 @@ impl RunConfig {
             apply_options: ApplyOptions::default(),
             journal_retention: Duration::from_secs(60 * 86_400),
             read_concurrency: 16,
+            query_lag: Duration::from_secs(10),
         }
     }
 }
@@ -162,6 +168,16 @@ pub struct RunStats {
     pub applies: u64,
     /// Queries or twin reads that failed (retried at the next pass).
     pub hub_errors: u64,
+    /// Candidate queries made (a policy with no free capacity makes none).
+    pub candidate_queries: u64,
+    /// Devices those queries returned.
+    pub candidates: u64,
+    /// Twins of devices in flight read one by one.
+    pub twin_reads: u64,
+    /// Invocations the hub answered 429 (retried later, not failures).
+    pub throttled: u64,
+    /// Invocations that timed out at the hub (504101): the device may have rebooted.
+    pub may_have_run: u64,
 }
 
 /// Stop and reload requests: from signals in the binary, by hand in tests.
@@ -287,6 +303,13 @@ pub fn classify(result: &Result<MethodResponse, ClientError>) -> MethodOutcome {
     let response = match result {
         Ok(response) => response,
         Err(e) if e.is_device_offline() => return MethodOutcome::Offline,
+        Err(e) if e.is_throttled() => return MethodOutcome::Throttled,
+        Err(e)
+            if e.service_error()
+                .is_some_and(casement_iothub::error::ServiceError::is_gateway_timeout) =>
+        {
+            return MethodOutcome::MayHaveRun(e.to_string());
+        }
         Err(e) => return MethodOutcome::Error(e.to_string()),
     };
     let answer = match RebootAnswer::from_json(&response.payload) {
@@ -317,6 +340,8 @@ fn outcome_label(o: &MethodOutcome) -> &'static str {
         MethodOutcome::AlreadyDone => "already_done",
         MethodOutcome::Refused(_) => "refused",
         MethodOutcome::Offline => "offline",
+        MethodOutcome::Throttled => "throttled",
+        MethodOutcome::MayHaveRun(_) => "may_have_run",
         MethodOutcome::Error(_) => "error",
     }
 }
@@ -327,6 +352,8 @@ struct CallResult {
     device: String,
     window: Window,
     outcome: MethodOutcome,
+    /// The HTTP status of the call (`None` when none came back).
+    status: Option<u16>,
 }
 
 /// The scheduler: policies, their rollouts, the journal, the calls under way.
@@ -344,6 +371,25 @@ pub struct Scheduler<H: HubApi + Clone> {
     draining: bool,
     stats: RunStats,
     hub_errors: ClientErrors,
+    /// Candidate query pages read by the pass under way.
+    pass_pages: u64,
+    /// Whether the pass under way got a 429.
+    pass_throttled: bool,
+    /// Passes in a row that got a 429.
+    throttled_passes: u32,
+    /// Whether the persistent throttle was logged (once, until a pass goes without 429).
+    throttle_warned: bool,
+}
+
+/// Passes in a row with a 429 after which the throttle counts as persistent and is logged.
+const PERSISTENT_THROTTLE_PASSES: u32 = 3;
+
+/// The HTTP status of a call's outcome (`None` when none came back).
+fn status_of<T>(result: &Result<T, ClientError>) -> Option<u16> {
+    match result {
+        Ok(_) => Some(200),
+        Err(e) => e.status(),
+    }
 }
 
 impl<H: HubApi + Clone> std::fmt::Debug for Scheduler<H> {
@@ -395,6 +441,10 @@ impl<H: HubApi + Clone> Scheduler<H> {
             draining: false,
             stats: RunStats::default(),
             hub_errors: ClientErrors::default(),
+            pass_pages: 0,
+            pass_throttled: false,
+            throttled_passes: 0,
+            throttle_warned: false,
         };
         scheduler.install(policies)?;
         let unresolved = scheduler
@@ -553,32 +603,36 @@ impl<H: HubApi + Clone> Scheduler<H> {
             self.apply_if_pending().await;
         }
         let names: Vec<String> = self.rollouts.keys().cloned().collect();
+        self.pass_pages = 0;
         for name in names {
             self.pass_policy(&name).await?;
         }
         self.stats.passes += 1;
         self.metrics.tick(started.elapsed());
+        self.metrics.pass_pages(self.pass_pages);
+        self.end_pass_throttle();
         self.snapshot();
         Ok(())
     }
 
+    /// One policy's share of a pass, costing what it can act on:
+    ///
+    /// 1. the twins of its devices in flight are read one by one (strongly consistent; at most
+    ///    `max_concurrent`) — only these confirm a completion;
+    /// 2. when an invocation can start, one `SELECT TOP k` candidate query asks for devices that
+    ///    report themselves due (`window.due`), `k` from [`PolicyRollout::candidates_wanted`];
+    ///    answers about devices in flight are ignored (the twin reads are fresher), so a query
+    ///    that lags can neither confirm nor repeat anything — the journal decides.
     async fn pass_policy(&mut self, name: &str) -> Result<(), RunError> {
         let Some(policy) = self.policies.get(name).cloned() else {
             return Ok(());
         };
         let now = self.clock.now();
-        let sql = fleet::candidates_query(name);
-        let views: Vec<TwinView> = match self.hub.query(&sql).await {
-            Ok(items) => items
-                .into_iter()
-                .filter_map(|item| TwinView::from_value(item).ok())
-                .collect(),
-            Err(e) => {
-                self.hub_error(&e, e.is_unavailable());
-                tracing::warn!(policy = name, error = %e, "candidate query failed; retrying at the next pass");
-                return Ok(());
-            }
+        let follow: Vec<String> = match self.rollouts.get(name) {
+            Some(r) => r.to_follow().map(str::to_owned).collect(),
+            None => return Ok(()),
         };
+        let followed = self.read_twins(&follow).await;
         let mut zones: HashMap<Option<Tz>, Option<Window>> = HashMap::new();
         let mut observe = |view: &TwinView| -> Observation {
             let zone = view.device_zone();
@@ -587,28 +641,52 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 .or_insert_with(|| fleet::scheduler_window(policy.window(), zone, now));
             view.observation_with(window)
         };
-        let seen: BTreeSet<String> = views.iter().map(|v| v.device_id.clone()).collect();
-        let observations: Vec<Observation> = views.iter().map(&mut observe).collect();
-        let missing: Vec<String> = self
+        let observations: Vec<Observation> = followed.iter().map(&mut observe).collect();
+        // Completions first: the slots they free are what the candidate query asks for.
+        let mut actions = match self.rollouts.get_mut(name) {
+            Some(r) => r.observe(now, &observations, false),
+            None => return Ok(()),
+        };
+        let wanted = self
             .rollouts
             .get(name)
-            .map(|r| {
-                r.in_flight()
-                    .filter(|(id, _)| !seen.contains(*id))
-                    .map(|(id, _)| id.to_owned())
-                    .collect()
-            })
+            .map_or(0, |r| r.candidates_wanted(now, self.config.query_lag));
+        let mut views: Vec<TwinView> = Vec::new();
+        let mut complete = false;
+        if wanted > 0 {
+            let sql = fleet::candidates_query(name, wanted);
+            self.stats.candidate_queries += 1;
+            let result = self.hub.query(&sql).await;
+            self.note_call("query", status_of(&result));
+            match result {
+                Ok(items) => {
+                    // What the hub meters: pages of at most 100 items (one when k <= 100).
+                    self.pass_pages += (items.len() as u64).div_ceil(100).max(1);
+                    complete = items.len() < wanted as usize;
+                    self.stats.candidates += items.len() as u64;
+                    views = items
+                        .iter()
+                        .filter_map(|item| TwinView::from_candidate(item).ok())
+                        .collect();
+                }
+                Err(e) => {
+                    self.hub_error(&e, e.is_unavailable());
+                    tracing::warn!(policy = name, error = %e, "candidate query failed; retrying at the next pass");
+                }
+            }
+        }
+        let in_flight: BTreeSet<String> = self
+            .rollouts
+            .get(name)
+            .map(|r| r.in_flight().map(|(id, _)| id.to_owned()).collect())
             .unwrap_or_default();
-        let extra: Vec<Observation> = self
-            .read_twins(&missing)
-            .await
+        let candidates: Vec<Observation> = views
             .iter()
+            .filter(|v| !in_flight.contains(&v.device_id))
             .map(&mut observe)
             .collect();
-        let mut actions = Vec::new();
         if let Some(r) = self.rollouts.get_mut(name) {
-            actions.extend(r.observe(now, &observations, true));
-            actions.extend(r.observe(now, &extra, false));
+            actions.extend(r.observe(now, &candidates, complete));
         }
         self.execute(actions).await?;
         self.update_gauges(name);
@@ -629,8 +707,15 @@ impl<H: HubApi + Clone> Scheduler<H> {
                     (id, result)
                 });
             }
-            match tasks.join_next().await {
-                Some(Ok((_, Ok(twin)))) => out.push(TwinView::from_twin(&twin)),
+            let joined = tasks.join_next().await;
+            if let Some(Ok((_, result))) = &joined {
+                self.note_call("twin_read", status_of(result));
+            }
+            match joined {
+                Some(Ok((_, Ok(twin)))) => {
+                    self.stats.twin_reads += 1;
+                    out.push(TwinView::from_twin(&twin));
+                }
                 Some(Ok((id, Err(e)))) => {
                     self.hub_error(&format!("{id}: {e}"), e.is_unavailable());
                     tracing::warn!(device = %id, error = %e, "cannot read the twin of a device in flight");
@@ -755,12 +840,14 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 device: inv.device,
                 window: inv.window,
                 outcome: classify(&result),
+                status: status_of(&result),
             }
         });
     }
 
     async fn on_call(&mut self, result: CallResult) -> Result<(), RunError> {
         let now = self.clock.now();
+        self.note_call("method", result.status);
         self.metrics
             .invocation(&result.policy, outcome_label(&result.outcome));
         match &result.outcome {
@@ -771,6 +858,11 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 tracing::warn!(policy = %result.policy, device = %result.device, reason = %refusal.reason, message = %refusal.message, "reboot refused");
             }
             MethodOutcome::Offline => self.stats.offline += 1,
+            MethodOutcome::Throttled => self.stats.throttled += 1,
+            MethodOutcome::MayHaveRun(e) => {
+                self.stats.may_have_run += 1;
+                tracing::warn!(policy = %result.policy, device = %result.device, error = %e, "reboot call timed out: the device may have rebooted; following its twin");
+            }
             MethodOutcome::Error(e) => {
                 self.stats.errors += 1;
                 tracing::warn!(policy = %result.policy, device = %result.device, error = %e, "reboot invocation failed");
@@ -841,6 +933,40 @@ impl<H: HubApi + Clone> Scheduler<H> {
             });
         }
         Ok(self.stats)
+    }
+
+    /// Counts a call to the hub in the metrics and notes a 429.
+    fn note_call(&mut self, op: &'static str, status: Option<u16>) {
+        self.metrics.hub_call(op, status);
+        if status == Some(429) {
+            self.pass_throttled = true;
+        }
+    }
+
+    /// At the end of a pass: a throttle that lasts [`PERSISTENT_THROTTLE_PASSES`] passes is
+    /// logged once, with what to do; a pass without 429 ends it.
+    fn end_pass_throttle(&mut self) {
+        if std::mem::take(&mut self.pass_throttled) {
+            self.throttled_passes += 1;
+            if self.throttled_passes >= PERSISTENT_THROTTLE_PASSES && !self.throttle_warned {
+                self.throttle_warned = true;
+                tracing::warn!(
+                    passes = self.throttled_passes,
+                    tick = ?self.config.tick,
+                    "the hub has answered 429 (throttled) in every one of the last passes: the \
+                     loop needs more than the tier's quotas allow. Raise the hub's units \
+                     (--units, and the IoT Hub's own unit count), lower max_concurrent or \
+                     max_per_minute, or make passes rarer with a longer --tick; the run goes \
+                     on, slower, retrying what was refused"
+                );
+            }
+        } else {
+            if self.throttle_warned {
+                tracing::info!("the hub no longer throttles the run loop");
+            }
+            self.throttled_passes = 0;
+            self.throttle_warned = false;
+        }
     }
 
     /// Counts a failed call to the hub (the pass goes on; the next one retries it).
@@ -995,7 +1121,12 @@ mod tests {
             op: "POST".into(),
             error: ServiceError::parse(504, Some("GatewayTimeout"), b""),
         });
-        assert!(matches!(classify(&timeout), MethodOutcome::Error(_)));
+        assert!(matches!(classify(&timeout), MethodOutcome::MayHaveRun(_)));
+        let throttled = Err(ClientError::Service {
+            op: "POST".into(),
+            error: ServiceError::parse(429, Some("ThrottlingException"), b""),
+        });
+        assert_eq!(classify(&throttled), MethodOutcome::Throttled);
     }
 
     #[test]

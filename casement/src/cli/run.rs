@@ -16,10 +16,12 @@ use casement_scheduler::run::{RunConfig, RunError, Scheduler, Signals, run_with_
 /// Flags of `casement run`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Every tick, for each policy: the devices that report their window open, the policy's revision
-applied, and — by casement's own window math, within the clock-skew allowance — at least the
-expected duration left, and that have not rebooted in this window, are invoked (`reboot`
-{policy, revision, occurrence}) within max_concurrent, max_per_minute and max_failures.
+Every tick, for each policy: the devices that report themselves due (window open, not yet
+rebooted in it: `maintenance.window.due`), the policy's revision applied, and — by casement's
+own window math, within the clock-skew allowance — at least the expected duration left, are
+invoked (`reboot` {policy, revision, occurrence}) within max_concurrent, max_per_minute and
+max_failures. A pass costs what it can start: one `SELECT TOP k` query (k from the free slots
+and the per-minute budget) and a twin read per device in flight, whatever the fleet holds.
 Each invocation is journaled and flushed under --state-dir before the call, so a restarted
 scheduler neither reboots a device twice in one window nor forgets one.
 Policy files are re-read when they change or on SIGHUP, and re-applied (--via twins or
@@ -52,6 +54,11 @@ pub struct Args {
     /// counts as failed.
     #[arg(long, default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
     pub completion_grace: Duration,
+    /// How late the hub's twin queries may answer (they are eventually consistent): the
+    /// candidate query asks for this long's worth of already-invoked devices on top of what it
+    /// can start. Safety never depends on it (the journal and twin reads decide).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub query_lag: Duration,
     /// Do not write the policies into twins (another process runs `casement apply`).
     #[arg(long)]
     pub no_apply: bool,
@@ -72,6 +79,7 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Res
     config.tick = args.tick.max(Duration::from_millis(100));
     config.apply = !args.no_apply;
     config.apply_options.via = args.via.into();
+    config.query_lag = args.query_lag;
     config.rollout = RolloutConfig {
         clock_skew: args.clock_skew,
         completion_grace: args.completion_grace,

@@ -76,6 +76,14 @@ pub(super) async fn query(
             (page, next)
         }
     };
+    shared
+        .stats
+        .query_pages
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared
+        .stats
+        .query_items
+        .fetch_add(page.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let mut response = json_response(StatusCode::OK, &page);
     let response_headers = response.headers_mut();
     response_headers.insert(

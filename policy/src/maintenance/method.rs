@@ -457,6 +457,7 @@ mod tests {
             open: false,
             opens_at: t(1),
             closes_at: t(3),
+            due: false,
         };
         let refused = RebootAnswer::refused(
             RefusalReason::OutsideWindow,
@@ -470,7 +471,7 @@ mod tests {
             json!({"accepted": false, "reason": "outside-window",
                    "message": "no maintenance window is open",
                    "window": {"open": false, "opensAt": "2026-11-29T01:00:00.000Z",
-                              "closesAt": "2026-11-29T03:00:00.000Z"}})
+                              "closesAt": "2026-11-29T03:00:00.000Z", "due": false}})
         );
         assert_eq!(RebootAnswer::from_json(&value), Ok(refused));
         let done = RebootAnswer::already_done(t(1));

@@ -693,3 +693,105 @@ fn a_timed_out_reboot_gives_its_slot_back_when_its_occurrence_is_over() {
     let _ = r.tick(window().closes_at + TimeDelta::hours(1));
     assert_eq!(r.in_flight_count(), 0);
 }
+
+#[test]
+fn a_gateway_timeout_keeps_the_slot_and_the_twin_decides_without_a_second_call() {
+    let mut r = rollout(limits(1, 1000, MaxFailures::Count(0)));
+    let actions = r.observe(NOW(), &fleet(2), true);
+    assert_eq!(invoked_ids(&actions), ["d000"]);
+    let actions = r.invoked(
+        NOW(),
+        "d000",
+        window(),
+        MethodOutcome::MayHaveRun("504101".into()),
+    );
+    // Not a failure (a zero budget would pause), still in flight, journaled "may have run".
+    assert_eq!(pauses(&actions), 0);
+    assert!(invoked_ids(&actions).is_empty(), "the slot stays taken");
+    assert_eq!(r.to_follow().collect::<Vec<_>>(), ["d000"]);
+    assert!(matches!(
+        records(&actions)[0].state,
+        EntryState::MayHaveRun(_)
+    ));
+    // The twin shows it rebooted: completed, never invoked again; the next device starts.
+    let later = NOW() + TimeDelta::seconds(30);
+    let actions = r.observe(
+        later,
+        &[rebooted("d000", RebootStatus::Completed, NOW())],
+        false,
+    );
+    assert_eq!(records(&actions)[0].state, EntryState::Completed);
+    assert_eq!(invoked_ids(&actions), ["d001"]);
+}
+
+#[test]
+fn a_gateway_timeout_with_no_trace_in_the_twin_is_retried_after_a_backoff() {
+    let mut r = open_rollout();
+    r.observe(NOW(), &[obs("d1")], true);
+    r.invoked(
+        NOW(),
+        "d1",
+        window(),
+        MethodOutcome::MayHaveRun("504101".into()),
+    );
+    // No trace of a reboot: retried, but not at once.
+    let actions = r.observe(NOW() + TimeDelta::seconds(1), &[obs("d1")], false);
+    assert!(invoked_ids(&actions).is_empty());
+    let actions = r.tick(NOW() + TimeDelta::seconds(20));
+    assert_eq!(invoked_ids(&actions), ["d1"]);
+}
+
+#[test]
+fn a_throttled_call_is_retried_without_counting_a_failure() {
+    let mut r = rollout(limits(5, 1000, MaxFailures::Count(0)));
+    r.observe(NOW(), &[obs("d1")], true);
+    let actions = r.invoked(NOW(), "d1", window(), MethodOutcome::Throttled);
+    assert_eq!(pauses(&actions), 0);
+    assert_eq!(records(&actions)[0].failures, 0);
+    assert_eq!(r.in_flight_count(), 0);
+    let actions = r.tick(NOW() + TimeDelta::seconds(20));
+    assert_eq!(invoked_ids(&actions), ["d1"]);
+}
+
+#[test]
+fn the_candidate_query_asks_for_free_capacity_plus_what_a_lagging_query_may_repeat() {
+    let lag = Duration::from_secs(10);
+    let mut r = rollout(limits(4, 6, MaxFailures::Count(100)));
+    assert_eq!(r.candidates_wanted(NOW(), lag), 4, "the free slots");
+    r.observe(NOW(), &fleet(10), false);
+    // 4 in flight, 6 eligible waiting: no slot free, no query.
+    assert_eq!(r.capacity(NOW()), 0);
+    assert_eq!(r.candidates_wanted(NOW(), lag), 0);
+    // Two complete: 2 slots, and the per-minute budget has 2 left; the 10 known devices
+    // (2 done just now, 2 in flight, 6 waiting) are asked for on top.
+    let later = NOW() + TimeDelta::seconds(5);
+    r.observe(
+        later,
+        &[
+            rebooted("d000", RebootStatus::Completed, NOW()),
+            rebooted("d001", RebootStatus::Completed, NOW()),
+        ],
+        false,
+    );
+    // The observe started d004 and d005 (waiting): 4 in flight again, 6 of 6 this minute.
+    assert_eq!(r.capacity(later), 0);
+    assert_eq!(r.candidates_wanted(later, lag), 0);
+    // Two devices in flight with slots free: those two are asked for on top of the 2 free
+    // slots; once they are done and older than the lag, only the free slots.
+    let mut r = rollout(limits(4, 100, MaxFailures::Count(100)));
+    r.observe(NOW(), &fleet(2), false);
+    assert_eq!(r.capacity(NOW()), 2);
+    assert_eq!(r.candidates_wanted(NOW(), lag), 4);
+    let later = NOW() + TimeDelta::seconds(60);
+    r.observe(
+        later,
+        &["d000", "d001"].map(|d| rebooted(d, RebootStatus::Completed, NOW())),
+        false,
+    );
+    assert_eq!(
+        r.candidates_wanted(NOW() + TimeDelta::seconds(5), lag),
+        6,
+        "done within the lag"
+    );
+    assert_eq!(r.candidates_wanted(later, lag), 4);
+}
