@@ -120,7 +120,8 @@ async fn the_report_counts_every_kind_of_device_exactly() {
     assert_eq!(state("sim-0000"), DeviceState::Compliant);
     assert_eq!(state("sim-0001"), DeviceState::Rejected);
     assert_eq!(state("sim-0002"), DeviceState::Failed);
-    assert_eq!(state("ghost-1"), DeviceState::Missed);
+    // Never connected, never applied: not compliant (issue 12), not "missed".
+    assert_eq!(state("ghost-1"), DeviceState::NotApplied);
     assert_eq!(state("sim-0003"), DeviceState::Failed);
     assert_eq!(state("sim-0004"), DeviceState::Paused);
     assert_eq!(state("sim-0005"), DeviceState::Paused);
@@ -135,6 +136,7 @@ async fn the_report_counts_every_kind_of_device_exactly() {
         (
             nightly.targeted,
             nightly.applied,
+            nightly.not_applied,
             nightly.rejected,
             nightly.compliant,
             nightly.failed,
@@ -144,10 +146,10 @@ async fn the_report_counts_every_kind_of_device_exactly() {
             nightly.paused,
             nightly.in_window
         ),
-        (4, 2, 1, 1, 1, 1, 1, 0, 0, 0),
+        (4, 2, 1, 1, 1, 1, 0, 1, 0, 0, 0),
         "{nightly:?}"
     );
-    assert!((nightly.percent_compliant - 25.0).abs() < 1e-9);
+    assert_eq!(nightly.percent_compliant, Some(25.0));
     let canary = r.policies.iter().find(|p| p.policy == "canary").unwrap();
     let c = &canary.counts;
     assert_eq!(
@@ -167,7 +169,55 @@ async fn the_report_counts_every_kind_of_device_exactly() {
     assert!(r.below(50.0), "1 of 7 compliant");
     let ghost = r.devices.iter().find(|d| d.device == "ghost-1").unwrap();
     assert_eq!(ghost.online, Some(false));
-    assert_eq!(ghost.missed_streak, 1);
+    assert_eq!(ghost.missed_streak, 0);
+
+    // The report and the journal agree: failed = the journal's final failures in the window,
+    // once per (device, window); paused = the paused window's devices that were not invoked.
+    let window = utc(2026, 3, 29, 2, 0, 0);
+    for p in &r.policies {
+        let mut failed: Vec<&str> = journal
+            .entries
+            .iter()
+            .filter(|e| {
+                e.policy == p.policy
+                    && e.occurrence == window
+                    && matches!(e.state, casement_scheduler::rollout::EntryState::Failed(_))
+            })
+            .map(|e| e.device.as_str())
+            .collect();
+        failed.sort_unstable();
+        failed.dedup();
+        assert_eq!(p.counts.failed as usize, failed.len(), "{}", p.policy);
+        let invoked = journal
+            .entries
+            .iter()
+            .filter(|e| e.policy == p.policy && e.occurrence == window)
+            .count() as u32;
+        let paused = journal.paused(&p.policy, window).is_some();
+        let expect_paused = if paused {
+            p.counts.targeted - p.counts.not_applied - p.counts.rejected - invoked
+        } else {
+            0
+        };
+        assert_eq!(p.counts.paused, expect_paused, "{}", p.policy);
+    }
+
+    // The HTML page: one row per device, the paused canary window on the timeline.
+    let page = report::render(&r, Format::Html, false);
+    for id in ["sim-0000", "sim-0005", "ghost-1"] {
+        assert!(page.contains(&format!("<tr><td>{id}</td>")), "{id}");
+    }
+    let canary_utc = r
+        .zones
+        .iter()
+        .find(|z| z.policy == "canary" && z.zone == "UTC")
+        .unwrap();
+    let last = canary_utc.windows.last().unwrap();
+    assert!(last.paused);
+    assert_eq!(
+        last.states,
+        vec![(DeviceState::Failed, 1), (DeviceState::Paused, 2)]
+    );
 
     let text = report::render(&r, Format::Table, true);
     assert!(
