@@ -42,7 +42,7 @@ const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#
 h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:24px 0 8px}\
 .sub{color:#616161}.big{font-size:28px;font-weight:600}\
 table{border-collapse:collapse}td,th{padding:3px 10px;text-align:left;border-bottom:1px solid #e0e0e0}\
-th{background:#f5f5f5}.chip{display:inline-block;padding:0 8px;border-radius:9px;color:#fff;font-size:12px}\
+th{background:#f5f5f5}td:first-child{white-space:nowrap}.chip{display:inline-block;padding:0 8px;border-radius:9px;color:#fff;font-size:12px}\
 .legend span{margin-right:12px}.sw{display:inline-block;width:10px;height:10px;margin-right:4px}";
 
 /// Renders the page. The device table is always on it (`_devices` is accepted for symmetry with
@@ -170,7 +170,7 @@ fn policies(o: &mut String, report: &Report) {
     }
 }
 
-const TL_W: f64 = 760.0;
+const TL_W: f64 = 1000.0;
 const TL_LEFT: f64 = 220.0;
 
 fn timelines(o: &mut String, report: &Report) {
@@ -209,7 +209,7 @@ fn timelines(o: &mut String, report: &Report) {
     let _ = writeln!(
         o,
         "<line x1=\"{nx:.1}\" y1=\"0\" x2=\"{nx:.1}\" y2=\"{:.1}\" stroke=\"#000\" stroke-dasharray=\"3,2\"/>\
-         <text x=\"{nx:.1}\" y=\"{:.1}\" text-anchor=\"middle\">now {}</text>\
+         <text x=\"{nx:.1}\" y=\"{:.1}\" text-anchor=\"end\">now {} </text>\
          <text x=\"{TL_LEFT}\" y=\"{:.1}\">{}</text></svg>",
         height - 18.0,
         height - 6.0,
