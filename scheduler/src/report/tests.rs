@@ -492,3 +492,64 @@ fn html_is_one_self_contained_page() {
         vec![(DeviceState::Failed, 1), (DeviceState::Paused, 2)]
     );
 }
+
+/// Issue 12: the demo's closing report (a one-hour lookback) and `casement report` against the
+/// kept-running demo (the 400-day lookback) disagreed for a `*/2` schedule. Both lookbacks now
+/// give the same report.
+#[test]
+fn the_demo_lookback_and_the_cli_lookback_agree_on_a_two_minute_schedule() {
+    let now = at("2026-12-05T06:30:30Z");
+    let policy = json!({"policy": "fast", "revision": REV,
+        "window": {"schedule": "*/2 * * * *", "durationSeconds": 60, "timezone": "UTC", "blackout": []},
+        "reboot": {"expectedDurationSeconds": 5}});
+    let twin = |id: &str, reboot: Value| {
+        TwinView::from_value(json!({
+            "deviceId": id,
+            "connectionState": "Connected",
+            "properties": {
+                "desired": {"maintenance": policy, "$version": 2,
+                            "$metadata": {"maintenance": {"$lastUpdated": "2026-12-05T06:20:00.000Z"}}},
+                "reported": {"$version": 3,
+                    "maintenance": {"policy": "fast", "revision": REV, "status": "applied",
+                                    "timezone": "UTC", "window": null},
+                    "iothubDM": {"reboot": reboot}}
+            }
+        }))
+        .unwrap()
+    };
+    let views = vec![
+        twin(
+            "a",
+            completed("2026-12-05T06:30:00.000Z", "2026-12-05T06:30:10.000Z"),
+        ),
+        twin(
+            "b",
+            completed("2026-12-05T06:30:00.000Z", "2026-12-05T06:30:20.000Z"),
+        ),
+        // Rebooted in the window before the open one, nothing yet in this one.
+        twin(
+            "c",
+            completed("2026-12-05T06:28:00.000Z", "2026-12-05T06:28:20.000Z"),
+        ),
+        twin(
+            "d",
+            completed("2026-12-05T06:24:00.000Z", "2026-12-05T06:24:20.000Z"),
+        ),
+    ];
+    let journal = JournalView::default();
+    let demo = build(&views, &journal, now, Duration::from_secs(3600), None);
+    let cli = build(&views, &journal, now, DEFAULT_LOOKBACK, None);
+    assert_eq!(demo.total, cli.total);
+    assert_eq!(demo.devices, cli.devices);
+    let c = &cli.total;
+    assert_eq!(
+        (c.compliant, c.missed, c.pending, c.in_window),
+        (3, 1, 0, 0)
+    );
+    assert_eq!(
+        state_of(&cli, "c").last_window.unwrap().opens_at,
+        at("2026-12-05T06:28:00Z")
+    );
+    // d rebooted at 06:24 and missed the 06:26 and 06:28 windows.
+    assert_eq!(state_of(&cli, "d").missed_streak, 2);
+}
