@@ -39,7 +39,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::fleet::{self, TwinView};
+use crate::fleet::TwinView;
 use crate::journal::{JournalView, PauseRecord};
 use crate::rollout::EntryState;
 use casement_client::{ClientError, HubApi};
@@ -188,20 +188,22 @@ pub struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, d: &DeviceReport) {
-        self.targeted += 1;
-        self.applied += u32::from(d.applied);
-        self.offline += u32::from(d.online == Some(false));
-        match d.state {
-            DeviceState::Compliant => self.compliant += 1,
-            DeviceState::InWindow => self.in_window += 1,
-            DeviceState::Pending => self.pending += 1,
-            DeviceState::NotApplied => self.not_applied += 1,
-            DeviceState::Missed => self.missed += 1,
-            DeviceState::Failed => self.failed += 1,
-            DeviceState::Paused => self.paused += 1,
-            DeviceState::Rejected => self.rejected += 1,
-        }
+    /// Counts `n` devices like `d` (the grouped summary counts a group at once).
+    fn add(&mut self, d: &DeviceReport, n: u32) {
+        self.targeted += n;
+        self.applied += n * u32::from(d.applied);
+        self.offline += n * u32::from(d.online == Some(false));
+        let slot = match d.state {
+            DeviceState::Compliant => &mut self.compliant,
+            DeviceState::InWindow => &mut self.in_window,
+            DeviceState::Pending => &mut self.pending,
+            DeviceState::NotApplied => &mut self.not_applied,
+            DeviceState::Missed => &mut self.missed,
+            DeviceState::Failed => &mut self.failed,
+            DeviceState::Paused => &mut self.paused,
+            DeviceState::Rejected => &mut self.rejected,
+        };
+        *slot += n;
     }
 
     fn finish(&mut self) {
@@ -532,21 +534,36 @@ pub fn build(
     policy: Option<&str>,
 ) -> Report {
     let mut cache = WindowCache::default();
-    let mut devices: Vec<DeviceReport> = views
+    let devices: Vec<(DeviceReport, u32)> = views
         .iter()
         .filter_map(|v| classify(v, journal, &mut cache, now, lookback))
-        .filter(|d| policy.is_none_or(|p| d.policy == p))
+        .map(|d| (d, 1))
         .collect();
-    devices.sort_by(|a, b| (&a.policy, &a.device).cmp(&(&b.policy, &b.device)));
+    assemble(devices, &cache, journal, now, policy, true)
+}
+
+/// The report from classified devices, each standing for `n` devices (1 on the per-device
+/// path, a group's size on the grouped one). `keep_devices`: whether [`Report::devices`] lists
+/// them (the grouped summary has no device lines).
+pub(crate) fn assemble(
+    mut devices: Vec<(DeviceReport, u32)>,
+    cache: &WindowCache,
+    journal: &JournalView,
+    now: DateTime<Utc>,
+    policy: Option<&str>,
+    keep_devices: bool,
+) -> Report {
+    devices.retain(|(d, n)| *n > 0 && policy.is_none_or(|p| d.policy == p));
+    devices.sort_by(|(a, _), (b, _)| (&a.policy, &a.device).cmp(&(&b.policy, &b.device)));
     let mut policies: Vec<PolicyReport> = Vec::new();
     let mut total = Counts::default();
-    for d in &devices {
-        total.add(d);
+    for (d, n) in &devices {
+        total.add(d, *n);
         match policies.last_mut() {
-            Some(p) if p.policy == d.policy => p.counts.add(d),
+            Some(p) if p.policy == d.policy => p.counts.add(d, *n),
             _ => {
                 let mut counts = Counts::default();
-                counts.add(d);
+                counts.add(d, *n);
                 policies.push(PolicyReport {
                     policy: d.policy.clone(),
                     counts,
@@ -568,26 +585,30 @@ pub fn build(
         p.pauses = pauses;
     }
     total.finish();
-    let zones = zone_timelines(&cache, &devices, journal);
+    let zones = zone_timelines(cache, &devices, journal);
     Report {
         generated_at: now,
         policies,
         total,
-        devices,
+        devices: if keep_devices {
+            devices.into_iter().map(|(d, _)| d).collect()
+        } else {
+            Vec::new()
+        },
         zones,
     }
 }
 
 fn zone_timelines(
     cache: &WindowCache,
-    devices: &[DeviceReport],
+    devices: &[(DeviceReport, u32)],
     journal: &JournalView,
 ) -> Vec<ZoneReport> {
     let mut zones: Vec<ZoneReport> = cache
         .windows
         .iter()
         .filter(|((policy, revision, tz), _)| {
-            devices.iter().any(|d| {
+            devices.iter().any(|(d, _)| {
                 &d.policy == policy
                     && &d.revision == revision
                     && d.zone.as_deref() == Some(tz.name())
@@ -600,18 +621,19 @@ fn zone_timelines(
                 .map(|w| {
                     let mut states: Vec<(DeviceState, u32)> = Vec::new();
                     for s in DeviceState::ALL {
-                        let n = devices
+                        let n: u32 = devices
                             .iter()
-                            .filter(|d| {
+                            .filter(|(d, _)| {
                                 &d.policy == policy
                                     && &d.revision == revision
                                     && d.zone.as_deref() == Some(tz.name())
                                     && d.state == s
                                     && d.last_window.is_some_and(|l| l.opens_at == w.opens_at)
                             })
-                            .count();
+                            .map(|(_, n)| n)
+                            .sum();
                         if n > 0 {
-                            states.push((s, u32::try_from(n).unwrap_or(u32::MAX)));
+                            states.push((s, n));
                         }
                     }
                     ZoneWindow {
@@ -632,7 +654,12 @@ fn zone_timelines(
     zones
 }
 
-/// Queries the hub and builds the report.
+/// Queries the hub (every carrier, projected to what [`classify`] reads) and builds the
+/// report with its device lines. For the counts alone, [`grouped::compute_summary`] costs a
+/// number of queries that does not grow with the fleet.
+///
+/// # Errors
+/// The hub's, as [`ClientError`].
 pub async fn compute<H: HubApi>(
     hub: &H,
     journal: &JournalView,
@@ -640,18 +667,7 @@ pub async fn compute<H: HubApi>(
     lookback: Duration,
     policy: Option<&str>,
 ) -> Result<Report, ClientError> {
-    let items = hub.query(&fleet::carriers_query(policy)).await?;
-    let views: Vec<TwinView> = items
-        .into_iter()
-        .filter_map(|item| match TwinView::from_value(item) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping a query result that is not a twin");
-                None
-            }
-        })
-        .collect();
-    Ok(build(&views, journal, now, lookback, policy))
+    grouped::compute_devices(hub, journal, now, lookback, policy).await
 }
 
 /// Output formats.
@@ -805,16 +821,17 @@ pub fn render(report: &Report, format: Format, devices: bool) -> String {
             for p in &report.policies {
                 for pause in &p.pauses {
                     // Only the pauses the table counts: a window some device is judged by.
-                    let here = report
-                        .devices
+                    // Counted from the zone timelines, which the grouped summary has too.
+                    let here: u32 = report
+                        .zones
                         .iter()
-                        .filter(|d| {
-                            d.policy == p.policy
-                                && d.state == DeviceState::Paused
-                                && d.last_window
-                                    .is_some_and(|w| w.opens_at == pause.occurrence)
-                        })
-                        .count();
+                        .filter(|z| z.policy == p.policy)
+                        .flat_map(|z| &z.windows)
+                        .filter(|w| w.window.opens_at == pause.occurrence)
+                        .flat_map(|w| &w.states)
+                        .filter(|(s, _)| *s == DeviceState::Paused)
+                        .map(|(_, n)| n)
+                        .sum();
                     if here == 0 {
                         continue;
                     }
@@ -850,6 +867,7 @@ pub fn render(report: &Report, format: Format, devices: bool) -> String {
     }
 }
 
+pub mod grouped;
 pub mod html;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,93 @@ use serde_json::json;
 
 const REBOOT: Duration = Duration::from_secs(90);
 
+#[path = "../examples/support/report_fleet.rs"]
+mod report_fleet;
+
+/// The grouped summary gives the per-device report's counts, pauses and zone timelines, and
+/// the same table; returns what it cost.
+async fn same_summary(
+    client: &casement_client::ServiceClient,
+    journal: &JournalView,
+    now: chrono::DateTime<chrono::Utc>,
+    policy: Option<&str>,
+    per_device: &report::Report,
+) -> casement_scheduler::report::grouped::SummaryCost {
+    let (summary, cost) = casement_scheduler::report::grouped::compute_summary(
+        client,
+        journal,
+        now,
+        report::DEFAULT_LOOKBACK,
+        policy,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        summary.policies, per_device.policies,
+        "per policy ({cost:?})"
+    );
+    assert_eq!(summary.total, per_device.total, "total ({cost:?})");
+    assert_eq!(summary.zones, per_device.zones, "zone timelines ({cost:?})");
+    assert!(summary.devices.is_empty());
+    assert_eq!(
+        report::render(&summary, Format::Table, false),
+        report::render(per_device, Format::Table, false)
+    );
+    cost
+}
+
+/// Pages the summary and a raw `SELECT *` take over `n` seeded twins (10 items a page).
+async fn pages(n: usize) -> (u64, u64, casement_scheduler::report::grouped::SummaryCost) {
+    let env = Env::start(report_fleet::seeded_at()).await;
+    report_fleet::seed(&env.hub, n, 1).await;
+    let client = Env::client_for(
+        &env.hub,
+        &env.clock,
+        casement_client::ClientConfig {
+            page_size: 10,
+            ..casement_client::ClientConfig::default()
+        },
+    );
+    let journal = JournalView::default();
+    let now = report_fleet::now();
+    let requests = || {
+        client
+            .stats()
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = requests();
+    let per_device = report::compute(&client, &journal, now, report::DEFAULT_LOOKBACK, None)
+        .await
+        .unwrap();
+    let select_all = requests() - before;
+    assert_eq!(per_device.total.targeted as usize, n);
+    // The fleet's shape: 90 compliant, 4 rejected, 4 not applied, 1 missed in every 100.
+    assert_eq!(per_device.total.compliant as usize, n * 91 / 100);
+    assert_eq!(per_device.total.missed as usize, n / 100);
+    let before = requests();
+    let cost = same_summary(&client, &journal, now, None, &per_device).await;
+    (select_all, requests() - before, cost)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_costs_the_same_pages_at_ten_times_the_fleet() {
+    let (small_all, small, small_cost) = pages(100).await;
+    let (large_all, large, large_cost) = pages(1000).await;
+    // The per-device path pages the fleet: ten times the pages.
+    assert_eq!((small_all, large_all), (10, 100));
+    // The summary: the grouped counts, the policy's desired section, and the one group of
+    // devices that missed the window (1 in 100), read per device.
+    assert_eq!(small_cost.undecided_groups, 1, "{small_cost:?}");
+    assert_eq!(large_cost.undecided_groups, 1, "{large_cost:?}");
+    assert_eq!(small, 3, "{small_cost:?}");
+    assert_eq!(large, 3, "{large_cost:?}");
+    assert_eq!(
+        large_cost.devices_read, 10,
+        "only the missed devices are read"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_counts_every_kind_of_device_exactly() {
     let mut env = Env::start(utc(2026, 3, 28, 12, 0, 0)).await;
@@ -116,6 +203,11 @@ async fn the_report_counts_every_kind_of_device_exactly() {
     let r = report::compute(&env.client, &journal, now, report::DEFAULT_LOOKBACK, None)
         .await
         .unwrap();
+    let cost = same_summary(&env.client, &journal, now, None, &r).await;
+    assert!(
+        cost.undecided_groups > 0,
+        "the failed and paused devices are read per device: {cost:?}"
+    );
     let state = |id: &str| r.devices.iter().find(|d| d.device == id).unwrap().state;
     assert_eq!(state("sim-0000"), DeviceState::Compliant);
     assert_eq!(state("sim-0001"), DeviceState::Rejected);
@@ -236,5 +328,6 @@ async fn the_report_counts_every_kind_of_device_exactly() {
     .unwrap();
     assert_eq!(only.policies.len(), 1);
     assert_eq!(only.total.targeted, 3);
+    same_summary(&env.client, &journal, now, Some("canary"), &only).await;
     drop(scheduler);
 }
