@@ -38,6 +38,11 @@ device and window. With no device due the percentage is n/a, and --fail-under pa
 on stderr). Reads the twins, and the scheduler's journal in --state-dir (its snapshot while
 `casement run` holds it). See README \"What the report means\".
 
+Cost: without --devices (and not html) the counts come from grouped COUNT() queries, a few
+pages whatever the fleet's size, plus one projected query per group that needs its devices
+read (devices that missed or failed, or that a policy reached recently). --devices and html
+read every targeted twin, projected to the fields the report uses.
+
 Exit codes: 0 ok; 1 the percentage is below --fail-under; 2 bad input (flags, a journal that
 cannot be read); 3 the hub could not be reached or kept failing (try again later).
 
