@@ -243,6 +243,34 @@ async fn report_exits_1_under_the_threshold_and_finds_the_local_hub() {
     let out = s.run(&["apply", "policies"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
+    // Applied, its first window still to come: nothing is due, the percentage is n/a and
+    // --fail-under passes, saying so (issue 12: never 100%).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !TwinView::from_twin(&s.client.twin("sim-0000").await.unwrap())
+        .reported()
+        .is_some_and(|r| r.status == casement_policy::MaintenanceStatus::Applied)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = s
+        .run(&["report", "--format", "csv", "--fail-under", "100"])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.ends_with(",n/a")),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("not applicable"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // The device rejects what it is given: not compliant, and counted as due.
     let mut bad = TwinView::from_twin(&s.client.twin("sim-0000").await.unwrap())
         .desired_raw
@@ -276,7 +304,7 @@ async fn report_exits_1_under_the_threshold_and_finds_the_local_hub() {
     let csv = text(&out.stdout);
     assert_eq!(
         csv.lines().nth(1),
-        Some("weekly,1,0,1,0,0,0,0,0,0,0,0.0"),
+        Some("weekly,1,0,0,1,0,0,0,0,0,0,0,0.0"),
         "{csv}"
     );
     assert!(

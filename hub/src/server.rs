@@ -379,6 +379,31 @@ impl RunningHub {
             .ok_or_else(|| HubError::Api(ApiError::device_not_found(device_id)))
     }
 
+    /// Merges `desired` (a JSON object) into the twin's desired properties, as a service
+    /// `PATCH /twins/{id}` would (tools and benchmarks that seed a fleet in-process).
+    ///
+    /// # Errors
+    /// [`HubError::Api`] with 404 for an unknown device, 400 for a patch the twin refuses.
+    pub async fn patch_desired(&self, device_id: &str, desired: Value) -> Result<(), HubError> {
+        let update = TwinUpdate {
+            tags: None,
+            desired: Some(desired),
+        };
+        self.shared
+            .update_twin(device_id, update, None, false)
+            .await?;
+        Ok(())
+    }
+
+    /// Applies a reported-properties patch as if `device_id` had sent it over MQTT (tools and
+    /// benchmarks that seed a fleet's twins without running agents).
+    ///
+    /// # Errors
+    /// [`HubError::Api`] with 404 for an unknown device, 400 for a patch the twin refuses.
+    pub fn report_as_device(&self, device_id: &str, patch: &Value) -> Result<u64, HubError> {
+        Ok(self.shared.registry.report(device_id, patch)?)
+    }
+
     /// The connection string of an existing device (primary key).
     pub fn device_connection_string(&self, device_id: &str) -> Option<String> {
         self.shared

@@ -1,23 +1,34 @@
 //! `casement report`: compliance per policy (and per device), from twin queries and the journal.
 //!
-//! For every device whose desired properties carry a Casement policy, [`classify`] (pure) finds
-//! the latest window that has opened — computed from the desired policy, in the policy's zone or
-//! the zone the device reports — and decides one state:
+//! For every device whose desired properties carry a Casement policy, [`classify`] (pure)
+//! decides one state, from the desired policy, the device's reported properties and the
+//! scheduler's journal. Windows are computed from the desired policy, in the policy's zone or
+//! the zone the device reports.
 //!
-//! | state | meaning |
-//! |---|---|
-//! | `compliant` | rebooted in the latest window that has opened |
-//! | `in-window` | that window is open now and the device has not rebooted yet |
-//! | `pending` | no window yet since the policy (revision) reached the device, or its zone is unknown |
-//! | `missed` | that window closed without a reboot (with how many windows in a row) |
-//! | `failed` | the reboot in that window failed (refused, failed on the device, timed out) |
-//! | `paused` | the failure budget paused the policy in that window before the device's turn |
-//! | `rejected` | the device rejected the policy revision it was given |
+//! | state | meaning | counts in the percentage |
+//! |---|---|---|
+//! | `compliant` | rebooted in the window it is judged by | yes, compliant |
+//! | `not-applied` | has not reported the desired revision applied (offline, never seen, still on an older revision) | yes, not compliant |
+//! | `rejected` | rejected the desired revision | yes, not compliant |
+//! | `missed` | the window closed without a reboot (with how many windows in a row) | yes, not compliant |
+//! | `failed` | the reboot in that window failed (refused, failed on the device, the call timed out and no reboot followed) | yes, not compliant |
+//! | `paused` | the failure budget paused the policy in that window before the device rebooted | yes, not compliant |
+//! | `in-window` | its first window since the policy arrived is open and it has not rebooted yet | no |
+//! | `pending` | no window has opened since the policy (revision) reached it | no |
 //!
-//! Besides the state, `applied` (the device reports the desired revision applied) and `offline`
-//! (not connected now) are counted. The percentage compliant is
-//! `compliant / (targeted - pending - in-window)`: devices whose latest window is still open or
-//! has not come are not counted either way (100% when no device is due).
+//! The window a device is judged by is the latest that has opened; while that one is open and
+//! has no outcome yet (no reboot, no failure, no pause), the one before it — if the policy had
+//! reached the device by then. So a device inside an open window is judged by the windows it
+//! has had, and only a device in its very first window is `in-window`.
+//!
+//! A reboot call that timed out (IoT Hub 504101: the method may have run) is judged by the twin:
+//! a completed reboot reported for that window makes the device `compliant`, a failed one
+//! `failed`; with neither, it is `in-window` (or judged by the window before) while the window is
+//! open and `failed` once it has closed. Failed and paused are counted once per device and
+//! window, however often the journal recorded them.
+//!
+//! `percent_compliant = compliant / (targeted - pending - in-window)`; when no device is due
+//! (the denominator is 0) it is not applicable (`None`, shown as `n/a`), never 100%.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -28,7 +39,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::fleet::{self, TwinView};
+use crate::fleet::TwinView;
 use crate::journal::{JournalView, PauseRecord};
 use crate::rollout::EntryState;
 use casement_client::{ClientError, HubApi};
@@ -42,12 +53,14 @@ const MAX_WINDOWS: usize = 20_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceState {
-    /// Rebooted in the latest window that has opened.
+    /// Rebooted in the window it is judged by.
     Compliant,
-    /// The latest window is open and the device has not rebooted yet.
+    /// Its first window since the policy arrived is open and it has not rebooted yet.
     InWindow,
-    /// No window yet (or the zone is unknown).
+    /// No window yet since the policy arrived (or the desired policy cannot be computed).
     Pending,
+    /// It has not reported the desired revision applied (offline, never seen, older revision).
+    NotApplied,
     /// The latest window closed without a reboot.
     Missed,
     /// The reboot in the latest window failed.
@@ -59,12 +72,30 @@ pub enum DeviceState {
 }
 
 impl DeviceState {
+    /// Every state, in table order.
+    pub const ALL: [DeviceState; 8] = [
+        DeviceState::Compliant,
+        DeviceState::NotApplied,
+        DeviceState::Rejected,
+        DeviceState::Missed,
+        DeviceState::Failed,
+        DeviceState::Paused,
+        DeviceState::InWindow,
+        DeviceState::Pending,
+    ];
+
+    /// Whether a device in this state counts in the percentage compliant.
+    pub fn is_due(self) -> bool {
+        !matches!(self, DeviceState::InWindow | DeviceState::Pending)
+    }
+
     /// The name used in tables and CSV.
     pub fn as_str(self) -> &'static str {
         match self {
             DeviceState::Compliant => "compliant",
             DeviceState::InWindow => "in-window",
             DeviceState::Pending => "pending",
+            DeviceState::NotApplied => "not-applied",
             DeviceState::Missed => "missed",
             DeviceState::Failed => "failed",
             DeviceState::Paused => "paused",
@@ -91,8 +122,12 @@ pub struct DeviceReport {
     pub online: Option<bool>,
     /// The zone windows are computed in.
     pub zone: Option<String>,
-    /// The latest window that has opened.
+    /// The window it is judged by (the latest that has opened, or the one before it while
+    /// that one is open without an outcome).
     pub last_window: Option<WindowReport>,
+    /// The window open now, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_window: Option<WindowReport>,
     /// When it last rebooted.
     pub last_reboot: Option<DateTime<Utc>>,
     /// Windows missed in a row (for `missed`, `failed`, `paused`).
@@ -131,6 +166,8 @@ pub struct Counts {
     pub applied: u32,
     /// Reporting it rejected.
     pub rejected: u32,
+    /// Not reporting it applied (nor rejected).
+    pub not_applied: u32,
     /// Rebooted in the latest window.
     pub compliant: u32,
     /// In an open window, not rebooted yet.
@@ -145,33 +182,34 @@ pub struct Counts {
     pub paused: u32,
     /// Not connected.
     pub offline: u32,
-    /// `compliant / (targeted - pending - in_window)`, in percent.
-    pub percent_compliant: f64,
+    /// `compliant / (targeted - pending - in_window)`, in percent; `None` (not applicable)
+    /// when no device is due.
+    pub percent_compliant: Option<f64>,
 }
 
 impl Counts {
-    fn add(&mut self, d: &DeviceReport) {
-        self.targeted += 1;
-        self.applied += u32::from(d.applied);
-        self.offline += u32::from(d.online == Some(false));
-        match d.state {
-            DeviceState::Compliant => self.compliant += 1,
-            DeviceState::InWindow => self.in_window += 1,
-            DeviceState::Pending => self.pending += 1,
-            DeviceState::Missed => self.missed += 1,
-            DeviceState::Failed => self.failed += 1,
-            DeviceState::Paused => self.paused += 1,
-            DeviceState::Rejected => self.rejected += 1,
-        }
+    /// Counts `n` devices like `d` (the grouped summary counts a group at once).
+    fn add(&mut self, d: &DeviceReport, n: u32) {
+        self.targeted += n;
+        self.applied += n * u32::from(d.applied);
+        self.offline += n * u32::from(d.online == Some(false));
+        let slot = match d.state {
+            DeviceState::Compliant => &mut self.compliant,
+            DeviceState::InWindow => &mut self.in_window,
+            DeviceState::Pending => &mut self.pending,
+            DeviceState::NotApplied => &mut self.not_applied,
+            DeviceState::Missed => &mut self.missed,
+            DeviceState::Failed => &mut self.failed,
+            DeviceState::Paused => &mut self.paused,
+            DeviceState::Rejected => &mut self.rejected,
+        };
+        *slot += n;
     }
 
     fn finish(&mut self) {
         let due = self.targeted - self.pending - self.in_window;
-        self.percent_compliant = if due == 0 {
-            100.0
-        } else {
-            f64::from(self.compliant) * 100.0 / f64::from(due)
-        };
+        self.percent_compliant =
+            (due > 0).then(|| f64::from(self.compliant) * 100.0 / f64::from(due));
     }
 }
 
@@ -200,12 +238,43 @@ pub struct Report {
     pub total: Counts,
     /// Per device (always computed; printed with `--devices`).
     pub devices: Vec<DeviceReport>,
+    /// Per policy and zone, its recent windows (the HTML timeline).
+    pub zones: Vec<ZoneReport>,
+}
+
+/// How many recent windows each zone's timeline shows.
+pub const TIMELINE_WINDOWS: usize = 6;
+
+/// One policy's recent windows in one zone.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneReport {
+    /// The policy.
+    pub policy: String,
+    /// The zone.
+    pub zone: String,
+    /// The latest [`TIMELINE_WINDOWS`] windows that opened, oldest first.
+    pub windows: Vec<ZoneWindow>,
+}
+
+/// One window of a zone, with the devices judged by it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneWindow {
+    /// The window.
+    #[serde(flatten)]
+    pub window: WindowReport,
+    /// Whether the journal paused it.
+    pub paused: bool,
+    /// Devices judged by it, per state (states with none left out).
+    pub states: Vec<(DeviceState, u32)>,
 }
 
 impl Report {
-    /// Whether the total percentage compliant is below `threshold`.
+    /// Whether the total percentage compliant is below `threshold`. Not applicable (no device
+    /// due) is not below: nothing has been asked of any device yet.
     pub fn below(&self, threshold: f64) -> bool {
-        self.total.percent_compliant < threshold
+        self.total.percent_compliant.is_some_and(|p| p < threshold)
     }
 }
 
@@ -226,30 +295,111 @@ impl WindowCache {
     ) -> &[Window] {
         self.windows
             .entry((key.0.to_owned(), key.1.to_owned(), tz))
-            .or_insert_with(|| {
-                // Keep the *latest* MAX_WINDOWS that have opened: a frequent schedule has more
-                // than that over the lookback, and the latest window is the one that matters.
-                let mut latest = std::collections::VecDeque::with_capacity(MAX_WINDOWS);
-                for w in spec
-                    .windows(tz, from)
-                    .filter(|w| w.kind.opens())
-                    .map(|w| w.window)
-                    .take_while(|w| w.opens_at <= now)
-                {
-                    if latest.len() == MAX_WINDOWS {
-                        latest.pop_front();
-                    }
-                    latest.push_back(w);
-                }
-                Vec::from(latest)
-            })
+            .or_insert_with(|| opened_windows(spec, tz, from, now))
     }
+}
+
+/// The latest [`MAX_WINDOWS`] windows that opened in `[from, now]`, oldest first. One
+/// [`WindowSpec::windows`] walk examines a bounded number of scheduled starts (fewer than a
+/// `*/2` schedule has over the lookback), so the walk resumes from where the last one stopped
+/// until it reaches `now`: the latest window is always the one that opened last.
+fn opened_windows(
+    spec: &WindowSpec,
+    tz: Tz,
+    from: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Vec<Window> {
+    let mut latest = std::collections::VecDeque::with_capacity(MAX_WINDOWS);
+    let mut cursor = from;
+    loop {
+        let before = latest.back().map(|w: &Window| w.opens_at);
+        let mut reached_now = false;
+        for w in spec
+            .windows(tz, cursor)
+            .filter(|w| w.kind.opens())
+            .map(|w| w.window)
+        {
+            if w.opens_at > now {
+                reached_now = true;
+                break;
+            }
+            if before.is_some_and(|b| w.opens_at <= b) {
+                continue;
+            }
+            if latest.len() == MAX_WINDOWS {
+                latest.pop_front();
+            }
+            latest.push_back(w);
+        }
+        let after = latest.back().map(|w| w.opens_at);
+        match after {
+            Some(last) if !reached_now && after != before => {
+                cursor = last.max(cursor + TimeDelta::seconds(1));
+            }
+            _ => break,
+        }
+    }
+    Vec::from(latest)
 }
 
 fn rebooted_in(view: &TwinView, w: &Window) -> bool {
     view.reboot().is_some_and(|r| {
         r.status == RebootStatus::Completed
             && (r.occurrence == Some(w.occurrence) || r.last_reboot.is_some_and(|t| w.contains(t)))
+    })
+}
+
+/// What happened to the device in window `w`, if anything: a reboot, a failure, a pause.
+/// The twin's completed reboot wins over the journal (a call that timed out but ran); a
+/// failure is one per (device, window) however many journal records say so.
+fn outcome(
+    view: &TwinView,
+    policy: &str,
+    journal: &JournalView,
+    w: &Window,
+    now: DateTime<Utc>,
+) -> Option<(DeviceState, Option<String>)> {
+    if rebooted_in(view, w) {
+        return Some((DeviceState::Compliant, None));
+    }
+    if let Some(r) = view.reboot()
+        && r.status == RebootStatus::Failed
+        && r.occurrence == Some(w.occurrence)
+    {
+        return Some((
+            DeviceState::Failed,
+            Some(
+                r.error
+                    .clone()
+                    .unwrap_or_else(|| "reboot failed on the device".into()),
+            ),
+        ));
+    }
+    let entries = journal.entries.iter().filter(|e| {
+        e.policy == policy && e.device == view.device_id && e.occurrence == w.occurrence
+    });
+    let mut unresolved = false;
+    for e in entries {
+        match &e.state {
+            EntryState::Failed(reason) => return Some((DeviceState::Failed, Some(reason.clone()))),
+            EntryState::Invoking | EntryState::Accepted => unresolved = true,
+            _ => {}
+        }
+    }
+    if unresolved && w.closes_at <= now {
+        return Some((
+            DeviceState::Failed,
+            Some("the reboot call did not resolve (timed out: it may have run) and the device reported no reboot in the window".into()),
+        ));
+    }
+    journal.paused(policy, w.occurrence).map(|p| {
+        (
+            DeviceState::Paused,
+            Some(format!(
+                "paused: {} failures > budget {}",
+                p.failures, p.budget
+            )),
+        )
     })
 }
 
@@ -276,6 +426,7 @@ pub fn classify(
         online: view.connected,
         zone: None,
         last_window: None,
+        open_window: None,
         last_reboot: view.reboot().and_then(|r| r.last_reboot),
         missed_streak: 0,
         detail: None,
@@ -283,6 +434,17 @@ pub fn classify(
     if let Some(r) = rejected {
         report.state = DeviceState::Rejected;
         report.detail = r.error.clone();
+        return Some(report);
+    }
+    if !applied {
+        report.state = DeviceState::NotApplied;
+        report.detail = Some(match reported {
+            None => "the device has never reported the policy".into(),
+            Some(r) => format!(
+                "the device reports {} revision {} ({:?}), not the desired one",
+                r.policy, r.revision, r.status
+            ),
+        });
         return Some(report);
     }
     let plan = match desired.validate() {
@@ -309,44 +471,40 @@ pub fn classify(
     let Some(latest) = opened.last().copied() else {
         return Some(report);
     };
-    report.last_window = Some(latest.into());
-    if rebooted_in(view, &latest) {
-        report.state = DeviceState::Compliant;
-        return Some(report);
+    let open = latest.contains(now);
+    if open {
+        report.open_window = Some(latest.into());
     }
-    if view.desired_updated.is_some_and(|t| t > latest.opens_at) {
-        // The policy (this revision) arrived after the latest window opened.
+    report.last_window = Some(latest.into());
+    let arrived_after = |w: &Window| view.desired_updated.is_some_and(|t| t > w.opens_at);
+    let mut judged = latest;
+    if let Some((state, detail)) = outcome(view, &desired.policy, journal, &latest, now) {
+        report.state = state;
+        report.detail = detail;
+    } else if open {
+        // Judged by the window before, if the policy had reached the device by then.
+        let previous = opened.len().checked_sub(2).map(|i| opened[i]);
+        match previous.filter(|w| !arrived_after(w)) {
+            None => {
+                report.state = DeviceState::InWindow;
+                return Some(report);
+            }
+            Some(prev) => {
+                judged = prev;
+                report.last_window = Some(prev.into());
+                let (state, detail) = outcome(view, &desired.policy, journal, &prev, now)
+                    .unwrap_or((DeviceState::Missed, None));
+                report.state = state;
+                report.detail = detail;
+            }
+        }
+    } else if arrived_after(&latest) {
         report.detail = Some("no window since the policy was applied".into());
         return Some(report);
-    }
-    let failed_entry = journal
-        .entry(&desired.policy, &view.device_id, latest.occurrence)
-        .and_then(|e| match &e.state {
-            EntryState::Failed(reason) => Some(reason.clone()),
-            _ => None,
-        });
-    let failed_on_device = view.reboot().is_some_and(|r| {
-        r.status == RebootStatus::Failed && r.occurrence == Some(latest.occurrence)
-    });
-    let open = latest.contains(now);
-    report.state = if let Some(reason) = failed_entry {
-        report.detail = Some(reason);
-        DeviceState::Failed
-    } else if failed_on_device {
-        report.detail = view.reboot().and_then(|r| r.error.clone());
-        DeviceState::Failed
-    } else if let Some(p) = journal.paused(&desired.policy, latest.occurrence) {
-        report.detail = Some(format!(
-            "paused: {} failures > budget {}",
-            p.failures, p.budget
-        ));
-        DeviceState::Paused
-    } else if open {
-        DeviceState::InWindow
     } else {
-        DeviceState::Missed
-    };
-    if report.state != DeviceState::InWindow {
+        report.state = DeviceState::Missed;
+    }
+    if report.state != DeviceState::Compliant {
         let since = [report.last_reboot, view.desired_updated]
             .into_iter()
             .flatten()
@@ -354,11 +512,15 @@ pub fn classify(
         report.missed_streak = u32::try_from(
             opened
                 .iter()
-                .filter(|w| w.closes_at <= now && since.is_none_or(|s| w.opens_at >= s))
+                .filter(|w| {
+                    w.closes_at <= now
+                        && w.opens_at <= judged.opens_at
+                        && since.is_none_or(|s| w.opens_at >= s)
+                })
                 .count(),
         )
         .unwrap_or(u32::MAX)
-        .max(u32::from(!open));
+        .max(1);
     }
     Some(report)
 }
@@ -372,21 +534,36 @@ pub fn build(
     policy: Option<&str>,
 ) -> Report {
     let mut cache = WindowCache::default();
-    let mut devices: Vec<DeviceReport> = views
+    let devices: Vec<(DeviceReport, u32)> = views
         .iter()
         .filter_map(|v| classify(v, journal, &mut cache, now, lookback))
-        .filter(|d| policy.is_none_or(|p| d.policy == p))
+        .map(|d| (d, 1))
         .collect();
-    devices.sort_by(|a, b| (&a.policy, &a.device).cmp(&(&b.policy, &b.device)));
+    assemble(devices, &cache, journal, now, policy, true)
+}
+
+/// The report from classified devices, each standing for `n` devices (1 on the per-device
+/// path, a group's size on the grouped one). `keep_devices`: whether [`Report::devices`] lists
+/// them (the grouped summary has no device lines).
+pub(crate) fn assemble(
+    mut devices: Vec<(DeviceReport, u32)>,
+    cache: &WindowCache,
+    journal: &JournalView,
+    now: DateTime<Utc>,
+    policy: Option<&str>,
+    keep_devices: bool,
+) -> Report {
+    devices.retain(|(d, n)| *n > 0 && policy.is_none_or(|p| d.policy == p));
+    devices.sort_by(|(a, _), (b, _)| (&a.policy, &a.device).cmp(&(&b.policy, &b.device)));
     let mut policies: Vec<PolicyReport> = Vec::new();
     let mut total = Counts::default();
-    for d in &devices {
-        total.add(d);
+    for (d, n) in &devices {
+        total.add(d, *n);
         match policies.last_mut() {
-            Some(p) if p.policy == d.policy => p.counts.add(d),
+            Some(p) if p.policy == d.policy => p.counts.add(d, *n),
             _ => {
                 let mut counts = Counts::default();
-                counts.add(d);
+                counts.add(d, *n);
                 policies.push(PolicyReport {
                     policy: d.policy.clone(),
                     counts,
@@ -404,18 +581,85 @@ pub fn build(
             .cloned()
             .collect();
         pauses.sort_by_key(|p| std::cmp::Reverse(p.occurrence));
+        pauses.dedup_by_key(|p| p.occurrence);
         p.pauses = pauses;
     }
     total.finish();
+    let zones = zone_timelines(cache, &devices, journal);
     Report {
         generated_at: now,
         policies,
         total,
-        devices,
+        devices: if keep_devices {
+            devices.into_iter().map(|(d, _)| d).collect()
+        } else {
+            Vec::new()
+        },
+        zones,
     }
 }
 
-/// Queries the hub and builds the report.
+fn zone_timelines(
+    cache: &WindowCache,
+    devices: &[(DeviceReport, u32)],
+    journal: &JournalView,
+) -> Vec<ZoneReport> {
+    let mut zones: Vec<ZoneReport> = cache
+        .windows
+        .iter()
+        .filter(|((policy, revision, tz), _)| {
+            devices.iter().any(|(d, _)| {
+                &d.policy == policy
+                    && &d.revision == revision
+                    && d.zone.as_deref() == Some(tz.name())
+            })
+        })
+        .map(|((policy, revision, tz), opened)| {
+            let recent = &opened[opened.len().saturating_sub(TIMELINE_WINDOWS)..];
+            let windows = recent
+                .iter()
+                .map(|w| {
+                    let mut states: Vec<(DeviceState, u32)> = Vec::new();
+                    for s in DeviceState::ALL {
+                        let n: u32 = devices
+                            .iter()
+                            .filter(|(d, _)| {
+                                &d.policy == policy
+                                    && &d.revision == revision
+                                    && d.zone.as_deref() == Some(tz.name())
+                                    && d.state == s
+                                    && d.last_window.is_some_and(|l| l.opens_at == w.opens_at)
+                            })
+                            .map(|(_, n)| n)
+                            .sum();
+                        if n > 0 {
+                            states.push((s, n));
+                        }
+                    }
+                    ZoneWindow {
+                        window: (*w).into(),
+                        paused: journal.paused(policy, w.occurrence).is_some(),
+                        states,
+                    }
+                })
+                .collect();
+            ZoneReport {
+                policy: policy.clone(),
+                zone: tz.name().to_owned(),
+                windows,
+            }
+        })
+        .collect();
+    zones.sort_by(|a, b| (&a.policy, &a.zone).cmp(&(&b.policy, &b.zone)));
+    zones
+}
+
+/// Queries the hub (every carrier, projected to what [`classify`] reads) and builds the
+/// report with its device lines. For the counts alone, [`grouped::compute_summary`] costs a
+/// number of queries that does not grow with the fleet.
+///
+/// # Errors
+/// The hub's, as [`ClientError`].
 pub async fn compute<H: HubApi>(
     hub: &H,
     journal: &JournalView,
@@ -423,18 +667,7 @@ pub async fn compute<H: HubApi>(
     lookback: Duration,
     policy: Option<&str>,
 ) -> Result<Report, ClientError> {
-    let items = hub.query(&fleet::carriers_query(policy)).await?;
-    let views: Vec<TwinView> = items
-        .into_iter()
-        .filter_map(|item| match TwinView::from_value(item) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping a query result that is not a twin");
-                None
-            }
-        })
-        .collect();
-    Ok(build(&views, journal, now, lookback, policy))
+    grouped::compute_devices(hub, journal, now, lookback, policy).await
 }
 
 /// Output formats.
@@ -446,20 +679,24 @@ pub enum Format {
     Json,
     /// CSV: one row per policy, or per device with `--devices`.
     Csv,
+    /// One self-contained HTML page (see [`html`]).
+    Html,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
     casement_iothub::time::format_timestamp(t)
 }
 
-fn pct(p: f64) -> String {
-    format!("{p:.1}")
+/// A percentage for output: one decimal, or `n/a` when no device is due.
+pub fn pct(p: Option<f64>) -> String {
+    p.map_or_else(|| "n/a".to_owned(), |p| format!("{p:.1}"))
 }
 
-const POLICY_COLUMNS: [&str; 12] = [
+const POLICY_COLUMNS: [&str; 13] = [
     "policy",
     "targeted",
     "applied",
+    "not-applied",
     "rejected",
     "compliant",
     "in-window",
@@ -476,6 +713,7 @@ fn policy_row(name: &str, c: &Counts) -> Vec<String> {
         name.to_owned(),
         c.targeted.to_string(),
         c.applied.to_string(),
+        c.not_applied.to_string(),
         c.rejected.to_string(),
         c.compliant.to_string(),
         c.in_window.to_string(),
@@ -537,6 +775,7 @@ fn csv_line(fields: &[String]) -> String {
 /// Renders the report.
 pub fn render(report: &Report, format: Format, devices: bool) -> String {
     match format {
+        Format::Html => html::render(report, devices),
         Format::Json => {
             let mut value = serde_json::to_value(report).unwrap_or_default();
             if !devices && let Some(o) = value.as_object_mut() {
@@ -581,9 +820,24 @@ pub fn render(report: &Report, format: Format, devices: bool) -> String {
             }
             for p in &report.policies {
                 for pause in &p.pauses {
+                    // Only the pauses the table counts: a window some device is judged by.
+                    // Counted from the zone timelines, which the grouped summary has too.
+                    let here: u32 = report
+                        .zones
+                        .iter()
+                        .filter(|z| z.policy == p.policy)
+                        .flat_map(|z| &z.windows)
+                        .filter(|w| w.window.opens_at == pause.occurrence)
+                        .flat_map(|w| &w.states)
+                        .filter(|(s, _)| *s == DeviceState::Paused)
+                        .map(|(_, n)| n)
+                        .sum();
+                    if here == 0 {
+                        continue;
+                    }
                     let _ = writeln!(
                         out,
-                        "paused: {} in the window {} – {}: {} failures among {} devices exceeded max_failures {}",
+                        "paused: {} in the window {} – {}: {} failures among {} devices exceeded max_failures {}; {here} device(s) above are paused in it",
                         p.policy,
                         ts(pause.occurrence),
                         ts(pause.closes_at),
@@ -592,6 +846,12 @@ pub fn render(report: &Report, format: Format, devices: bool) -> String {
                         pause.budget
                     );
                 }
+            }
+            if report.total.percent_compliant.is_none() && !report.policies.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "compliant% n/a: no device is due yet (all pending or in their first window)."
+                );
             }
             if devices && !report.devices.is_empty() {
                 let mut table = comfy_table::Table::new();
@@ -607,5 +867,7 @@ pub fn render(report: &Report, format: Format, devices: bool) -> String {
     }
 }
 
+pub mod grouped;
+pub mod html;
 #[cfg(test)]
 mod tests;

@@ -16,6 +16,93 @@ use serde_json::json;
 
 const REBOOT: Duration = Duration::from_secs(90);
 
+#[path = "../examples/support/report_fleet.rs"]
+mod report_fleet;
+
+/// The grouped summary gives the per-device report's counts, pauses and zone timelines, and
+/// the same table; returns what it cost.
+async fn same_summary(
+    client: &casement_client::ServiceClient,
+    journal: &JournalView,
+    now: chrono::DateTime<chrono::Utc>,
+    policy: Option<&str>,
+    per_device: &report::Report,
+) -> casement_scheduler::report::grouped::SummaryCost {
+    let (summary, cost) = casement_scheduler::report::grouped::compute_summary(
+        client,
+        journal,
+        now,
+        report::DEFAULT_LOOKBACK,
+        policy,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        summary.policies, per_device.policies,
+        "per policy ({cost:?})"
+    );
+    assert_eq!(summary.total, per_device.total, "total ({cost:?})");
+    assert_eq!(summary.zones, per_device.zones, "zone timelines ({cost:?})");
+    assert!(summary.devices.is_empty());
+    assert_eq!(
+        report::render(&summary, Format::Table, false),
+        report::render(per_device, Format::Table, false)
+    );
+    cost
+}
+
+/// Pages the summary and a raw `SELECT *` take over `n` seeded twins (10 items a page).
+async fn pages(n: usize) -> (u64, u64, casement_scheduler::report::grouped::SummaryCost) {
+    let env = Env::start(report_fleet::seeded_at()).await;
+    report_fleet::seed(&env.hub, n, 1).await;
+    let client = Env::client_for(
+        &env.hub,
+        &env.clock,
+        casement_client::ClientConfig {
+            page_size: 10,
+            ..casement_client::ClientConfig::default()
+        },
+    );
+    let journal = JournalView::default();
+    let now = report_fleet::now();
+    let requests = || {
+        client
+            .stats()
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = requests();
+    let per_device = report::compute(&client, &journal, now, report::DEFAULT_LOOKBACK, None)
+        .await
+        .unwrap();
+    let select_all = requests() - before;
+    assert_eq!(per_device.total.targeted as usize, n);
+    // The fleet's shape: 90 compliant, 4 rejected, 4 not applied, 1 missed in every 100.
+    assert_eq!(per_device.total.compliant as usize, n * 91 / 100);
+    assert_eq!(per_device.total.missed as usize, n / 100);
+    let before = requests();
+    let cost = same_summary(&client, &journal, now, None, &per_device).await;
+    (select_all, requests() - before, cost)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_costs_the_same_pages_at_ten_times_the_fleet() {
+    let (small_all, small, small_cost) = pages(100).await;
+    let (large_all, large, large_cost) = pages(1000).await;
+    // The per-device path pages the fleet: ten times the pages.
+    assert_eq!((small_all, large_all), (10, 100));
+    // The summary: the grouped counts, the policy's desired section, and the one group of
+    // devices that missed the window (1 in 100), read per device.
+    assert_eq!(small_cost.undecided_groups, 1, "{small_cost:?}");
+    assert_eq!(large_cost.undecided_groups, 1, "{large_cost:?}");
+    assert_eq!(small, 3, "{small_cost:?}");
+    assert_eq!(large, 3, "{large_cost:?}");
+    assert_eq!(
+        large_cost.devices_read, 10,
+        "only the missed devices are read"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_counts_every_kind_of_device_exactly() {
     let mut env = Env::start(utc(2026, 3, 28, 12, 0, 0)).await;
@@ -116,11 +203,17 @@ async fn the_report_counts_every_kind_of_device_exactly() {
     let r = report::compute(&env.client, &journal, now, report::DEFAULT_LOOKBACK, None)
         .await
         .unwrap();
+    let cost = same_summary(&env.client, &journal, now, None, &r).await;
+    assert!(
+        cost.undecided_groups > 0,
+        "the failed and paused devices are read per device: {cost:?}"
+    );
     let state = |id: &str| r.devices.iter().find(|d| d.device == id).unwrap().state;
     assert_eq!(state("sim-0000"), DeviceState::Compliant);
     assert_eq!(state("sim-0001"), DeviceState::Rejected);
     assert_eq!(state("sim-0002"), DeviceState::Failed);
-    assert_eq!(state("ghost-1"), DeviceState::Missed);
+    // Never connected, never applied: not compliant (issue 12), not "missed".
+    assert_eq!(state("ghost-1"), DeviceState::NotApplied);
     assert_eq!(state("sim-0003"), DeviceState::Failed);
     assert_eq!(state("sim-0004"), DeviceState::Paused);
     assert_eq!(state("sim-0005"), DeviceState::Paused);
@@ -135,6 +228,7 @@ async fn the_report_counts_every_kind_of_device_exactly() {
         (
             nightly.targeted,
             nightly.applied,
+            nightly.not_applied,
             nightly.rejected,
             nightly.compliant,
             nightly.failed,
@@ -144,10 +238,10 @@ async fn the_report_counts_every_kind_of_device_exactly() {
             nightly.paused,
             nightly.in_window
         ),
-        (4, 2, 1, 1, 1, 1, 1, 0, 0, 0),
+        (4, 2, 1, 1, 1, 1, 0, 1, 0, 0, 0),
         "{nightly:?}"
     );
-    assert!((nightly.percent_compliant - 25.0).abs() < 1e-9);
+    assert_eq!(nightly.percent_compliant, Some(25.0));
     let canary = r.policies.iter().find(|p| p.policy == "canary").unwrap();
     let c = &canary.counts;
     assert_eq!(
@@ -167,7 +261,55 @@ async fn the_report_counts_every_kind_of_device_exactly() {
     assert!(r.below(50.0), "1 of 7 compliant");
     let ghost = r.devices.iter().find(|d| d.device == "ghost-1").unwrap();
     assert_eq!(ghost.online, Some(false));
-    assert_eq!(ghost.missed_streak, 1);
+    assert_eq!(ghost.missed_streak, 0);
+
+    // The report and the journal agree: failed = the journal's final failures in the window,
+    // once per (device, window); paused = the paused window's devices that were not invoked.
+    let window = utc(2026, 3, 29, 2, 0, 0);
+    for p in &r.policies {
+        let mut failed: Vec<&str> = journal
+            .entries
+            .iter()
+            .filter(|e| {
+                e.policy == p.policy
+                    && e.occurrence == window
+                    && matches!(e.state, casement_scheduler::rollout::EntryState::Failed(_))
+            })
+            .map(|e| e.device.as_str())
+            .collect();
+        failed.sort_unstable();
+        failed.dedup();
+        assert_eq!(p.counts.failed as usize, failed.len(), "{}", p.policy);
+        let invoked = journal
+            .entries
+            .iter()
+            .filter(|e| e.policy == p.policy && e.occurrence == window)
+            .count() as u32;
+        let paused = journal.paused(&p.policy, window).is_some();
+        let expect_paused = if paused {
+            p.counts.targeted - p.counts.not_applied - p.counts.rejected - invoked
+        } else {
+            0
+        };
+        assert_eq!(p.counts.paused, expect_paused, "{}", p.policy);
+    }
+
+    // The HTML page: one row per device, the paused canary window on the timeline.
+    let page = report::render(&r, Format::Html, false);
+    for id in ["sim-0000", "sim-0005", "ghost-1"] {
+        assert!(page.contains(&format!("<tr><td>{id}</td>")), "{id}");
+    }
+    let canary_utc = r
+        .zones
+        .iter()
+        .find(|z| z.policy == "canary" && z.zone == "UTC")
+        .unwrap();
+    let last = canary_utc.windows.last().unwrap();
+    assert!(last.paused);
+    assert_eq!(
+        last.states,
+        vec![(DeviceState::Failed, 1), (DeviceState::Paused, 2)]
+    );
 
     let text = report::render(&r, Format::Table, true);
     assert!(
@@ -186,5 +328,6 @@ async fn the_report_counts_every_kind_of_device_exactly() {
     .unwrap();
     assert_eq!(only.policies.len(), 1);
     assert_eq!(only.total.targeted, 3);
+    same_summary(&env.client, &journal, now, Some("canary"), &only).await;
     drop(scheduler);
 }

@@ -1,4 +1,4 @@
-//! `casement report [--policy P] [--format table|json|csv] [--devices] [--fail-under PCT]`.
+//! `casement report [--policy P] [--format table|json|csv|html] [--devices] [--fail-under PCT]`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -20,22 +20,37 @@ pub enum ReportFormat {
     Json,
     /// CSV: a row per policy, or per device with --devices.
     Csv,
+    /// One self-contained HTML page (inline CSS and SVG, no network): per-policy bars, the
+    /// device table, each zone's recent windows on a timeline. For a change ticket.
+    Html,
 }
 
 /// Flags of `casement report`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Per policy: devices targeted, applied, rejected, compliant (rebooted in the latest window that
-has opened), in window now, pending (no window yet), missed (the latest window closed without a
-reboot), failed, paused (the failure budget paused the window), offline, and the percentage
-compliant = compliant / (targeted - pending - in window). Reads the twins, and the scheduler's
-journal in --state-dir (its snapshot while `casement run` holds it).
-Exit codes: 0, or 1 when the percentage is below --fail-under.
+Per policy: devices targeted, applied, not-applied (has not reported the desired revision
+applied: offline, never seen, older revision), rejected, compliant (rebooted in the window it is
+judged by: the latest that has opened, or the one before while that one is open), in-window
+(its first window is open, no reboot yet), pending (no window since the policy arrived), missed,
+failed, paused (the failure budget paused the window), offline, and the percentage
+compliant = compliant / (targeted - pending - in-window). Failed and paused count once per
+device and window. With no device due the percentage is n/a, and --fail-under passes (says so
+on stderr). Reads the twins, and the scheduler's journal in --state-dir (its snapshot while
+`casement run` holds it). See README \"What the report means\".
+
+Cost: without --devices (and not html) the counts come from grouped COUNT() queries, a few
+pages whatever the fleet's size, plus one projected query per group that needs its devices
+read (devices that missed or failed, or that a policy reached recently). --devices and html
+read every targeted twin, projected to the fields the report uses.
+
+Exit codes: 0 ok; 1 the percentage is below --fail-under; 2 bad input (flags, a journal that
+cannot be read); 3 the hub could not be reached or kept failing (try again later).
 
 Examples:
   casement report
   casement report --policy canary --devices
-  casement report --format csv --fail-under 95")]
+  casement report --format csv --fail-under 95
+  casement report --format html --devices > report.html")]
 pub struct Args {
     /// Only this policy.
     #[arg(long, value_name = "POLICY")]
@@ -82,27 +97,50 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Res
     }
     let client = args.hub.client(clock.clone(), err)?;
     let now = clock.now();
-    let r = runtime()?.block_on(report::compute(
-        &client,
-        &journal,
-        now,
-        DEFAULT_LOOKBACK,
-        args.policy.as_deref(),
-    ))?;
     let format = match args.format {
         ReportFormat::Table => Format::Table,
         ReportFormat::Json => Format::Json,
         ReportFormat::Csv => Format::Csv,
+        ReportFormat::Html => Format::Html,
+    };
+    let policy = args.policy.as_deref();
+    // The counts alone come from grouped queries (their number does not grow with the fleet);
+    // device lines (--devices, and the HTML page, which always lists them) page the fleet.
+    let r = if args.devices || format == Format::Html {
+        runtime()?.block_on(report::compute(
+            &client,
+            &journal,
+            now,
+            DEFAULT_LOOKBACK,
+            policy,
+        ))?
+    } else {
+        runtime()?
+            .block_on(report::grouped::compute_summary(
+                &client,
+                &journal,
+                now,
+                DEFAULT_LOOKBACK,
+                policy,
+            ))?
+            .0
     };
     write!(out, "{}", report::render(&r, format, args.devices))?;
-    match args.fail_under {
-        Some(threshold) if r.below(threshold) => {
+    match (args.fail_under, r.total.percent_compliant) {
+        (Some(threshold), Some(p)) if p < threshold => {
             writeln!(
                 err,
-                "casement: {:.1}% compliant is below --fail-under {threshold}",
-                r.total.percent_compliant
+                "casement: {p:.1}% compliant is below --fail-under {threshold}"
             )?;
             Ok(EXIT_FINDINGS)
+        }
+        (Some(threshold), None) => {
+            writeln!(
+                err,
+                "casement: no device is due yet (pending or in its first window): the percentage \
+                 is not applicable, --fail-under {threshold} passes"
+            )?;
+            Ok(EXIT_OK)
         }
         _ => Ok(EXIT_OK),
     }

@@ -96,7 +96,8 @@ pub fn snapshot(
                 known.push(zone);
             }
         }
-        if let Some(w) = d.last_window
+        // The window open now (a device inside it may be judged by the one before).
+        if let Some(w) = d.open_window
             && w.opens_at <= now
             && now < w.closes_at
         {

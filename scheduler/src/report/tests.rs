@@ -72,7 +72,7 @@ fn state_of<'a>(r: &'a Report, id: &str) -> &'a DeviceReport {
     r.devices.iter().find(|d| d.device == id).unwrap()
 }
 
-fn journal_failed(device: &str, occurrence: &str) -> Entry {
+fn journal_entry(device: &str, occurrence: &str, state: EntryState) -> Entry {
     Entry {
         policy: "nightly".into(),
         device: device.into(),
@@ -80,14 +80,42 @@ fn journal_failed(device: &str, occurrence: &str) -> Entry {
         closes_at: at(occurrence) + TimeDelta::hours(2),
         revision: REV.into(),
         attempts: 1,
-        failures: 1,
+        failures: u32::from(matches!(state, EntryState::Failed(_))),
         invoked_at: Some(at(occurrence)),
         accepted_at: None,
-        state: EntryState::Failed("refused: outside-window".into()),
+        state,
         updated_at: at(occurrence),
     }
 }
 
+fn journal_failed(device: &str, occurrence: &str) -> Entry {
+    journal_entry(
+        device,
+        occurrence,
+        EntryState::Failed("refused: outside-window".into()),
+    )
+}
+
+/// 02:00 in Tokyo on 03-10: 17:00 UTC on 03-09.
+const TOKYO: &str = "2026-03-09T17:00:00.000Z";
+
+fn tokyo(id: &'static str) -> Dev {
+    Dev {
+        timezone: "device",
+        zone: Some("Asia/Tokyo"),
+        ..dev(id)
+    }
+}
+
+fn honolulu(id: &'static str) -> Dev {
+    Dev {
+        timezone: "device",
+        zone: Some("Pacific/Honolulu"),
+        ..dev(id)
+    }
+}
+
+/// Every case of issue 12, one device each (18 devices).
 fn scenario() -> (Vec<TwinView>, JournalView) {
     let today = "2026-03-10T02:00:00.000Z";
     let views = vec![
@@ -109,19 +137,29 @@ fn scenario() -> (Vec<TwinView>, JournalView) {
             connected: false,
             ..dev("missed-twice-offline")
         }),
+        // Inside an open window (02:30 in Honolulu): judged by the windows it has had.
+        view(honolulu("in-window-missed-before")),
         view(Dev {
-            timezone: "device",
-            zone: Some("Pacific/Honolulu"),
-            ..dev("in-window")
+            reboot: Some(completed(
+                "2026-03-09T12:00:00.000Z",
+                "2026-03-09T12:05:00.000Z",
+            )),
+            ..honolulu("in-window-compliant-before")
+        }),
+        view(Dev {
+            // The policy arrived after yesterday's window: this open window is its first.
+            assigned: "2026-03-10T11:00:00.000Z",
+            ..honolulu("in-window-first")
         }),
         view(Dev {
             assigned: "2026-03-10T05:00:00.000Z",
             ..dev("pending-new")
         }),
+        // Targeted, never reported anything: not compliant.
         view(Dev {
             timezone: "device",
             zone: None,
-            ..dev("pending-no-zone")
+            ..dev("never-reported")
         }),
         view(dev("failed-journal")),
         view(Dev {
@@ -130,30 +168,53 @@ fn scenario() -> (Vec<TwinView>, JournalView) {
             ),
             ..dev("failed-device")
         }),
+        view(dev("failed-logged-twice")),
+        view(tokyo("paused")),
+        // Applied while its window was open (17:30 UTC, the Tokyo window opened at 17:00):
+        // the failure and the pause of that window still count.
         view(Dev {
-            timezone: "device",
-            zone: Some("Asia/Tokyo"),
-            ..dev("paused")
+            assigned: "2026-03-09T17:30:00.000Z",
+            ..tokyo("applied-in-window-failed")
+        }),
+        view(Dev {
+            assigned: "2026-03-09T17:30:00.000Z",
+            ..tokyo("applied-in-window-paused")
         }),
         view(Dev {
             status: "rejected",
             connected: false,
             ..dev("rejected")
         }),
+        // The call timed out (504101, may have run); the twin shows the reboot: compliant.
+        view(Dev {
+            reboot: Some(completed(today, "2026-03-10T02:07:00.000Z")),
+            ..dev("timed-out-rebooted")
+        }),
+        // The call timed out and no reboot followed before the window closed: failed.
+        view(dev("timed-out-silent")),
     ];
     let journal = JournalView {
         taken_at: None,
-        entries: vec![journal_failed("failed-journal", today)],
-        // 02:00 in Tokyo: 17:00 UTC the day before.
-        pauses: vec![PauseRecord {
-            policy: "nightly".into(),
-            occurrence: at("2026-03-09T17:00:00Z"),
-            closes_at: at("2026-03-09T19:00:00Z"),
-            failures: 2,
-            devices: 10,
-            budget: "1".into(),
-            at: at("2026-03-10T02:20:00Z"),
-        }],
+        entries: vec![
+            journal_failed("failed-journal", today),
+            journal_failed("failed-logged-twice", today),
+            journal_failed("failed-logged-twice", today),
+            journal_failed("applied-in-window-failed", TOKYO),
+            journal_entry("timed-out-rebooted", today, EntryState::Invoking),
+            journal_entry("timed-out-silent", today, EntryState::Invoking),
+        ],
+        pauses: vec![
+            PauseRecord {
+                policy: "nightly".into(),
+                occurrence: at("2026-03-09T17:00:00Z"),
+                closes_at: at("2026-03-09T19:00:00Z"),
+                failures: 2,
+                devices: 10,
+                budget: "1".into(),
+                at: at("2026-03-09T18:20:00Z"),
+            };
+            2
+        ],
     };
     (views, journal)
 }
@@ -167,12 +228,20 @@ fn every_state_is_classified_and_counted_exactly() {
         ("compliant-by-hand", DeviceState::Compliant),
         ("missed-since-assigned", DeviceState::Missed),
         ("missed-twice-offline", DeviceState::Missed),
-        ("in-window", DeviceState::InWindow),
+        ("in-window-missed-before", DeviceState::Missed),
+        ("in-window-compliant-before", DeviceState::Compliant),
+        ("in-window-first", DeviceState::InWindow),
         ("pending-new", DeviceState::Pending),
-        ("pending-no-zone", DeviceState::Pending),
+        ("never-reported", DeviceState::NotApplied),
         ("failed-journal", DeviceState::Failed),
         ("failed-device", DeviceState::Failed),
+        ("failed-logged-twice", DeviceState::Failed),
+        ("paused", DeviceState::Paused),
+        ("applied-in-window-failed", DeviceState::Failed),
+        ("applied-in-window-paused", DeviceState::Paused),
         ("rejected", DeviceState::Rejected),
+        ("timed-out-rebooted", DeviceState::Compliant),
+        ("timed-out-silent", DeviceState::Failed),
     ];
     for (id, state) in expect {
         assert_eq!(
@@ -182,31 +251,32 @@ fn every_state_is_classified_and_counted_exactly() {
             state_of(&r, id)
         );
     }
-    // The journal's pause of its latest window (Tokyo's): the device never got its turn.
-    assert_eq!(state_of(&r, "paused").state, DeviceState::Paused);
     assert_eq!(r.policies.len(), 1);
     let c = &r.policies[0].counts;
-    assert_eq!(c.targeted, 11);
+    assert_eq!(c.targeted, 18);
     assert_eq!(
-        c.applied, 9,
+        c.applied, 16,
         "all but the rejected one and the one that never reported"
     );
+    assert_eq!(c.not_applied, 1);
     assert_eq!(c.rejected, 1);
-    assert_eq!(c.compliant, 2);
+    assert_eq!(c.compliant, 4);
     assert_eq!(c.in_window, 1);
-    assert_eq!(c.pending, 2);
-    assert_eq!(c.missed, 2);
-    assert_eq!(c.failed, 2);
-    assert_eq!(c.paused, 1);
+    assert_eq!(c.pending, 1);
+    assert_eq!(c.missed, 3);
+    assert_eq!(c.failed, 5, "the failure logged twice counts once");
+    assert_eq!(c.paused, 2);
     assert_eq!(c.offline, 2);
-    // 2 compliant of 11 - 2 pending - 1 in window = 8 due.
-    assert!(
-        (c.percent_compliant - 25.0).abs() < 1e-9,
-        "{}",
-        c.percent_compliant
-    );
-    assert_eq!(r.policies[0].pauses.len(), 1);
+    // 4 compliant of 18 - 1 pending - 1 in its first window = 16 due.
+    assert_eq!(c.percent_compliant, Some(25.0));
+    assert_eq!(r.policies[0].pauses.len(), 1, "one pause per window");
     assert!(r.below(25.1) && !r.below(25.0));
+    // The table and the detail lines agree: the pause line names the two paused devices.
+    let table = render(&r, Format::Table, true);
+    assert!(
+        table.contains("2 device(s) above are paused in it"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -221,12 +291,83 @@ fn missed_streaks_count_windows_since_the_last_reboot_or_assignment() {
     let w = state_of(&r, "missed-since-assigned").last_window.unwrap();
     assert_eq!(w.opens_at, at("2026-03-10T02:00:00Z"));
     assert_eq!(w.closes_at, at("2026-03-10T04:00:00Z"));
-    let w = state_of(&r, "in-window").last_window.unwrap();
-    assert_eq!(w.opens_at, at("2026-03-10T12:00:00Z"), "02:00 in Honolulu");
+    // Inside today's Honolulu window, judged by yesterday's: 03-01 … 03-09 missed.
+    let d = state_of(&r, "in-window-missed-before");
+    assert_eq!(d.missed_streak, 9);
+    assert_eq!(d.last_window.unwrap().opens_at, at("2026-03-09T12:00:00Z"));
     assert_eq!(
-        state_of(&r, "in-window").zone.as_deref(),
-        Some("Pacific/Honolulu")
+        d.open_window.unwrap().opens_at,
+        at("2026-03-10T12:00:00Z"),
+        "02:00 in Honolulu"
     );
+    let d = state_of(&r, "in-window-first");
+    assert_eq!(d.last_window.unwrap().opens_at, at("2026-03-10T12:00:00Z"));
+    assert_eq!(d.zone.as_deref(), Some("Pacific/Honolulu"));
+}
+
+/// Issue 12: 24 devices targeted, none applied, all offline, was 100% and passed
+/// `--fail-under 100`.
+#[test]
+fn a_fleet_that_never_applied_is_not_compliant() {
+    let ids: Vec<&'static str> = (0..24)
+        .map(|i| &*Box::leak(format!("offline-{i:02}").into_boxed_str()))
+        .collect();
+    let views: Vec<TwinView> = ids
+        .iter()
+        .map(|id| {
+            view(Dev {
+                zone: None,
+                connected: false,
+                ..dev(id)
+            })
+        })
+        .collect();
+    let r = build(
+        &views,
+        &JournalView::default(),
+        now(),
+        DEFAULT_LOOKBACK,
+        None,
+    );
+    let c = &r.total;
+    assert_eq!(
+        (c.targeted, c.applied, c.not_applied, c.offline),
+        (24, 0, 24, 24)
+    );
+    assert_eq!(c.compliant, 0);
+    assert_eq!(c.percent_compliant, Some(0.0));
+    assert!(r.below(100.0) && r.below(0.1));
+    assert!(render(&r, Format::Table, false).contains("0.0"));
+}
+
+/// Nothing due: the percentage is not applicable, never 100%; `--fail-under` does not fail.
+#[test]
+fn a_percentage_of_nothing_is_not_applicable() {
+    let views = vec![
+        view(Dev {
+            assigned: "2026-03-10T05:00:00.000Z",
+            ..dev("pending-new")
+        }),
+        view(Dev {
+            assigned: "2026-03-10T11:00:00.000Z",
+            ..honolulu("in-window-first")
+        }),
+    ];
+    let r = build(
+        &views,
+        &JournalView::default(),
+        now(),
+        DEFAULT_LOOKBACK,
+        None,
+    );
+    assert_eq!((r.total.pending, r.total.in_window), (1, 1));
+    assert_eq!(r.total.percent_compliant, None);
+    assert!(!r.below(100.0));
+    let table = render(&r, Format::Table, false);
+    assert!(table.contains("n/a"), "{table}");
+    assert!(table.contains("no device is due yet"), "{table}");
+    let json: Value = serde_json::from_str(&render(&r, Format::Json, false)).unwrap();
+    assert_eq!(json["total"]["percentCompliant"], Value::Null);
 }
 
 #[test]
@@ -234,7 +375,7 @@ fn a_policy_filter_and_an_empty_fleet() {
     let (views, journal) = scenario();
     let r = build(&views, &journal, now(), DEFAULT_LOOKBACK, Some("other"));
     assert!(r.policies.is_empty());
-    assert_eq!(r.total.percent_compliant, 100.0);
+    assert_eq!(r.total.percent_compliant, None);
     assert!(!r.below(100.0));
     assert!(render(&r, Format::Table, false).contains("No device carries"));
 }
@@ -252,20 +393,21 @@ fn outputs_in_table_json_and_csv() {
     );
     assert!(table.contains("missed-since-assigned"), "{table}");
     let json: Value = serde_json::from_str(&render(&r, Format::Json, false)).unwrap();
-    assert_eq!(json["policies"][0]["missed"], 2);
+    assert_eq!(json["policies"][0]["missed"], 3);
+    assert_eq!(json["policies"][0]["notApplied"], 1);
     assert_eq!(json["total"]["offline"], 2);
     assert!(json.get("devices").is_none());
     let json: Value = serde_json::from_str(&render(&r, Format::Json, true)).unwrap();
-    assert_eq!(json["devices"].as_array().unwrap().len(), 11);
+    assert_eq!(json["devices"].as_array().unwrap().len(), 18);
     let csv = render(&r, Format::Csv, false);
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "policy,targeted,applied,rejected,compliant,in-window,pending,missed,failed,paused,offline,compliant%"
+        "policy,targeted,applied,not-applied,rejected,compliant,in-window,pending,missed,failed,paused,offline,compliant%"
     );
-    assert_eq!(lines[1], "nightly,11,9,1,2,1,2,2,2,1,2,25.0");
+    assert_eq!(lines[1], "nightly,18,16,1,1,4,1,1,3,5,2,2,25.0");
     let csv = render(&r, Format::Csv, true);
-    assert_eq!(csv.lines().count(), 12);
+    assert_eq!(csv.lines().count(), 19);
     assert_eq!(csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
 }
 
@@ -289,4 +431,125 @@ fn a_frequent_schedule_is_judged_by_its_latest_window() {
     let latest = opened.last().unwrap();
     assert_eq!(latest.opens_at, at("2026-03-10T12:30:00Z"));
     assert!(latest.contains(now));
+}
+
+/// Issue 12: after `casement demo --keep-running`, a `*/2` schedule judged over the 400-day
+/// lookback showed a window from March: one walk of the schedule stopped at its cap of
+/// scheduled starts. The latest window must be the one that opened last.
+#[test]
+fn an_every_two_minutes_schedule_over_the_whole_lookback() {
+    let spec = WindowSpec::new(
+        casement_policy::schedule::Schedule::parse("*/2 * * * *").unwrap(),
+        Duration::from_secs(60),
+        casement_policy::zone::ZoneSpec::Named(chrono_tz::UTC),
+        Vec::new(),
+    )
+    .unwrap();
+    let now = at("2026-12-05T06:31:30Z");
+    let from = now - TimeDelta::from_std(DEFAULT_LOOKBACK).unwrap();
+    let opened = opened_windows(&spec, chrono_tz::UTC, from, now);
+    assert_eq!(opened.len(), MAX_WINDOWS);
+    assert_eq!(opened.last().unwrap().opens_at, at("2026-12-05T06:30:00Z"));
+    assert!(opened.windows(2).all(|w| w[0].opens_at < w[1].opens_at));
+}
+
+#[test]
+fn html_is_one_self_contained_page() {
+    let (views, journal) = scenario();
+    let r = build(&views, &journal, now(), DEFAULT_LOOKBACK, None);
+    let page = render(&r, Format::Html, false);
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    assert!(page.trim_end().ends_with("</html>"));
+    // Nothing to fetch: no script, stylesheet link, image or URL.
+    for banned in [
+        "<script", "<link", "<img", "http://", "https://", "url(", "@import",
+    ] {
+        assert!(!page.contains(banned), "{banned} in the page");
+    }
+    assert!(page.contains("25.0%"), "the total");
+    // One bar per policy, one timeline row per zone, one table row per device.
+    assert_eq!(
+        r.zones.len(),
+        3,
+        "{:?}",
+        r.zones.iter().map(|z| &z.zone).collect::<Vec<_>>()
+    );
+    assert_eq!(page.matches("<tr><td>").count(), 1 + 18);
+    for z in [
+        "nightly · UTC",
+        "nightly · Asia/Tokyo",
+        "nightly · Pacific/Honolulu",
+    ] {
+        assert!(page.contains(z), "{z}");
+    }
+    // The Tokyo window of 03-09 17:00 is paused and judges 3 devices.
+    let tokyo = r.zones.iter().find(|z| z.zone == "Asia/Tokyo").unwrap();
+    let w = tokyo.windows.last().unwrap();
+    assert_eq!(w.window.opens_at, at("2026-03-09T17:00:00Z"));
+    assert!(w.paused);
+    assert_eq!(
+        w.states,
+        vec![(DeviceState::Failed, 1), (DeviceState::Paused, 2)]
+    );
+}
+
+/// Issue 12: the demo's closing report (a one-hour lookback) and `casement report` against the
+/// kept-running demo (the 400-day lookback) disagreed for a `*/2` schedule. Both lookbacks now
+/// give the same report.
+#[test]
+fn the_demo_lookback_and_the_cli_lookback_agree_on_a_two_minute_schedule() {
+    let now = at("2026-12-05T06:30:30Z");
+    let policy = json!({"policy": "fast", "revision": REV,
+        "window": {"schedule": "*/2 * * * *", "durationSeconds": 60, "timezone": "UTC", "blackout": []},
+        "reboot": {"expectedDurationSeconds": 5}});
+    let twin = |id: &str, reboot: Value| {
+        TwinView::from_value(json!({
+            "deviceId": id,
+            "connectionState": "Connected",
+            "properties": {
+                "desired": {"maintenance": policy, "$version": 2,
+                            "$metadata": {"maintenance": {"$lastUpdated": "2026-12-05T06:20:00.000Z"}}},
+                "reported": {"$version": 3,
+                    "maintenance": {"policy": "fast", "revision": REV, "status": "applied",
+                                    "timezone": "UTC", "window": null},
+                    "iothubDM": {"reboot": reboot}}
+            }
+        }))
+        .unwrap()
+    };
+    let views = vec![
+        twin(
+            "a",
+            completed("2026-12-05T06:30:00.000Z", "2026-12-05T06:30:10.000Z"),
+        ),
+        twin(
+            "b",
+            completed("2026-12-05T06:30:00.000Z", "2026-12-05T06:30:20.000Z"),
+        ),
+        // Rebooted in the window before the open one, nothing yet in this one.
+        twin(
+            "c",
+            completed("2026-12-05T06:28:00.000Z", "2026-12-05T06:28:20.000Z"),
+        ),
+        twin(
+            "d",
+            completed("2026-12-05T06:24:00.000Z", "2026-12-05T06:24:20.000Z"),
+        ),
+    ];
+    let journal = JournalView::default();
+    let demo = build(&views, &journal, now, Duration::from_secs(3600), None);
+    let cli = build(&views, &journal, now, DEFAULT_LOOKBACK, None);
+    assert_eq!(demo.total, cli.total);
+    assert_eq!(demo.devices, cli.devices);
+    let c = &cli.total;
+    assert_eq!(
+        (c.compliant, c.missed, c.pending, c.in_window),
+        (3, 1, 0, 0)
+    );
+    assert_eq!(
+        state_of(&cli, "c").last_window.unwrap().opens_at,
+        at("2026-12-05T06:28:00Z")
+    );
+    // d rebooted at 06:24 and missed the 06:26 and 06:28 windows.
+    assert_eq!(state_of(&cli, "d").missed_streak, 2);
 }
