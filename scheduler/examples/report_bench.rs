@@ -80,6 +80,17 @@ async fn bench(n: usize) -> anyhow::Result<()> {
     assert_eq!(summary.total, devices.total, "the two paths agree");
 
     let (before, t) = (requests(), Instant::now());
+    let rows = client.query(&report::grouped::devices_query(None)).await?;
+    row(
+        n,
+        "(--devices' projected query alone)",
+        1,
+        requests() - before,
+        t,
+    );
+    assert_eq!(rows.len(), n);
+
+    let (before, t) = (requests(), Instant::now());
     let all = client.query("SELECT * FROM devices").await?;
     row(n, "raw SELECT *", 1, requests() - before, t);
     assert_eq!(all.len(), n);
