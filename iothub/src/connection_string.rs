@@ -686,8 +686,9 @@ mod tests {
         #[test]
         fn device_strings_round_trip(
             host_name in host(),
-            device_id in "[A-Za-z0-9._:@$'()!*,=%?-]{1,40}",
-            module_id in proptest::option::of("[A-Za-z0-9._-]{1,20}"),
+            // Every valid id: "." and ".." are not (no URL can carry them).
+            device_id in "[A-Za-z0-9._:@$'()!*,=%?-]{1,40}".prop_filter("not . or ..", |id| id != "." && id != ".."),
+            module_id in proptest::option::of("[A-Za-z0-9._-]{1,20}".prop_filter("not . or ..", |id| id != "." && id != "..")),
             key in key(),
             x509 in any::<bool>(),
             gateway in proptest::option::of(host()),
