@@ -94,9 +94,14 @@ impl RunArgs {
 #[cfg(feature = "simulate")]
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// How many devices to simulate.
-    #[arg(long, default_value_t = 10)]
+    /// How many devices to simulate, named PREFIX0000, PREFIX0001, … in --zones round-robin.
+    #[arg(long, default_value_t = 10, conflicts_with = "plan")]
     pub devices: usize,
+    /// Simulate exactly these devices instead: a JSON array of
+    /// {"id": "…", "zone": "Europe/Amsterdam", "tags": {"role": "gateway"}} (tags optional;
+    /// --tag adds to every device's).
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
     /// The hub's service connection string (needs registry write and service connect).
     #[arg(long, env = "IOTHUB_CONNECTION_STRING", hide_env_values = true)]
     pub hub: String,
@@ -113,7 +118,12 @@ pub struct SimulateArgs {
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tags: Vec<String>,
     /// Comma-separated IANA zones, assigned round-robin (each device is tagged zone=…).
-    #[arg(long, value_name = "ZONES", default_value = "UTC")]
+    #[arg(
+        long,
+        value_name = "ZONES",
+        default_value = "UTC",
+        conflicts_with = "plan"
+    )]
     pub zones: String,
     /// Each device's clock is off by a random amount up to this, either way (e.g. 30s).
     #[arg(long, value_name = "DURATION")]
@@ -122,7 +132,12 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub reboot_time: String,
     /// Device ids are PREFIX0000, PREFIX0001, …
-    #[arg(long, value_name = "PREFIX", default_value = "sim-")]
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "sim-",
+        conflicts_with = "plan"
+    )]
     pub device_prefix: String,
     /// Parent of the per-device state directories [default: a temporary directory].
     #[arg(long, value_name = "DIR")]
@@ -160,6 +175,14 @@ pub enum CliError {
     /// `--mqtt-endpoint` does not parse.
     #[error("--mqtt-endpoint: {0}")]
     Endpoint(ConfigError),
+    /// `--plan` cannot be read or is not a plan.
+    #[error("--plan {path}: {message}")]
+    Plan {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and what would be right.
+        message: String,
+    },
 }
 
 #[cfg(feature = "simulate")]
@@ -167,15 +190,7 @@ impl SimulateArgs {
     /// Validates the flags into a [`SimulationConfig`] whose devices keep state under `state_dir`.
     pub fn into_config(self, state_dir: PathBuf) -> Result<SimulationConfig, CliError> {
         let hub: ServiceConnectionString = self.hub.trim().parse().map_err(CliError::Hub)?;
-        let mut config = SimulationConfig::new(hub, self.devices, state_dir);
-        config.hub_url = self.hub_url;
-        config.mqtt_endpoint = self
-            .mqtt_endpoint
-            .map(|text| text.parse::<Endpoint>())
-            .transpose()
-            .map_err(CliError::Endpoint)?;
-        config.ca = self.ca;
-        config.tags = self
+        let tags: Vec<(String, String)> = self
             .tags
             .iter()
             .map(|tag| match tag.split_once('=') {
@@ -185,26 +200,85 @@ impl SimulateArgs {
                 _ => Err(CliError::Tag(tag.clone())),
             })
             .collect::<Result<_, _>>()?;
-        config.zones = self
-            .zones
-            .split(',')
-            .map(str::trim)
-            .filter(|zone| !zone.is_empty())
-            .map(|zone| casement_policy::zone::parse_zone(zone).map_err(CliError::Zone))
-            .collect::<Result<Vec<Tz>, _>>()?;
-        if config.zones.is_empty() {
-            config.zones = vec![Tz::UTC];
+        let mut devices = match &self.plan {
+            Some(path) => read_plan(path)?,
+            None => {
+                let mut zones = self
+                    .zones
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|zone| !zone.is_empty())
+                    .map(|zone| casement_policy::zone::parse_zone(zone).map_err(CliError::Zone))
+                    .collect::<Result<Vec<Tz>, _>>()?;
+                if zones.is_empty() {
+                    zones = vec![Tz::UTC];
+                }
+                crate::simulate::numbered(&self.device_prefix, self.devices, &zones)
+            }
+        };
+        for device in &mut devices {
+            for (key, value) in &tags {
+                device.tags.insert(key.clone(), value.clone());
+            }
         }
+        let mut config = SimulationConfig::new(hub, devices, state_dir);
+        config.hub_url = self.hub_url;
+        config.mqtt_endpoint = self
+            .mqtt_endpoint
+            .map(|text| text.parse::<Endpoint>())
+            .transpose()
+            .map_err(CliError::Endpoint)?;
+        config.ca = self.ca;
         if let Some(skew) = &self.clock_skew {
             let duration = duration_flag("clock-skew", skew)?;
             config.max_skew = TimeDelta::from_std(duration).unwrap_or(TimeDelta::zero());
         }
         config.reboot_time = duration_flag("reboot-time", &self.reboot_time)?;
-        config.device_prefix = self.device_prefix;
         config.ground_truth = self.ground_truth;
         config.seed = self.seed;
         Ok(config)
     }
+}
+
+/// Reads a `--plan` file: a JSON array of `{"id", "zone", "tags"}`.
+#[cfg(feature = "simulate")]
+fn read_plan(path: &std::path::Path) -> Result<Vec<crate::simulate::PlannedDevice>, CliError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        id: String,
+        zone: String,
+        #[serde(default)]
+        tags: std::collections::BTreeMap<String, String>,
+    }
+    let fail = |message: String| CliError::Plan {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let entries: Vec<Entry> = serde_json::from_str(&text).map_err(|e| {
+        fail(format!(
+            "line {}, column {}: {e}; expected a JSON array of {{\"id\": \"dev-1\", \"zone\": \"Europe/Amsterdam\", \"tags\": {{\"role\": \"gateway\"}}}}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    if entries.is_empty() {
+        return Err(fail("the plan lists no devices".into()));
+    }
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(n, entry)| {
+            let zone = casement_policy::zone::parse_zone(&entry.zone)
+                .map_err(|e| fail(format!("device {} ({:?}): {e}", n + 1, entry.id)))?;
+            Ok(crate::simulate::PlannedDevice {
+                id: entry.id,
+                zone,
+                tags: entry.tags,
+            })
+        })
+        .collect()
 }
 
 #[cfg(feature = "simulate")]
@@ -278,12 +352,20 @@ mod tests {
             panic!("expected simulate")
         };
         let config = args.into_config(PathBuf::from("/tmp/sim")).unwrap();
-        assert_eq!(config.devices, 3);
-        assert_eq!(config.tags, [("role".to_owned(), "gateway".to_owned())]);
+        let ids: Vec<&str> = config.devices.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["sim-0000", "sim-0001", "sim-0002"]);
+        let zones: Vec<Tz> = config.devices.iter().map(|d| d.zone).collect();
         assert_eq!(
-            config.zones,
-            [chrono_tz::Europe::Amsterdam, chrono_tz::Asia::Tokyo]
+            zones,
+            [
+                chrono_tz::Europe::Amsterdam,
+                chrono_tz::Asia::Tokyo,
+                chrono_tz::Europe::Amsterdam
+            ]
         );
+        for device in &config.devices {
+            assert_eq!(device.tags["role"], "gateway", "{}", device.id);
+        }
         assert_eq!(config.max_skew, TimeDelta::seconds(30));
         assert_eq!(config.reboot_time, Duration::from_secs(60));
     }
@@ -309,5 +391,58 @@ mod tests {
         assert!(parse(&["--tag", "role"]).starts_with("--tag"));
         assert!(parse(&["--zones", "Mars/Olympus"]).starts_with("--zones"));
         assert!(parse(&["--reboot-time", "soon"]).starts_with("--reboot-time"));
+        assert!(parse(&["--plan", "/nonexistent/plan.json"]).starts_with("--plan"));
+    }
+
+    #[test]
+    #[cfg(feature = "simulate")]
+    fn a_plan_file_names_the_devices_and_a_bad_one_says_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let parse = |text: &str| {
+            let path = dir.path().join("plan.json");
+            std::fs::write(&path, text).unwrap();
+            let argv = [
+                "casement-agent",
+                "simulate",
+                "--hub",
+                "HostName=h;SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5",
+                "--plan",
+                path.to_str().unwrap(),
+                "--tag",
+                "env=lab",
+            ];
+            let Command::Simulate(args) = Cli::try_parse_from(argv).unwrap().command else {
+                unreachable!()
+            };
+            args.into_config(PathBuf::from("/tmp/sim"))
+        };
+        let config = parse(
+            r#"[{"id": "store-17-gw", "zone": "Europe/Lisbon", "tags": {"role": "gateway"}},
+                {"id": "store-18-pos", "zone": "America/New_York"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.devices,
+            [
+                crate::simulate::PlannedDevice::new("store-17-gw", chrono_tz::Europe::Lisbon)
+                    .with_tag("role", "gateway")
+                    .with_tag("env", "lab"),
+                crate::simulate::PlannedDevice::new("store-18-pos", chrono_tz::America::New_York)
+                    .with_tag("env", "lab"),
+            ]
+        );
+        let err = parse(r#"[{"id": "a", "zone": "Mars/Olympus"}]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("device 1 (\"a\")") && err.contains("Mars/Olympus"),
+            "{err}"
+        );
+        let err = parse("[{\"id\": \"a\",\n \"zone\": 7}]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2, column"), "{err}");
+        let err = parse("[]").unwrap_err().to_string();
+        assert!(err.contains("lists no devices"), "{err}");
     }
 }

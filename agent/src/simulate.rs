@@ -1,8 +1,9 @@
 //! Many simulated devices in one process: `casement-agent simulate`, the demo and load tests.
 //!
-//! [`Simulation::start`] registers the devices it needs with the hub's REST API (tags for zone
-//! and role), then runs one real [`Agent`] per device — each with its own MQTT connection,
-//! zone, clock skew and state directory. A reboot is a power cut: the agent's run ends without
+//! [`Simulation::start`] registers the planned devices ([`PlannedDevice`], [`numbered`]) with the
+//! hub in bulk, with their tags and keys of its own (registration once; a device that already
+//! exists keeps its keys), then runs one real [`Agent`] per device — each with its own MQTT
+//! connection, zone, clock skew and state directory. A reboot is a power cut: the agent's run ends without
 //! DISCONNECT, the device stays dark for `reboot_time` (on its own clock, so a test's driven
 //! clock governs it too) and comes back as a fresh boot with its persisted state. Every
 //! simulated reboot is recorded in the [`GroundTruth`] (in memory, and as JSON lines when a
@@ -16,10 +17,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use casement_client::{MAX_BULK_DEVICES, NewDevice};
 use casement_iothub::connection_string::{
     DeviceAuth, DeviceConnectionString, ServiceConnectionString,
 };
+use casement_iothub::error::ErrorCode;
 use casement_iothub::rest::TwinPatch;
+use casement_iothub::sas::generate_key;
 use casement_iothub::time::serde_timestamp;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
@@ -35,6 +39,7 @@ use crate::backoff::BackoffPolicy;
 use crate::clock::{AgentClock, Wake};
 use crate::config::{AgentConfig, Endpoint, Transport};
 
+pub mod invariants;
 mod silent;
 use crate::mqtt::{ConnectError, tls_config};
 
@@ -84,14 +89,9 @@ pub struct SimulationConfig {
     pub mqtt_endpoint: Option<Endpoint>,
     /// CA to trust for TLS (MQTT and REST); `None`: system roots.
     pub ca: Option<PathBuf>,
-    /// How many devices.
-    pub devices: usize,
-    /// Device ids are `{prefix}{n:04}`.
-    pub device_prefix: String,
-    /// Tags every device gets (`role=gateway`, …); `zone` is added per device.
-    pub tags: Vec<(String, String)>,
-    /// Zones, assigned round-robin.
-    pub zones: Vec<Tz>,
+    /// The devices to simulate: their ids, zones and tags (see [`numbered`] for a fleet
+    /// named by the usual convention). Each is registered once, with its tags, in bulk.
+    pub devices: Vec<PlannedDevice>,
     /// Each device's clock is off by a uniform random amount in `[-max_skew, +max_skew]`.
     pub max_skew: TimeDelta,
     /// How long a simulated reboot keeps a device dark.
@@ -118,17 +118,18 @@ pub struct SimulationConfig {
 }
 
 impl SimulationConfig {
-    /// Defaults for everything but the hub, the device count and the state directory.
-    pub fn new(hub: ServiceConnectionString, devices: usize, state_dir: PathBuf) -> Self {
+    /// Defaults for everything but the hub, the devices and the state directory.
+    pub fn new(
+        hub: ServiceConnectionString,
+        devices: Vec<PlannedDevice>,
+        state_dir: PathBuf,
+    ) -> Self {
         Self {
             hub,
             hub_url: None,
             mqtt_endpoint: None,
             ca: None,
             devices,
-            device_prefix: "sim-".to_owned(),
-            tags: Vec::new(),
-            zones: vec![Tz::UTC],
             max_skew: TimeDelta::zero(),
             reboot_time: Duration::from_secs(30),
             state_dir,
@@ -141,6 +142,58 @@ impl SimulationConfig {
             silent_power_cuts: false,
         }
     }
+}
+
+/// The prefix of [`numbered`] devices' ids when nothing else is asked for.
+pub const DEFAULT_PREFIX: &str = "sim-";
+
+/// One device of a simulated fleet, as planned: the simulator registers it with these tags
+/// and runs its agent in this zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedDevice {
+    /// Device id.
+    pub id: String,
+    /// The zone its agent reports (and its `zone` tag, unless `tags` names another).
+    pub zone: Tz,
+    /// Twin tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+impl PlannedDevice {
+    /// A device with no tags but its zone.
+    pub fn new(id: impl Into<String>, zone: Tz) -> Self {
+        Self {
+            id: id.into(),
+            zone,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    /// The same device with one more tag.
+    pub fn with_tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+
+    /// The tags its twin gets: [`Self::tags`] and `zone`.
+    pub fn twin_tags(&self) -> BTreeMap<String, String> {
+        let mut tags = self.tags.clone();
+        tags.entry("zone".to_owned())
+            .or_insert_with(|| self.zone.name().to_owned());
+        tags
+    }
+}
+
+/// The naming convention of simulated fleets, in one place: `count` devices named
+/// `{prefix}0000`, `{prefix}0001`, … that take `zones` round-robin (device `n` is in
+/// `zones[n % zones.len()]`), with no tags yet. No zones: no devices.
+pub fn numbered(prefix: &str, count: usize, zones: &[Tz]) -> Vec<PlannedDevice> {
+    if zones.is_empty() {
+        return Vec::new();
+    }
+    (0..count)
+        .map(|n| PlannedDevice::new(format!("{prefix}{n:04}"), zones[n % zones.len()]))
+        .collect()
 }
 
 /// One simulated device.
@@ -281,8 +334,12 @@ pub struct Simulation {
 impl Simulation {
     /// Registers the devices and starts their agents.
     pub async fn start(config: SimulationConfig) -> Result<Self, SimulateError> {
-        if config.zones.is_empty() {
-            return Err(SimulateError::Invalid("at least one zone is needed".into()));
+        let mut ids = std::collections::HashSet::new();
+        if let Some(twice) = config.devices.iter().find(|d| !ids.insert(d.id.as_str())) {
+            return Err(SimulateError::Invalid(format!(
+                "device {:?} is planned twice; every simulated device needs its own id",
+                twice.id
+            )));
         }
         let endpoint = match &config.mqtt_endpoint {
             Some(endpoint) => endpoint.clone(),
@@ -313,33 +370,31 @@ impl Simulation {
         )?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
         let max_skew_ms = config.max_skew.num_milliseconds().abs();
-        let mut devices = Vec::with_capacity(config.devices);
-        for n in 0..config.devices {
-            let id = format!("{}{n:04}", config.device_prefix);
-            let zone = config.zones[n % config.zones.len()];
-            let skew = TimeDelta::milliseconds(if max_skew_ms == 0 {
-                0
-            } else {
-                rng.random_range(-max_skew_ms..=max_skew_ms)
-            });
-            let mut tags: BTreeMap<String, String> = config.tags.iter().cloned().collect();
-            tags.insert("zone".to_owned(), zone.name().to_owned());
-            let key = registry.ensure_device(&id).await?;
-            registry.set_tags(&id, &tags).await?;
-            let connection = DeviceConnectionString {
-                host_name: config.hub.host_name.clone(),
-                device_id: id.clone(),
-                module_id: None,
-                auth: DeviceAuth::SharedAccessKey(key),
-                gateway_host_name: None,
-            };
-            devices.push(SimDevice {
-                id,
-                zone,
-                skew,
-                connection,
-            });
-        }
+        let keys = registry.register(&config.devices).await?;
+        let devices: Vec<SimDevice> = config
+            .devices
+            .iter()
+            .zip(keys)
+            .map(|(planned, key)| {
+                let skew = TimeDelta::milliseconds(if max_skew_ms == 0 {
+                    0
+                } else {
+                    rng.random_range(-max_skew_ms..=max_skew_ms)
+                });
+                SimDevice {
+                    id: planned.id.clone(),
+                    zone: planned.zone,
+                    skew,
+                    connection: DeviceConnectionString {
+                        host_name: config.hub.host_name.clone(),
+                        device_id: planned.id.clone(),
+                        module_id: None,
+                        auth: DeviceAuth::SharedAccessKey(key),
+                        gateway_host_name: None,
+                    },
+                }
+            })
+            .collect();
         info!(devices = devices.len(), %endpoint, "devices registered; starting agents");
 
         // Boot ids must differ from every earlier run's, as a real device's do after a power
@@ -572,27 +627,82 @@ impl Registry {
         Ok(Self { client })
     }
 
-    /// Creates the device (or finds it) and returns its primary key.
-    async fn ensure_device(&self, id: &str) -> Result<String, SimulateError> {
-        let fail = |err: casement_client::ClientError| SimulateError::Hub {
+    /// Registers `devices` with their tags and returns their primary keys, in order: one bulk
+    /// call per [`MAX_BULK_DEVICES`] devices, with keys the simulator generates (so nothing is
+    /// read back). A device that already exists (a restarted simulation) keeps its keys: they
+    /// are read, and its tags merged into its twin.
+    async fn register(&self, devices: &[PlannedDevice]) -> Result<Vec<String>, SimulateError> {
+        let mut keys = Vec::with_capacity(devices.len());
+        for chunk in devices.chunks(MAX_BULK_DEVICES) {
+            let new: Vec<NewDevice> = chunk
+                .iter()
+                .map(|d| NewDevice {
+                    id: d.id.clone(),
+                    tags: d
+                        .twin_tags()
+                        .into_iter()
+                        .map(|(k, v)| (k, serde_json::Value::String(v)))
+                        .collect(),
+                    disabled: false,
+                    keys: Some((generate_key(), generate_key())),
+                })
+                .collect();
+            let outcome =
+                self.client
+                    .import_devices(&new)
+                    .await
+                    .map_err(|err| SimulateError::Hub {
+                        action: "cannot register",
+                        device: format!(
+                            "{} and the {} devices after it",
+                            chunk[0].id,
+                            chunk.len() - 1
+                        ),
+                        reason: err.to_string(),
+                    })?;
+            let mut taken = std::collections::HashSet::new();
+            for failure in outcome.failures {
+                if failure.error_code != ErrorCode::DeviceAlreadyExists.name() {
+                    return Err(SimulateError::Hub {
+                        action: "cannot register",
+                        device: failure.device_id,
+                        reason: format!("{}: {}", failure.error_code, failure.message),
+                    });
+                }
+                taken.insert(failure.device_id);
+            }
+            for (planned, device) in chunk.iter().zip(new) {
+                if taken.contains(&planned.id) {
+                    keys.push(self.existing_key(&planned.id).await?);
+                    self.set_tags(&planned.id, &planned.twin_tags()).await?;
+                } else if let Some((primary, _)) = device.keys {
+                    keys.push(primary);
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The primary key of a device registered before.
+    async fn existing_key(&self, id: &str) -> Result<String, SimulateError> {
+        let fail = |reason: String| SimulateError::Hub {
             action: "cannot register",
             device: id.to_owned(),
-            reason: err.to_string(),
+            reason,
         };
-        let device = match self.client.create_device(id, &Default::default()).await {
-            Ok(device) => device,
-            Err(err) if err.status() == Some(409) => self.client.device(id).await.map_err(fail)?,
-            Err(err) => return Err(fail(err)),
-        };
-        device
+        self.client
+            .device(id)
+            .await
+            .map_err(|err| fail(err.to_string()))?
             .authentication
             .and_then(|auth| auth.symmetric_key)
             .and_then(|keys| keys.primary_key)
             .filter(|key| !key.is_empty())
-            .ok_or_else(|| SimulateError::Hub {
-                action: "cannot register",
-                device: id.to_owned(),
-                reason: "the hub returned no symmetric key".into(),
+            .ok_or_else(|| {
+                fail(
+                    "it exists without a symmetric key (X.509?); remove it or plan another id"
+                        .into(),
+                )
             })
     }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use casement_agent::backoff::BackoffPolicy;
-use casement_agent::{AgentEvent, SimEvent, Simulation, SimulationConfig};
+use casement_agent::{AgentEvent, SimEvent, Simulation, SimulationConfig, simulate};
 use chrono::TimeDelta;
 use common::{Harness, PATIENCE, policy, sunday};
 use serde_json::{Value, json};
@@ -56,11 +56,18 @@ async fn for_each_device_all(
 async fn simulated_devices_register_reboot_in_their_window_and_come_back() {
     let harness = Harness::start().await;
     let truth_file = harness.dir.path().join("ground-truth.jsonl");
-    let mut config = SimulationConfig::new(harness.service(), 4, harness.dir.path().join("sim"));
+    let devices = simulate::numbered(
+        simulate::DEFAULT_PREFIX,
+        4,
+        &[chrono_tz::UTC, chrono_tz::Europe::Amsterdam],
+    )
+    .into_iter()
+    .map(|d| d.with_tag("role", "gateway"))
+    .collect();
+    let mut config =
+        SimulationConfig::new(harness.service(), devices, harness.dir.path().join("sim"));
     config.hub_url = Some(harness.http_url());
     config.mqtt_endpoint = Some(harness.mqtt_endpoint());
-    config.tags = vec![("role".into(), "gateway".into())];
-    config.zones = vec![chrono_tz::UTC, chrono_tz::Europe::Amsterdam];
     config.max_skew = TimeDelta::seconds(20);
     config.reboot_time = Duration::from_secs(120);
     config.ground_truth = Some(truth_file.clone());
@@ -182,7 +189,11 @@ async fn a_silent_power_cut_leaves_the_hub_waiting_until_the_method_times_out() 
     use std::sync::Arc;
 
     let harness = Harness::start().await;
-    let mut config = SimulationConfig::new(harness.service(), 1, harness.dir.path().join("sim"));
+    let mut config = SimulationConfig::new(
+        harness.service(),
+        simulate::numbered(simulate::DEFAULT_PREFIX, 1, &[chrono_tz::UTC]),
+        harness.dir.path().join("sim"),
+    );
     config.hub_url = Some(harness.http_url());
     config.mqtt_endpoint = Some(harness.mqtt_endpoint());
     config.reboot_time = Duration::from_secs(120);
@@ -255,4 +266,76 @@ async fn a_silent_power_cut_leaves_the_hub_waiting_until_the_method_times_out() 
     );
     assert_eq!(simulation.ground_truth().records().len(), 1);
     simulation.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_planned_fleet_is_registered_once_in_bulk_and_an_existing_device_keeps_its_key() {
+    use casement_agent::simulate::PlannedDevice;
+    use casement_hub::Operation;
+    use casement_iothub::connection_string::DeviceAuth;
+
+    let harness = Harness::start().await;
+    // Registered before the simulation (e.g. by a previous run): it keeps its key.
+    let existing = harness.device("store-0007").await;
+    let zones = [chrono_tz::Europe::Lisbon, chrono_tz::Asia::Tokyo];
+    let devices: Vec<PlannedDevice> = (0..250)
+        .map(|n| {
+            PlannedDevice::new(format!("store-{n:04}"), zones[n % 2])
+                .with_tag("role", if n % 3 == 0 { "gateway" } else { "pos" })
+        })
+        .collect();
+    let mut config = SimulationConfig::new(
+        harness.service(),
+        devices.clone(),
+        harness.dir.path().join("sim"),
+    );
+    config.hub_url = Some(harness.http_url());
+    config.mqtt_endpoint = Some(harness.mqtt_endpoint());
+    config.clock = harness.clock.agent_clock();
+
+    let before = harness.hub().stats().operations.get(Operation::Registry);
+    let simulation = Simulation::start(config).await.expect("simulation starts");
+    let registry_calls = harness.hub().stats().operations.get(Operation::Registry) - before;
+    // Three bulk calls of at most 100 devices, and one read of the existing device's keys;
+    // never a create, a 409, a read and a patch per device.
+    assert_eq!(registry_calls, 4);
+    assert_eq!(harness.hub().stats().devices, 250);
+
+    let simulated = simulation.devices();
+    assert_eq!(simulated.len(), 250);
+    for (planned, device) in devices.iter().zip(simulated) {
+        assert_eq!((&device.id, device.zone), (&planned.id, planned.zone));
+    }
+    let DeviceAuth::SharedAccessKey(kept) = &simulated[7].connection.auth else {
+        panic!("a key")
+    };
+    let DeviceAuth::SharedAccessKey(original) = &existing.auth else {
+        panic!("a key")
+    };
+    assert_eq!(kept, original, "the existing device keeps its key");
+    for n in [0usize, 7, 100, 249] {
+        let twin = harness.twin(&devices[n].id).await;
+        assert_eq!(
+            twin["tags"],
+            json!({"role": devices[n].tags["role"], "zone": devices[n].zone.name()}),
+            "{}",
+            devices[n].id
+        );
+    }
+    simulation.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plan_naming_a_device_twice_is_refused_before_anything_is_registered() {
+    use casement_agent::simulate::PlannedDevice;
+
+    let harness = Harness::start().await;
+    let devices = vec![
+        PlannedDevice::new("a", chrono_tz::UTC),
+        PlannedDevice::new("a", chrono_tz::Asia::Tokyo),
+    ];
+    let config = SimulationConfig::new(harness.service(), devices, harness.dir.path().join("sim"));
+    let err = Simulation::start(config).await.expect_err("refused");
+    assert!(err.to_string().contains("\"a\" is planned twice"), "{err}");
+    assert_eq!(harness.hub().stats().devices, 0);
 }

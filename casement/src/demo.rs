@@ -139,28 +139,9 @@ pub enum DemoError {
     /// The embedded hub did not start.
     #[error("the embedded hub could not start")]
     Hub(#[source] Box<casement_hub::HubError>),
-    /// A device could not be registered.
-    #[error("cannot register {device} in the embedded hub")]
-    Register {
-        /// The device.
-        device: String,
-        /// Why.
-        #[source]
-        source: Box<casement_hub::HubError>,
-    },
     /// The simulated fleet did not start.
     #[error("the simulated fleet could not start")]
     Simulate(#[source] Box<SimulateError>),
-    /// The simulator and the plan disagree on a device's zone.
-    #[error("the simulator put {device} in {actual}, the fleet plan in {planned}")]
-    FleetMismatch {
-        /// The device.
-        device: String,
-        /// The simulator's zone.
-        actual: Tz,
-        /// The plan's zone.
-        planned: Tz,
-    },
     /// The devices did not all connect.
     #[error("only {connected} of {expected} simulated devices connected within {waited:?}")]
     Connect {
@@ -348,6 +329,7 @@ pub async fn run(
         policies,
         policy_dir,
         plan,
+        assignment: BTreeMap::new(),
         root,
         started: Instant::now(),
         hub,
@@ -406,6 +388,8 @@ struct Session<'c> {
     policies: PolicySet,
     policy_dir: PathBuf,
     plan: Vec<fleet::PlannedDevice>,
+    /// The policy `casement apply` gave each device (filled in when the policies are applied).
+    assignment: BTreeMap<String, String>,
     root: PathBuf,
     started: Instant,
     hub: RunningHub,
@@ -494,29 +478,12 @@ impl Session<'_> {
     ) -> Result<ServiceClient, DemoError> {
         let config = self.config;
         let zones: Vec<&str> = config.sites.iter().map(|s| s.zone.name()).collect();
-        // The fleet: registered with its tags, then started.
-        for (n, device) in self.plan.iter().enumerate() {
-            let tags = serde_json::to_value(&device.tags).unwrap_or(serde_json::Value::Null);
-            self.hub
-                .create_device(&device.id, tags)
-                .await
-                .map_err(|source| DemoError::Register {
-                    device: device.id.clone(),
-                    source: Box::new(source),
-                })?;
-            display.waiting("registering devices", n as u64 + 1, self.plan.len() as u64);
-        }
-        display.done_waiting();
+        // The fleet: the simulator registers it (in bulk, with its tags) and starts it.
+        display.say(&format!(
+            "fleet      registering {} devices and starting their agents",
+            self.plan.len()
+        ))?;
         let sim = Simulation::start(self.simulation_config()?).await?;
-        for (planned, simulated) in self.plan.iter().zip(sim.devices()) {
-            if planned.id != simulated.id || planned.zone != simulated.zone {
-                return Err(DemoError::FleetMismatch {
-                    device: simulated.id.clone(),
-                    actual: simulated.zone,
-                    planned: planned.zone,
-                });
-            }
-        }
         self.sim = Some(sim);
         let counts = fleet::counts(&self.plan);
         display.say(&format!(
@@ -535,6 +502,11 @@ impl Session<'_> {
         // The policies, written into the twins.
         let client = self.client()?;
         let plan = apply::build_plan(&client, &self.policies).await?;
+        self.assignment = plan
+            .devices
+            .iter()
+            .filter_map(|d| Some((d.device.clone(), d.winner.clone()?)))
+            .collect();
         let summary = apply::execute(
             &client,
             &self.policies,
@@ -601,7 +573,10 @@ impl Session<'_> {
         let config = self.config;
         let mut sim = SimulationConfig::new(
             self.connection()?,
-            config.devices,
+            self.plan
+                .iter()
+                .map(fleet::PlannedDevice::simulated)
+                .collect(),
             self.root.join("devices"),
         );
         sim.hub_url = self.hub.http_url();
@@ -609,8 +584,6 @@ impl Session<'_> {
             Some(addr) => format!("mqtt://{addr}").parse().ok(),
             None => None,
         };
-        sim.device_prefix = fleet::DEVICE_PREFIX.to_owned();
-        sim.zones = config.sites.iter().map(|s| s.zone).collect();
         sim.max_skew = TimeDelta::from_std(config.max_skew).unwrap_or(TimeDelta::zero());
         sim.reboot_time = config.reboot_time;
         sim.ground_truth = Some(self.root.join("reboots.jsonl"));
@@ -817,6 +790,7 @@ impl Session<'_> {
         truth::check(
             &records,
             &self.policies,
+            &self.assignment,
             &zones,
             self.config.max_skew,
             self.config.reboot_time,

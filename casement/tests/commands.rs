@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use casement_agent::{Simulation, SimulationConfig};
+use casement_agent::{Simulation, SimulationConfig, simulate};
 use casement_client::{ClientConfig, HubTarget, ServiceClient};
 use casement_hub::{Hub, HubConfig, RunningHub};
 use casement_iothub::rest::TwinPatch;
@@ -230,14 +230,19 @@ async fn apply_validates_everything_first_plans_and_applies() {
 async fn report_exits_1_under_the_threshold_and_finds_the_local_hub() {
     let s = setup().await;
     // One real (simulated) device, on the system clock.
-    let mut config = SimulationConfig::new(s.cs.parse().unwrap(), 1, s.dir.path().join("sim"));
+    let device =
+        simulate::PlannedDevice::new("sim-0000", chrono_tz::UTC).with_tag("role", "gateway");
+    let mut config = SimulationConfig::new(
+        s.cs.parse().unwrap(),
+        vec![device],
+        s.dir.path().join("sim"),
+    );
     config.hub_url = Some(s.url.clone());
     config.mqtt_endpoint = Some(
         format!("mqtt://{}", s.hub.mqtt_addr().unwrap())
             .parse()
             .unwrap(),
     );
-    config.tags = vec![("role".into(), "gateway".into())];
     let sim = Simulation::start(config).await.unwrap();
     s.policy("weekly.toml", &PolicyFile::default().text());
     let out = s.run(&["apply", "policies"]).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use casement_iothub::clock::Clock;
 use casement_iothub::configuration::Configuration;
-use casement_iothub::error::{ERROR_CODE_HEADER, ServiceError};
+use casement_iothub::error::{ERROR_CODE_HEADER, ErrorCode, ServiceError};
 use casement_iothub::quota::Operation;
 use casement_iothub::rest::{
     self, CONTENT_TYPE_JSON, HEADER_CONTINUATION, HEADER_IF_MATCH, HEADER_MAX_ITEM_COUNT,
@@ -453,10 +453,16 @@ impl ServiceClient {
                 return Ok(Attempt::failed(error, idempotent, None));
             }
         };
-        if status.is_success() {
+        let code_header = headers.get(ERROR_CODE_HEADER).and_then(|v| v.to_str().ok());
+        // A bulk registry call some of whose entries were refused answers 400 with the
+        // BulkRegistryOperationResult naming them; the other entries were applied. That is
+        // the call's answer, for the caller to read, not a failure of the call.
+        if status.is_success()
+            || (status == reqwest::StatusCode::BAD_REQUEST
+                && code_header == Some(ErrorCode::BulkRegistryOperationFailure.name()))
+        {
             return read(status, &headers, &body).map(Attempt::Done);
         }
-        let code_header = headers.get(ERROR_CODE_HEADER).and_then(|v| v.to_str().ok());
         let error = ServiceError::parse(status.as_u16(), code_header, &body);
         if error.status == 429 {
             self.inner.stats.throttled.fetch_add(1, Ordering::Relaxed);

@@ -23,6 +23,10 @@ pub struct NewDevice {
     pub tags: Map<String, Value>,
     /// Whether the device may connect (`enabled`, the default, or `disabled`).
     pub disabled: bool,
+    /// The device's symmetric keys (primary, secondary); `None`: the hub generates them, and
+    /// they are read back with [`ServiceClient::device`]. A simulator or a provisioning tool
+    /// that supplies its own ([`casement_iothub::sas::generate_key`]) needs no read-back.
+    pub keys: Option<(String, String)>,
 }
 
 impl NewDevice {
@@ -31,7 +35,10 @@ impl NewDevice {
             "id": self.id,
             "importMode": "create",
             "status": if self.disabled { "disabled" } else { "enabled" },
-            "authentication": {"type": "sas", "symmetricKey": {"primaryKey": "", "secondaryKey": ""}},
+            "authentication": {"type": "sas", "symmetricKey": {
+                "primaryKey": self.keys.as_ref().map_or("", |k| k.0.as_str()),
+                "secondaryKey": self.keys.as_ref().map_or("", |k| k.1.as_str()),
+            }},
         });
         if !self.tags.is_empty() {
             entry["tags"] = Value::Object(self.tags.clone());
@@ -162,9 +169,10 @@ impl ServiceClient {
     }
 
     /// Registers `devices` with the bulk `POST /devices`, [`MAX_BULK_DEVICES`] per call. An
-    /// entry the hub refuses (the id is taken) is listed in [`ImportOutcome::failures`]; the
-    /// others are registered. A whole call refused, or not answered, is an error (the chunks
-    /// before it stay registered).
+    /// entry the hub refuses (the id is taken: `DeviceAlreadyExists`) is listed in
+    /// [`ImportOutcome::failures`] — IoT Hub answers such a call 400
+    /// `BulkRegistryOperationFailure` with the refused entries, and registers the others. A
+    /// whole call refused, or not answered, is an error (the chunks before it stay registered).
     pub async fn import_devices(
         &self,
         devices: &[NewDevice],
@@ -184,9 +192,8 @@ impl ServiceClient {
         Ok(outcome)
     }
 
-    /// One bulk call. 400 `BulkRegistryOperationFailure` (some entries refused) is an error
-    /// here: the hub's answer names the entries, but the callers check ids first
-    /// ([`ServiceClient::device_ids`]), so it only happens when another writer raced them.
+    /// One bulk call. 400 `BulkRegistryOperationFailure` (some entries refused) is an answer,
+    /// not an error: its body names the refused entries (the client's `send` reads it).
     async fn send_bulk(&self, op: &str, url: &str, body: String) -> Result<Value, ClientError> {
         self.send(
             op,

@@ -4,9 +4,7 @@
 //! The cryptography and the `sr` rules live in [`casement_iothub::sas`]; this module holds the
 //! hub's policies and keys and decides what a verified token may do.
 
-use base64::Engine as _;
-use casement_iothub::sas::{self, Permissions, SasError, SasToken};
-use rand::RngCore;
+use casement_iothub::sas::{self, Permissions, SasError, SasToken, generate_key};
 use serde::{Deserialize, Serialize};
 
 /// A shared access policy with its keys.
@@ -22,13 +20,6 @@ impl Policy {
     pub(crate) fn permissions(&self) -> Permissions {
         sas::default_policy_permissions(&self.name).unwrap_or_default()
     }
-}
-
-/// A fresh 32-byte key, base64 (what IoT Hub generates).
-pub(crate) fn generate_key() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// The default policies with fresh keys.

@@ -78,5 +78,5 @@ pub use server::{Hub, RunningHub};
 pub use shaping::{ThrottleCounts, ThrottleMode};
 pub use state::HubStats;
 pub use store::Storage;
-pub use throttle::{Operation, Rate, ThrottleConfig};
+pub use throttle::{Operation, OperationCounts, Rate, ThrottleConfig};
 pub use tls::TlsSource;

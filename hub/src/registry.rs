@@ -21,12 +21,12 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::auth::generate_key;
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::lag::History;
 use crate::presence::{Presence, PresenceLog};
 use crate::store::{Store, StoreError};
+use casement_iothub::sas::generate_key;
 
 fn status_str(status: DeviceStatus) -> &'static str {
     match status {

@@ -451,6 +451,7 @@ impl RunningHub {
             methods_in_flight: self.shared.methods.in_flight(),
             query_pages: self.shared.stats.query_pages.load(Ordering::Relaxed),
             query_items: self.shared.stats.query_items.load(Ordering::Relaxed),
+            operations: self.shared.throttle.asked(),
         }
     }
 

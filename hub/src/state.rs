@@ -56,6 +56,8 @@ pub struct HubStats {
     pub query_pages: u64,
     /// Items returned in those pages.
     pub query_items: u64,
+    /// Metered operations asked for, per quota class (registry calls, twin reads, …).
+    pub operations: crate::throttle::OperationCounts,
 }
 
 /// The state every connection and request shares.

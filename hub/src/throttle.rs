@@ -132,6 +132,27 @@ pub(crate) struct Throttle {
     queued: AtomicU64,
     /// Operations refused: 429, or an MQTT connection closed.
     refused: AtomicU64,
+    /// Operations asked for, per class, throttled or not (indexed like [`Operation::ALL`]).
+    asked: [AtomicU64; Operation::ALL.len()],
+}
+
+/// How many metered operations of each class a hub was asked for since it started (REST calls
+/// and the devices' own MQTT operations alike; refused ones included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OperationCounts([u64; Operation::ALL.len()]);
+
+impl OperationCounts {
+    /// The count of `op`.
+    pub fn get(&self, op: Operation) -> u64 {
+        self.0[index(op)]
+    }
+}
+
+fn index(op: Operation) -> usize {
+    Operation::ALL
+        .iter()
+        .position(|o| *o == op)
+        .unwrap_or_default()
 }
 
 impl Throttle {
@@ -148,7 +169,15 @@ impl Throttle {
             max_wait: Duration::ZERO,
             queued: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            asked: Default::default(),
         }
+    }
+
+    /// Operations asked for so far, per class.
+    pub(crate) fn asked(&self) -> OperationCounts {
+        OperationCounts(std::array::from_fn(|i| {
+            self.asked[i].load(Ordering::Relaxed)
+        }))
     }
 
     /// The same in `mode`, a shaping queue holding at most `max_wait` of work per class.
@@ -178,6 +207,7 @@ impl Throttle {
     /// than the mode allows (the queue is full; in `Reject` mode, any wait), nothing is
     /// reserved and the error says when the queue has room again.
     pub(crate) fn reserve(&self, op: Operation) -> Result<Duration, Duration> {
+        self.asked[index(op)].fetch_add(1, Ordering::Relaxed);
         let Some(bucket) = self.buckets.get(&op) else {
             return Ok(Duration::ZERO);
         };

@@ -193,6 +193,19 @@ impl fmt::Display for SasToken {
     }
 }
 
+/// The length of the symmetric keys IoT Hub generates: 32 bytes (it accepts 16 to 64).
+pub const KEY_BYTES: usize = 32;
+
+/// A fresh symmetric key, base64, as IoT Hub generates one for a device or a policy. A client
+/// that registers devices may supply its own (the bulk import does), so it knows every key
+/// without reading the devices back.
+pub fn generate_key() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; KEY_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// URL-encodes one component as the Node SDK does (`encodeURIComponent` plus `!'()*`), with
 /// uppercase hex: `hub/devices/d1` → `hub%2Fdevices%2Fd1`.
 pub fn encode_component(s: &str) -> String {

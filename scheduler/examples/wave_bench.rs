@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use casement_agent::clock::AgentClock;
-use casement_agent::{Simulation, SimulationConfig};
+use casement_agent::{Simulation, SimulationConfig, simulate};
 use casement_client::{ClientConfig, HubTarget, ServiceClient};
 use casement_hub::{Hub, HubConfig};
 use casement_scheduler::metrics::Metrics;
@@ -143,7 +143,15 @@ max_failures = "5%"
         .await?;
     }
     let scheduler = Scheduler::start(client.clone(), Arc::new(clock), run, metrics.clone()).await?;
-    let mut sim = SimulationConfig::new(cs.parse()?, devices as usize, dir.path().join("sim"));
+    let fleet = simulate::numbered(
+        simulate::DEFAULT_PREFIX,
+        devices as usize,
+        &[chrono_tz::UTC],
+    )
+    .into_iter()
+    .map(|d| d.with_tag("role", "gateway"))
+    .collect();
+    let mut sim = SimulationConfig::new(cs.parse()?, fleet, dir.path().join("sim"));
     sim.hub_url = Some(url.clone());
     sim.mqtt_endpoint = Some(
         format!(
@@ -152,7 +160,6 @@ max_failures = "5%"
         )
         .parse()?,
     );
-    sim.tags = vec![("role".into(), "gateway".into())];
     sim.reboot_time = reboot;
     sim.clock = AgentClock::from_clock(Arc::new(clock));
     let started = Instant::now();

@@ -60,15 +60,7 @@ async fn two_sundays_in_three_zones_across_a_dst_change_keep_the_invariants() {
 
     let records = env.reboots();
     let zones = zone_map(&env);
-    check_invariants(
-        &records,
-        &spec,
-        &|d| zones[d],
-        TimeDelta::seconds(2),
-        REBOOT,
-        2,
-        3,
-    );
+    env.check_invariants("weekly", TimeDelta::seconds(2));
     // Invariant 4: every device rebooted in both of its windows.
     assert_eq!(records.len(), 18, "{records:#?}");
     let expected = |zone: Tz| match zone {
@@ -159,7 +151,7 @@ async fn a_scheduler_killed_between_journaling_and_invoking_forgets_nobody() {
     .await;
     let records = env.reboots();
     assert_eq!(records.len(), 3, "{records:#?}");
-    check_invariants(&records, &spec, &|_| UTC, TimeDelta::zero(), REBOOT, 1, 100);
+    env.check_invariants("weekly", TimeDelta::zero());
     let first_device = &faulty.calls()[0];
     let entry = second
         .journal()
@@ -204,7 +196,7 @@ async fn a_scheduler_killed_between_invoking_and_recording_reboots_nobody_twice(
     .await;
     let records = env.reboots();
     assert_eq!(records.len(), 3, "{records:#?}");
-    check_invariants(&records, &spec, &|_| UTC, TimeDelta::zero(), REBOOT, 1, 100);
+    env.check_invariants("weekly", TimeDelta::zero());
     assert!(
         !counting.calls().contains(&rebooted),
         "the restarted scheduler resolved {rebooted} from its twin instead of invoking it: {:?}",
@@ -253,15 +245,7 @@ async fn offline_devices_are_retried_while_their_window_lasts() {
     let mut rebooted: Vec<String> = records.iter().map(|r| r.device.clone()).collect();
     rebooted.sort();
     assert_eq!(rebooted, ids);
-    check_invariants(
-        &records,
-        &spec,
-        &|_| UTC,
-        TimeDelta::zero(),
-        REBOOT,
-        10,
-        100,
-    );
+    env.check_invariants("weekly", TimeDelta::zero());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

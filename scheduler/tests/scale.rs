@@ -216,15 +216,7 @@ async fn the_invariants_hold_when_queries_lag_30s_across_a_scheduler_restart() {
     )
     .await;
     let records = env.reboots();
-    check_invariants(
-        &records,
-        &spec,
-        &|_| UTC,
-        TimeDelta::zero(),
-        REBOOT,
-        3,
-        1000,
-    );
+    env.check_invariants("weekly", TimeDelta::zero());
     assert_eq!(records.len(), 12, "invariant 4: every device rebooted once");
     let journal = scheduler.journal().entries(Some("weekly")).unwrap();
     assert_eq!(journal.len(), 12);
@@ -332,15 +324,7 @@ async fn a_hub_answering_429_to_every_third_call_gets_the_wave_done_without_a_do
     .await;
     assert!(hub.throttled.load(Ordering::SeqCst) > 0);
     let records = env.reboots();
-    check_invariants(
-        &records,
-        &spec,
-        &|_| UTC,
-        TimeDelta::zero(),
-        REBOOT,
-        3,
-        1000,
-    );
+    env.check_invariants("weekly", TimeDelta::zero());
     assert_eq!(records.len(), 10, "every device rebooted once");
     let stats = scheduler.stats();
     assert!(stats.throttled > 0, "{stats:?}");
@@ -390,15 +374,7 @@ async fn a_hub_that_shapes_rather_than_refuses_slows_the_wave_but_keeps_it_corre
         "the hub never shaped a call"
     );
     let records = env.reboots();
-    check_invariants(
-        &records,
-        &spec,
-        &|_| UTC,
-        TimeDelta::zero(),
-        REBOOT,
-        4,
-        1000,
-    );
+    env.check_invariants("weekly", TimeDelta::zero());
     assert_eq!(records.len(), 8, "every device rebooted once");
     let stats = scheduler.stats();
     assert_eq!((stats.failed, stats.completed), (0, 8), "{stats:?}");

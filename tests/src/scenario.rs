@@ -32,7 +32,7 @@ use std::time::Duration;
 use casement_agent::backoff::BackoffPolicy;
 use casement_agent::clock::DrivenClock;
 use casement_agent::config::Endpoint;
-use casement_agent::simulate::{Simulation, SimulationConfig};
+use casement_agent::simulate::{self, Simulation, SimulationConfig};
 use casement_client::{ClientConfig, ClientError, HubApi, HubTarget, RetryPolicy, ServiceClient};
 use casement_iothub::connection_string::ServiceConnectionString;
 use casement_iothub::rest::{MethodRequest, MethodResponse, Twin, TwinPatch};
@@ -51,7 +51,9 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use crate::hub::{TestHub, TestHubError};
-use crate::invariants::{Device, Facts, Invocation, Outage, Reboot, Violation, judged_windows};
+use crate::invariants::{
+    Device, Facts, Invocation, Outage, Reboot, TwinAndReportChecks, Violation, judged_windows,
+};
 use crate::proxy::{Fault, FaultProxy, ProxyError, RuleAction, RuleId};
 use crate::rest::{Rest, RestError};
 use crate::seed::Seed;
@@ -433,22 +435,23 @@ impl HubApi for Tap {
     }
 }
 
+/// The simulated fleet: `devices` devices named by the simulator's convention, zones
+/// [`ZONES`] round-robin.
+pub fn fleet(devices: usize) -> Vec<simulate::PlannedDevice> {
+    simulate::numbered(simulate::DEFAULT_PREFIX, devices, &ZONES)
+}
+
 /// The canary ring: `CANARIES` device ids drawn from the fleet.
-pub fn canaries(seed: Seed, devices: usize) -> Vec<String> {
-    let mut ids: Vec<usize> = (0..devices).collect();
+pub fn canaries(seed: Seed, fleet: &[simulate::PlannedDevice]) -> Vec<String> {
+    let mut ids: Vec<usize> = (0..fleet.len()).collect();
     ids.shuffle(&mut seed.rng("canaries"));
     let mut ring: Vec<String> = ids
         .into_iter()
-        .take(CANARIES.min(devices))
-        .map(device_id)
+        .take(CANARIES.min(fleet.len()))
+        .map(|n| fleet[n].id.clone())
         .collect();
     ring.sort();
     ring
-}
-
-/// The id the simulator gives device `n`.
-pub fn device_id(n: usize) -> String {
-    format!("sim-{n:04}")
 }
 
 /// Writes the policy files into `dir` and loads them.
@@ -838,22 +841,19 @@ async fn drive(rig: &mut Rig, config: &ScenarioConfig) -> Result<ScenarioOutcome
         path: policy_dir.clone(),
         source,
     })?;
-    let ring = canaries(seed, config.devices);
+    let planned = fleet(config.devices);
+    let ring = canaries(seed, &planned);
     let policies = write_policies(&policy_dir, &ring)?;
 
     // The fleet, through its proxy.
-    let mut sim_config = SimulationConfig::new(
-        rig.owner.clone(),
-        config.devices,
-        rig.work.path().join("devices"),
-    );
+    let mut sim_config =
+        SimulationConfig::new(rig.owner.clone(), planned, rig.work.path().join("devices"));
     sim_config.hub_url = Some(rig.hub.http_url()?);
     sim_config.mqtt_endpoint = Some(
         format!("mqtt://{}", rig.mqtt_proxy.addr())
             .parse::<Endpoint>()
             .map_err(|e| ScenarioError::Simulation(e.to_string()))?,
     );
-    sim_config.zones = ZONES.to_vec();
     sim_config.max_skew = MAX_SKEW;
     sim_config.reboot_time = REBOOT_TIME.to_std().unwrap_or(Duration::from_secs(60));
     sim_config.seed = seed.rng("skews").random();

@@ -430,6 +430,7 @@ pub fn read_import_file(path: &Path, text: &str) -> Result<Vec<NewDevice>, Vec<S
             id: entry.id,
             tags: entry.tags,
             disabled,
+            keys: None,
         });
     }
     if devices.is_empty() && problems.is_empty() {

@@ -1,13 +1,15 @@
 //! The demo's simulated fleet, planned without I/O: device ids, zones and twin tags.
 //!
-//! Devices are numbered `demo-0000`, `demo-0001`, … and take the zones round-robin, exactly as
-//! [`casement_agent::Simulation`] assigns them (`{prefix}{n:04}`, zone `n % zones`), so the tags
-//! written here agree with the zone each simulated agent reports. Roles alternate per round of
-//! zones (every zone gets gateways and POS terminals), every device is `env = 'prod'`, and the
-//! first few are also in the canary ring.
+//! Devices are named and zoned by the simulator's one convention
+//! ([`casement_agent::simulate::numbered`]: `demo-0000`, `demo-0001`, … with the zones
+//! round-robin), and the simulator is handed this plan ([`PlannedDevice::simulated`]): it
+//! registers each device once, with these tags, and runs its agent in this zone. Roles alternate
+//! per round of zones (every zone gets gateways and POS terminals), every device is
+//! `env = 'prod'`, and the first few are also in the canary ring.
 
 use std::collections::BTreeMap;
 
+use casement_agent::simulate;
 use chrono_tz::Tz;
 
 /// Prefix of the simulated devices' ids.
@@ -89,11 +91,18 @@ pub struct PlannedDevice {
 }
 
 impl PlannedDevice {
+    /// The device as the simulator takes it: id, zone, tags.
+    pub fn simulated(&self) -> simulate::PlannedDevice {
+        simulate::PlannedDevice {
+            id: self.id.clone(),
+            zone: self.zone,
+            tags: self.tags.clone(),
+        }
+    }
+
     /// The twin as a policy target condition sees it (`deviceId` and `tags`).
     pub fn twin(&self) -> serde_json::Value {
-        let mut tags = self.tags.clone();
-        tags.insert("zone".to_owned(), self.zone.name().to_owned());
-        serde_json::json!({ "deviceId": self.id, "tags": tags })
+        serde_json::json!({ "deviceId": self.id, "tags": self.simulated().twin_tags() })
     }
 }
 
@@ -109,8 +118,11 @@ pub fn plan(devices: usize, sites: &[Site]) -> Vec<PlannedDevice> {
         return Vec::new();
     }
     let canaries = canaries(devices);
-    (0..devices)
-        .map(|n| {
+    let zones: Vec<Tz> = sites.iter().map(|s| s.zone).collect();
+    simulate::numbered(DEVICE_PREFIX, devices, &zones)
+        .into_iter()
+        .enumerate()
+        .map(|(n, device)| {
             let site = sites[n % sites.len()];
             // Alternate per round of zones, so every zone has both roles.
             let role = if (n / sites.len()).is_multiple_of(2) {
@@ -128,8 +140,8 @@ pub fn plan(devices: usize, sites: &[Site]) -> Vec<PlannedDevice> {
                 tags.insert("ring".to_owned(), "canary".to_owned());
             }
             PlannedDevice {
-                id: format!("{DEVICE_PREFIX}{n:04}"),
-                zone: site.zone,
+                id: device.id,
+                zone: device.zone,
                 role,
                 canary,
                 tags,
@@ -168,7 +180,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     #[test]
-    fn ids_and_zones_follow_the_simulator() {
+    fn ids_and_zones_are_the_simulators_convention() {
         let sites = default_sites();
         let fleet = plan(14, &sites);
         assert_eq!(fleet.len(), 14);

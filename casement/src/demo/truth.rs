@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use casement_agent::SimulatedReboot;
+use casement_agent::simulate::invariants::{Device, Facts, Reboot, Violation};
 use casement_policy::PolicySet;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
@@ -19,8 +20,8 @@ pub struct Truth {
     pub reboots: usize,
     /// Devices that rebooted at least once.
     pub devices: usize,
-    /// Reboots outside the window of the policy and occurrence they name (or naming none),
-    /// as `device at instant: why`.
+    /// Reboots outside the window of the policy and occurrence they name (or naming none, or
+    /// for a policy the device does not carry, or forced), each as the checker words it.
     pub outside_window: Vec<String>,
     /// (device, occurrence) pairs rebooted more than once.
     pub repeated: Vec<(String, DateTime<Utc>)>,
@@ -37,87 +38,69 @@ impl Truth {
     }
 }
 
-/// Checks `records` against `policies`.
+/// Checks `records` against `policies` with the one invariant checker
+/// ([`casement_agent::simulate::invariants`]).
 ///
-/// `zones` maps device ids to the zones their agents report (for `timezone = "device"`);
-/// `tolerance` is how far a device's clock may be off (the simulated skew); a reboot keeps its
-/// device dark for `reboot_time`.
+/// `assignment` maps device ids to the policy `casement apply` gave them; `zones` maps them to
+/// the zones their agents report (for `timezone = "device"`); `tolerance` is how far a device's
+/// clock may be off (the simulated skew); a reboot keeps its device dark for `reboot_time`.
+/// Invariant 4 (every available device rebooted) is the compliance report's part here, so no
+/// window is judged for it.
 pub fn check(
     records: &[SimulatedReboot],
     policies: &PolicySet,
+    assignment: &BTreeMap<String, String>,
     zones: &HashMap<String, Tz>,
     tolerance: Duration,
     reboot_time: Duration,
 ) -> Truth {
-    let tolerance = TimeDelta::from_std(tolerance).unwrap_or(TimeDelta::zero());
-    let dark = TimeDelta::from_std(reboot_time).unwrap_or(TimeDelta::zero());
+    let devices = zones
+        .iter()
+        .map(|(id, zone)| Device {
+            id: id.clone(),
+            zone: *zone,
+        })
+        .collect();
+    let mut facts = Facts::new(
+        policies.iter().cloned().collect(),
+        assignment.clone(),
+        devices,
+        TimeDelta::from_std(reboot_time).unwrap_or(TimeDelta::zero()),
+    );
+    facts.reboots = records.iter().map(Reboot::from).collect();
+    facts.max_skew = TimeDelta::from_std(tolerance).unwrap_or(TimeDelta::zero());
+    // The agent persists, answers and reports before the power goes.
+    facts.power_off_lag = TimeDelta::seconds(5);
     let mut truth = Truth {
         reboots: records.len(),
+        devices: records
+            .iter()
+            .map(|r| r.device.as_str())
+            .collect::<BTreeSet<_>>()
+            .len(),
         ..Truth::default()
     };
-    let mut seen: BTreeSet<(String, DateTime<Utc>)> = BTreeSet::new();
-    let mut repeated: BTreeSet<(String, DateTime<Utc>)> = BTreeSet::new();
-    let mut devices: BTreeSet<&str> = BTreeSet::new();
-    let mut intervals: BTreeMap<&str, Vec<(DateTime<Utc>, i32)>> = BTreeMap::new();
-    for r in records {
-        devices.insert(&r.device);
-        let (Some(name), Some(occurrence)) = (r.policy.as_deref(), r.occurrence) else {
-            truth
-                .outside_window
-                .push(format!("{} at {}: no policy window named", r.device, r.at));
-            continue;
-        };
-        if r.forced {
-            truth
-                .outside_window
-                .push(format!("{} at {}: forced", r.device, r.at));
-        }
-        if !seen.insert((r.device.clone(), occurrence)) {
-            repeated.insert((r.device.clone(), occurrence));
-        }
-        let Some(policy) = policies.get(name) else {
-            truth
-                .outside_window
-                .push(format!("{} at {}: unknown policy {name}", r.device, r.at));
-            continue;
-        };
-        let spec = policy.window();
-        let window = spec
-            .window_for(zones.get(&r.device).copied(), occurrence)
-            .map(|state| state.window)
-            .filter(|w| w.occurrence == occurrence);
-        match window {
-            None => truth.outside_window.push(format!(
-                "{} at {}: {occurrence} is not a window of {name}",
-                r.device, r.at
-            )),
-            Some(w) if r.at < w.opens_at - tolerance || r.at >= w.closes_at + tolerance => {
-                truth.outside_window.push(format!(
-                    "{} at {}: outside {name}'s window {} – {}",
-                    r.device, r.at, w.opens_at, w.closes_at
-                ));
-            }
-            Some(_) => {}
-        }
-        let events = intervals.entry(name).or_default();
-        events.push((r.at, 1));
-        events.push((r.at + dark, -1));
+    for violation in facts.check_windows() {
+        truth.outside_window.push(violation.to_string());
     }
-    truth.devices = devices.len();
-    truth.repeated = repeated.into_iter().collect();
-    for (name, mut events) in intervals {
-        // Ends before starts at the same instant: back-to-back reboots do not overlap.
-        events.sort();
-        let (mut now, mut peak) = (0i32, 0i32);
-        for (_, delta) in events {
-            now += delta;
-            peak = peak.max(now);
+    for violation in facts.check_once_per_occurrence() {
+        if let Violation::Twice {
+            device, occurrence, ..
+        } = violation
+        {
+            truth.repeated.push((device, occurrence));
         }
-        let limit = policies.get(name).map_or(0, |p| p.rollout().max_concurrent);
-        truth
-            .peak
-            .insert(name.to_owned(), (u32::try_from(peak).unwrap_or(0), limit));
     }
+    truth.peak = facts
+        .peaks()
+        .into_iter()
+        .map(|(policy, peak)| {
+            (
+                policy,
+                (u32::try_from(peak.count).unwrap_or(u32::MAX), peak.max),
+            )
+        })
+        .collect();
     truth
 }
 
@@ -165,6 +148,13 @@ max_concurrent = 2
         }
     }
 
+    fn assignment() -> BTreeMap<String, String> {
+        ["a", "b", "c"]
+            .into_iter()
+            .map(|d| (d.to_owned(), "p".to_owned()))
+            .collect()
+    }
+
     fn zones() -> HashMap<String, Tz> {
         ["a", "b", "c"]
             .into_iter()
@@ -183,7 +173,7 @@ max_concurrent = 2
             reboot("c", at(0, 13), at(0, 0)),
             reboot("a", at(2, 5), at(2, 0)),
         ];
-        let t = check(&records, &policies(), &zones(), SECOND, DARK);
+        let t = check(&records, &policies(), &assignment(), &zones(), SECOND, DARK);
         assert!(t.holds(), "{t:?}");
         assert_eq!((t.reboots, t.devices), (4, 3));
         assert_eq!(t.peak["p"], (2, 2), "c starts when a is back");
@@ -193,7 +183,7 @@ max_concurrent = 2
     fn a_reboot_after_the_window_closed_is_caught() {
         // The 10:00 window closes at 10:01:30.
         let records = [reboot("a", at(1, 40), at(0, 0))];
-        let t = check(&records, &policies(), &zones(), SECOND, DARK);
+        let t = check(&records, &policies(), &assignment(), &zones(), SECOND, DARK);
         assert_eq!(t.outside_window.len(), 1, "{t:?}");
         assert!(!t.holds());
     }
@@ -201,7 +191,7 @@ max_concurrent = 2
     #[test]
     fn an_occurrence_that_is_no_window_is_caught() {
         let records = [reboot("a", at(1, 10), at(1, 0))];
-        let t = check(&records, &policies(), &zones(), SECOND, DARK);
+        let t = check(&records, &policies(), &assignment(), &zones(), SECOND, DARK);
         assert_eq!(t.outside_window.len(), 1, "{t:?}");
     }
 
@@ -211,7 +201,7 @@ max_concurrent = 2
             reboot("a", at(0, 10), at(0, 0)),
             reboot("a", at(0, 40), at(0, 0)),
         ];
-        let t = check(&records, &policies(), &zones(), SECOND, DARK);
+        let t = check(&records, &policies(), &assignment(), &zones(), SECOND, DARK);
         assert_eq!(t.repeated, vec![("a".to_owned(), at(0, 0))]);
         assert!(!t.holds());
     }
@@ -223,7 +213,7 @@ max_concurrent = 2
             reboot("b", at(0, 11), at(0, 0)),
             reboot("c", at(0, 12), at(0, 0)),
         ];
-        let t = check(&records, &policies(), &zones(), SECOND, DARK);
+        let t = check(&records, &policies(), &assignment(), &zones(), SECOND, DARK);
         assert_eq!(t.peak["p"], (3, 2));
         assert!(!t.holds());
     }
@@ -234,7 +224,14 @@ max_concurrent = 2
         forced.forced = true;
         let mut bare = reboot("b", at(0, 10), at(0, 0));
         bare.occurrence = None;
-        let t = check(&[forced, bare], &policies(), &zones(), SECOND, DARK);
+        let t = check(
+            &[forced, bare],
+            &policies(),
+            &assignment(),
+            &zones(),
+            SECOND,
+            DARK,
+        );
         assert_eq!(t.outside_window.len(), 2, "{t:?}");
     }
 }

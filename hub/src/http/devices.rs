@@ -183,7 +183,7 @@ pub(super) async fn bulk(
         let mut response = json_response(StatusCode::BAD_REQUEST, &result);
         response.headers_mut().insert(
             ERROR_CODE_HEADER,
-            HeaderValue::from_static("BulkRegistryOperationFailure"),
+            HeaderValue::from_static(ErrorCode::BulkRegistryOperationFailure.name()),
         );
         Ok(response)
     }

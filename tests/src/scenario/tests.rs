@@ -5,11 +5,12 @@ use super::*;
 use casement_scheduler::rollout::{Entry, EntryState};
 use serde_json::json;
 
-fn fleet(n: usize) -> Vec<Device> {
-    (0..n)
-        .map(|i| Device {
-            id: device_id(i),
-            zone: ZONES[i % ZONES.len()],
+fn devices(n: usize) -> Vec<Device> {
+    fleet(n)
+        .into_iter()
+        .map(|d| Device {
+            id: d.id,
+            zone: d.zone,
         })
         .collect()
 }
@@ -23,8 +24,9 @@ fn twins(devices: &[Device]) -> Vec<Value> {
 
 fn setup(seed: Seed, n: usize) -> (tempfile::TempDir, Vec<Policy>, Vec<Device>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let policies = write_policies(dir.path(), &canaries(seed, n)).expect("the policies load");
-    (dir, policies, fleet(n))
+    let policies =
+        write_policies(dir.path(), &canaries(seed, &fleet(n))).expect("the policies load");
+    (dir, policies, devices(n))
 }
 
 #[test]
@@ -33,7 +35,7 @@ fn every_device_gets_one_policy_and_canaries_win() {
     let (_dir, policies, devices) = setup(seed, 100);
     let assignment = assign(&policies, &twins(&devices));
     assert_eq!(assignment.len(), 100, "every zone is targeted");
-    let ring = canaries(seed, 100);
+    let ring = canaries(seed, &fleet(100));
     assert_eq!(ring.len(), CANARIES);
     for id in &ring {
         assert_eq!(assignment[id], "canary", "{id}");
