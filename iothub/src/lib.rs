@@ -36,7 +36,7 @@
 //!
 //! Test vectors for SAS tokens were computed independently with Python
 //! (`testdata/make_sas_vectors.py` → `testdata/sas_vectors.json`) and are checked by
-//! `tests/sas_vectors.rs`.
+//! `tests/integration/sas_vectors.rs`.
 //!
 //! # Example
 //! ```

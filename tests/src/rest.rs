@@ -283,6 +283,19 @@ impl Rest {
         })
     }
 
+    /// Sends `call` in a test that needs an answer: whatever the status, an HTTP answer must
+    /// come (a hub that hung up on a bad request has failed the test).
+    ///
+    /// # Panics
+    /// When no HTTP answer arrives, naming the call and why.
+    pub async fn answer(&self, call: Call) -> Answer {
+        let what = format!("{} {}", call.method, call.path);
+        match self.call(call).await {
+            Ok(answer) => answer,
+            Err(err) => panic!("{what}: no answer from the hub: {err}"),
+        }
+    }
+
     /// `GET /twins/{id}`.
     ///
     /// # Errors

@@ -1,6 +1,6 @@
 """Shared helpers for the SDK conformance scripts.
 
-The Rust test (hub/tests/sdk_conformance.rs) starts casement hub with MQTT over TLS on
+The Rust test (hub/tests/integration/sdk_conformance.rs) starts casement hub with MQTT over TLS on
 127.0.0.1:8883 (the Python device SDK is hard-wired to 8883) and HTTPS on another port, then runs
 these scripts with:
 

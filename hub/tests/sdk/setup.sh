@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates the Python virtualenv the SDK conformance test (hub/tests/sdk_conformance.rs) uses:
+# Creates the Python virtualenv the SDK conformance test (hub/tests/integration/sdk_conformance.rs) uses:
 # Microsoft's official Azure IoT SDKs for Python, pinned to the versions the wire contract
 # (shared/reference/iothub-protocol.md) was observed with.
 #

@@ -831,7 +831,7 @@ mod tests {
     use super::*;
 
     // These tests cover the whole language, so they parse the extended dialect; the Azure
-    // dialect's refusals are tested in `iothub/tests/dialect.rs`.
+    // dialect's refusals are tested in `iothub/tests/integration/dialect.rs`.
     fn parse_query(input: &str) -> Result<Query> {
         super::parse_query(input, Dialect::Extended)
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Microsoft's Node service SDK (azure-iothub 1.16.6) into <repo>/target/node-sdk for
-# hub/tests/sdk_node.rs. Needs node and npm (Node 20 was used).
+# hub/tests/integration/sdk_node.rs. Needs node and npm (Node 20 was used).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../../../.." && pwd)"

@@ -1,0 +1,331 @@
+//! `casement report` after a real window: applied, rejected, compliant, failed, paused, missed
+//! and offline devices counted exactly, the journal read through the running scheduler's
+//! snapshot, and the threshold.
+
+use std::time::Duration;
+
+use casement_iothub::rest::TwinPatch;
+use casement_scheduler::journal::JournalView;
+use casement_scheduler::report::{self, DeviceState, Format};
+use chrono::TimeDelta;
+use chrono_tz::UTC;
+use crate::common::*;
+use serde_json::json;
+
+const REBOOT: Duration = Duration::from_secs(90);
+
+#[path = "../examples/support/report_fleet.rs"]
+mod report_fleet;
+
+/// The grouped summary gives the per-device report's counts, pauses and zone timelines, and
+/// the same table; returns what it cost.
+async fn same_summary(
+    client: &casement_client::ServiceClient,
+    journal: &JournalView,
+    now: chrono::DateTime<chrono::Utc>,
+    policy: Option<&str>,
+    per_device: &report::Report,
+) -> casement_scheduler::report::grouped::SummaryCost {
+    let (summary, cost) = casement_scheduler::report::grouped::compute_summary(
+        client,
+        journal,
+        now,
+        report::DEFAULT_LOOKBACK,
+        policy,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        summary.policies, per_device.policies,
+        "per policy ({cost:?})"
+    );
+    assert_eq!(summary.total, per_device.total, "total ({cost:?})");
+    assert_eq!(summary.zones, per_device.zones, "zone timelines ({cost:?})");
+    assert!(summary.devices.is_empty());
+    assert_eq!(
+        report::render(&summary, Format::Table, false),
+        report::render(per_device, Format::Table, false)
+    );
+    cost
+}
+
+/// Pages the summary and a raw `SELECT *` take over `n` seeded twins (10 items a page).
+async fn pages(n: usize) -> (u64, u64, casement_scheduler::report::grouped::SummaryCost) {
+    let env = Env::start(report_fleet::seeded_at()).await;
+    report_fleet::seed(&env.hub, n, 1).await;
+    let client = Env::client_for(
+        &env.hub,
+        &env.clock,
+        casement_client::ClientConfig {
+            page_size: 10,
+            ..casement_client::ClientConfig::default()
+        },
+    );
+    let journal = JournalView::default();
+    let now = report_fleet::now();
+    let requests = || {
+        client
+            .stats()
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = requests();
+    let per_device = report::compute(&client, &journal, now, report::DEFAULT_LOOKBACK, None)
+        .await
+        .unwrap();
+    let select_all = requests() - before;
+    assert_eq!(per_device.total.targeted as usize, n);
+    // The fleet's shape: 90 compliant, 4 rejected, 4 not applied, 1 missed in every 100.
+    assert_eq!(per_device.total.compliant as usize, n * 91 / 100);
+    assert_eq!(per_device.total.missed as usize, n / 100);
+    let before = requests();
+    let cost = same_summary(&client, &journal, now, None, &per_device).await;
+    (select_all, requests() - before, cost)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_costs_the_same_pages_at_ten_times_the_fleet() {
+    let (small_all, small, small_cost) = pages(100).await;
+    let (large_all, large, large_cost) = pages(1000).await;
+    // The per-device path pages the fleet: ten times the pages.
+    assert_eq!((small_all, large_all), (10, 100));
+    // The summary: the grouped counts, the policy's desired section, and the one group of
+    // devices that missed the window (1 in 100), read per device.
+    assert_eq!(small_cost.undecided_groups, 1, "{small_cost:?}");
+    assert_eq!(large_cost.undecided_groups, 1, "{large_cost:?}");
+    assert_eq!(small, 3, "{small_cost:?}");
+    assert_eq!(large, 3, "{large_cost:?}");
+    assert_eq!(
+        large_cost.devices_read, 10,
+        "only the missed devices are read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_counts_every_kind_of_device_exactly() {
+    let mut env = Env::start(utc(2026, 3, 28, 12, 0, 0)).await;
+    let daily = PolicyFile {
+        name: "nightly",
+        schedule: "0 2 * * *",
+        timezone: "UTC",
+        max_failures: "5",
+        ..PolicyFile::default()
+    };
+    env.write_policy("nightly.toml", &daily);
+    env.write_policy(
+        "canary.toml",
+        &PolicyFile {
+            name: "canary",
+            priority: 100,
+            target: "tags.ring = 'canary'",
+            max_concurrent: 1,
+            max_failures: "0",
+            ..daily
+        },
+    );
+    env.simulate(6, &[UTC], REBOOT, TimeDelta::zero()).await;
+    for id in ["sim-0003", "sim-0004", "sim-0005"] {
+        env.client
+            .patch(id, &TwinPatch::tags(json!({"ring": "canary"})), None)
+            .await
+            .unwrap();
+    }
+    // A device that never connects.
+    env.hub
+        .create_device("ghost-1", json!({"role": "gateway"}))
+        .await
+        .unwrap();
+
+    // sim-0002 (nightly) and sim-0003 (canary, invoked first: one at a time) refuse.
+    let mut faulty = Faulty::new(env.client.clone());
+    faulty.refuse = std::sync::Arc::new(
+        ["sim-0002", "sim-0003"]
+            .map(str::to_owned)
+            .into_iter()
+            .collect(),
+    );
+    let mut scheduler = env.scheduler(faulty).await;
+    env.eventually("every device applied its policy", || async {
+        let views = env.views().await;
+        views
+            .iter()
+            .filter(|v| v.device_id.starts_with("sim-"))
+            .all(|v| v.reported().is_some())
+    })
+    .await;
+    // sim-0001 is given a policy it rejects (a bad zone under the same name and revision).
+    let bad = {
+        let mut d = env.view("sim-0001").await.desired_raw.unwrap();
+        d["window"]["timezone"] = json!("Mars/Olympus_Mons");
+        d
+    };
+    env.client
+        .patch(
+            "sim-0001",
+            &TwinPatch::desired(json!({"maintenance": bad})),
+            None,
+        )
+        .await
+        .unwrap();
+    env.wait_for("sim-0001 rejected its policy", |views| {
+        views.iter().any(|v| {
+            v.device_id == "sim-0001"
+                && v.reported()
+                    .is_some_and(|r| r.status == casement_policy::MaintenanceStatus::Rejected)
+        })
+    })
+    .await;
+
+    env.clock.set(utc(2026, 3, 29, 2, 0, 10));
+    let spec = env.load_policies().get("nightly").unwrap().window().clone();
+    drive(
+        &env,
+        &mut scheduler,
+        &spec,
+        utc(2026, 3, 29, 4, 10, 0),
+        TimeDelta::seconds(60),
+        REBOOT,
+    )
+    .await;
+    assert_eq!(
+        env.reboots().len(),
+        1,
+        "only sim-0000 rebooted: {:?}",
+        env.reboots()
+    );
+
+    // The scheduler still holds the journal: the report reads its snapshot.
+    let journal = JournalView::load(&env.state_dir()).unwrap();
+    assert!(journal.taken_at.is_some(), "read from the snapshot");
+    let now = utc(2026, 3, 29, 4, 10, 0);
+    let r = report::compute(&env.client, &journal, now, report::DEFAULT_LOOKBACK, None)
+        .await
+        .unwrap();
+    let cost = same_summary(&env.client, &journal, now, None, &r).await;
+    assert!(
+        cost.undecided_groups > 0,
+        "the failed and paused devices are read per device: {cost:?}"
+    );
+    let state = |id: &str| r.devices.iter().find(|d| d.device == id).unwrap().state;
+    assert_eq!(state("sim-0000"), DeviceState::Compliant);
+    assert_eq!(state("sim-0001"), DeviceState::Rejected);
+    assert_eq!(state("sim-0002"), DeviceState::Failed);
+    // Never connected, never applied: not compliant (issue 12), not "missed".
+    assert_eq!(state("ghost-1"), DeviceState::NotApplied);
+    assert_eq!(state("sim-0003"), DeviceState::Failed);
+    assert_eq!(state("sim-0004"), DeviceState::Paused);
+    assert_eq!(state("sim-0005"), DeviceState::Paused);
+
+    let nightly = &r
+        .policies
+        .iter()
+        .find(|p| p.policy == "nightly")
+        .unwrap()
+        .counts;
+    assert_eq!(
+        (
+            nightly.targeted,
+            nightly.applied,
+            nightly.not_applied,
+            nightly.rejected,
+            nightly.compliant,
+            nightly.failed,
+            nightly.missed,
+            nightly.offline,
+            nightly.pending,
+            nightly.paused,
+            nightly.in_window
+        ),
+        (4, 2, 1, 1, 1, 1, 0, 1, 0, 0, 0),
+        "{nightly:?}"
+    );
+    assert_eq!(nightly.percent_compliant, Some(25.0));
+    let canary = r.policies.iter().find(|p| p.policy == "canary").unwrap();
+    let c = &canary.counts;
+    assert_eq!(
+        (
+            c.targeted,
+            c.applied,
+            c.compliant,
+            c.failed,
+            c.paused,
+            c.offline
+        ),
+        (3, 3, 0, 1, 2, 0),
+        "{c:?}"
+    );
+    assert_eq!(canary.pauses.len(), 1, "the pause is shown");
+    assert_eq!(canary.pauses[0].occurrence, utc(2026, 3, 29, 2, 0, 0));
+    assert!(r.below(50.0), "1 of 7 compliant");
+    let ghost = r.devices.iter().find(|d| d.device == "ghost-1").unwrap();
+    assert_eq!(ghost.online, Some(false));
+    assert_eq!(ghost.missed_streak, 0);
+
+    // The report and the journal agree: failed = the journal's final failures in the window,
+    // once per (device, window); paused = the paused window's devices that were not invoked.
+    let window = utc(2026, 3, 29, 2, 0, 0);
+    for p in &r.policies {
+        let mut failed: Vec<&str> = journal
+            .entries
+            .iter()
+            .filter(|e| {
+                e.policy == p.policy
+                    && e.occurrence == window
+                    && matches!(e.state, casement_scheduler::rollout::EntryState::Failed(_))
+            })
+            .map(|e| e.device.as_str())
+            .collect();
+        failed.sort_unstable();
+        failed.dedup();
+        assert_eq!(p.counts.failed as usize, failed.len(), "{}", p.policy);
+        let invoked = journal
+            .entries
+            .iter()
+            .filter(|e| e.policy == p.policy && e.occurrence == window)
+            .count() as u32;
+        let paused = journal.paused(&p.policy, window).is_some();
+        let expect_paused = if paused {
+            p.counts.targeted - p.counts.not_applied - p.counts.rejected - invoked
+        } else {
+            0
+        };
+        assert_eq!(p.counts.paused, expect_paused, "{}", p.policy);
+    }
+
+    // The HTML page: one row per device, the paused canary window on the timeline.
+    let page = report::render(&r, Format::Html, false);
+    for id in ["sim-0000", "sim-0005", "ghost-1"] {
+        assert!(page.contains(&format!("<tr><td>{id}</td>")), "{id}");
+    }
+    let canary_utc = r
+        .zones
+        .iter()
+        .find(|z| z.policy == "canary" && z.zone == "UTC")
+        .unwrap();
+    let last = canary_utc.windows.last().unwrap();
+    assert!(last.paused);
+    assert_eq!(
+        last.states,
+        vec![(DeviceState::Failed, 1), (DeviceState::Paused, 2)]
+    );
+
+    let text = report::render(&r, Format::Table, true);
+    assert!(
+        text.contains("paused: canary in the window 2026-03-29T02:00:00.000Z"),
+        "{text}"
+    );
+    // A policy filter queries only that policy's devices.
+    let only = report::compute(
+        &env.client,
+        &journal,
+        now,
+        report::DEFAULT_LOOKBACK,
+        Some("canary"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(only.policies.len(), 1);
+    assert_eq!(only.total.targeted, 3);
+    same_summary(&env.client, &journal, now, Some("canary"), &only).await;
+    drop(scheduler);
+}
