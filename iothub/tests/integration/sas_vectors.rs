@@ -7,7 +7,7 @@ use casement_iothub::sas::{self, SasError, SasToken};
 use serde_json::Value;
 
 fn vectors() -> Value {
-    serde_json::from_str(include_str!("../testdata/sas_vectors.json"))
+    serde_json::from_str(include_str!("../../testdata/sas_vectors.json"))
         .expect("testdata/sas_vectors.json is valid JSON")
 }
 

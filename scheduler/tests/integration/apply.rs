@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::common::*;
 use casement_client::HubApi;
 use casement_iothub::rest::TwinPatch;
 use casement_scheduler::apply::{self, ApplyOptions, ApplySummary, ChangeKind};
-use crate::common::*;
 use serde_json::json;
 
 /// Gateways g1–g4 (g1 also in the canary ring) and POS terminals p1–p2.

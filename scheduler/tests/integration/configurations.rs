@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::common::*;
 use casement_iothub::configuration::TestQueriesRequest;
 use casement_scheduler::apply::configurations::{
     METRIC_APPLIED, METRIC_REJECTED, PRIORITY_OFFSET, configuration_for, configuration_id,
@@ -15,7 +16,6 @@ use casement_scheduler::journal::JournalView;
 use casement_scheduler::report;
 use chrono::TimeDelta;
 use chrono_tz::UTC;
-use crate::common::*;
 use serde_json::json;
 
 const REBOOT: Duration = Duration::from_secs(90);

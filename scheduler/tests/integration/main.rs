@@ -3,8 +3,8 @@
 //! One integration test binary for the crate (`autotests = false`): the modules share one
 //! build and one link.
 
-mod common;
 mod apply;
+mod common;
 mod configurations;
 mod report;
 mod run;

@@ -4,17 +4,17 @@
 
 use std::time::Duration;
 
+use crate::common::*;
 use casement_iothub::rest::TwinPatch;
 use casement_scheduler::journal::JournalView;
 use casement_scheduler::report::{self, DeviceState, Format};
 use chrono::TimeDelta;
 use chrono_tz::UTC;
-use crate::common::*;
 use serde_json::json;
 
 const REBOOT: Duration = Duration::from_secs(90);
 
-#[path = "../examples/support/report_fleet.rs"]
+#[path = "../../examples/support/report_fleet.rs"]
 mod report_fleet;
 
 /// The grouped summary gives the per-device report's counts, pauses and zone timelines, and

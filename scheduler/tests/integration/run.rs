@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use casement_hub::{Operation, Rate, ThrottleConfig};
 use casement_scheduler::rollout::EntryState;
 use casement_scheduler::run::Signals;
 use chrono::TimeDelta;
 use chrono_tz::Tz;
 use chrono_tz::{America, Europe, UTC};
-use crate::common::*;
 
 const REBOOT: Duration = Duration::from_secs(90);
 const STEP: TimeDelta = TimeDelta::seconds(60);
@@ -31,7 +31,7 @@ async fn two_sundays_in_three_zones_across_a_dst_change_keep_the_invariants() {
     // Saturday 2026-03-28 noon UTC. Europe springs forward on Sunday 03-29 at 02:00, so the
     // Amsterdam window of "02:00" opens at 03:00 CEST (01:00 UTC) that day; New York is already
     // on EDT (since 03-08).
-    let (mut env, spec) = Env::weekly(
+    let (env, spec) = Env::weekly(
         Fleet {
             policy: PolicyFile {
                 max_concurrent: 2,
@@ -252,7 +252,7 @@ async fn offline_devices_are_retried_while_their_window_lasts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttling_hub_slows_the_run_down_but_it_completes() {
-    let (mut env, spec) = Env::weekly(
+    let (env, spec) = Env::weekly(
         Fleet {
             devices: 4,
             reboot: REBOOT,
@@ -299,7 +299,7 @@ async fn a_throttling_hub_slows_the_run_down_but_it_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_method_quota_in_the_client_keeps_the_run_under_the_hubs_throttle() {
     use casement_client::{ClientConfig, Quota, RetryPolicy};
-    let (mut env, spec) = Env::weekly(
+    let (env, spec) = Env::weekly(
         Fleet {
             devices: 4,
             reboot: REBOOT,

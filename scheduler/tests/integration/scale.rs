@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::common::*;
 use casement_client::{ClientError, HubApi, ServiceClient};
 use casement_iothub::error::ServiceError;
 use casement_iothub::rest::{MethodRequest, MethodResponse, Twin, TwinPatch};
 use casement_scheduler::run::Scheduler;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::UTC;
-use crate::common::*;
 use serde_json::Value;
 
 const REBOOT: Duration = Duration::from_secs(90);

@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::common::*;
 use casement_policy::RebootStatus;
 use chrono::TimeDelta;
 use chrono_tz::UTC;
-use crate::common::*;
 
 const REBOOT: Duration = Duration::from_secs(90);
 const STEP: TimeDelta = TimeDelta::seconds(60);

@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
+use crate::common::{Fixture, GUARD, assert_no_panics, short};
 use casement_tests::mqtt::{Credentials, RawMqtt, RawMqttError};
 use casement_tests::rest::{Auth, Call};
 use casement_tests::seed::Seed;
-use crate::common::{Fixture, GUARD, assert_no_panics, short};
 use rand::Rng;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{Connect, ConnectReturnCode, Login, Packet, Publish};
@@ -49,7 +49,8 @@ async fn malformed_twin_patches_get_400_and_change_nothing() {
                     .bytes(body)
                     .header("content-type", "application/json")
                     .header("if-match", "*"),
-            ).await;
+            )
+            .await;
         assert_eq!(answer.status, 400, "{what}: {}", short(&answer.text()));
         let code = answer.header("iothub-errorcode").unwrap_or_default();
         assert!(
@@ -108,7 +109,8 @@ async fn malformed_twin_patches_get_400_and_change_nothing() {
                 Call::patch("/twins/dev1")
                     .json(&body)
                     .header("if-match", "*"),
-            ).await;
+            )
+            .await;
         assert!(
             answer.is_error(400, "ArgumentInvalid"),
             "{what}: {}",
@@ -177,9 +179,7 @@ async fn json_arrays_are_not_accepted_for_objects() {
         after["properties"]["desired"],
         before["properties"]["desired"]
     );
-    let dev3 = f
-        .rest
-        .answer(Call::get("/devices/dev3")).await;
+    let dev3 = f.rest.answer(Call::get("/devices/dev3")).await;
     assert_eq!(dev3.status, 404, "{}", short(&dev3.text()));
     f.assert_still_works().await;
     assert_no_panics();
@@ -214,7 +214,8 @@ async fn huge_bodies_get_413_without_being_read_whole() {
             .answer(
                 call.bytes(huge.clone())
                     .header("content-type", "application/json"),
-            ).await;
+            )
+            .await;
         assert!(
             answer.is_error(413, "MessageTooLarge"),
             "{}",
@@ -222,9 +223,7 @@ async fn huge_bodies_get_413_without_being_read_whole() {
         );
     }
     // The device the oversized PUT named was not created.
-    let missing = f
-        .rest
-        .answer(Call::get("/devices/newdev")).await;
+    let missing = f.rest.answer(Call::get("/devices/newdev")).await;
     assert!(
         missing.is_error(404, "DeviceNotFound"),
         "{}",
@@ -250,7 +249,8 @@ async fn bad_queries_get_400_with_the_column_at_fault() {
     for (query, column) in cases {
         let answer = f
             .rest
-            .answer(Call::post("/devices/query").json(&json!({ "query": query }))).await;
+            .answer(Call::post("/devices/query").json(&json!({ "query": query })))
+            .await;
         assert!(
             answer.is_error(400, "ArgumentInvalid"),
             "{query}: {}",
@@ -271,7 +271,8 @@ async fn bad_queries_get_400_with_the_column_at_fault() {
     ] {
         let answer = f
             .rest
-            .answer(Call::post("/devices/query").json(&body)).await;
+            .answer(Call::post("/devices/query").json(&body))
+            .await;
         assert_eq!(answer.status, 400, "{body}: {}", short(&answer.text()));
     }
 
@@ -282,7 +283,8 @@ async fn bad_queries_get_400_with_the_column_at_fault() {
     );
     let answer = f
         .rest
-        .answer(Call::post("/devices/query").json(&json!({ "query": long }))).await;
+        .answer(Call::post("/devices/query").json(&json!({ "query": long })))
+        .await;
     assert!(
         answer.is_error(400, "ArgumentInvalid"),
         "{}",
@@ -302,7 +304,8 @@ async fn bad_queries_get_400_with_the_column_at_fault() {
                 Call::post("/devices/query")
                     .json(&json!({"query": "SELECT * FROM devices"}))
                     .header(name, value),
-            ).await;
+            )
+            .await;
         assert_eq!(
             answer.status,
             400,
@@ -376,7 +379,8 @@ async fn random_queries_never_crash_the_hub_and_errors_name_a_column() {
         let query = query.join(" ");
         let answer = f
             .rest
-            .answer(Call::post("/devices/query").json(&json!({ "query": query }))).await;
+            .answer(Call::post("/devices/query").json(&json!({ "query": query })))
+            .await;
         match answer.status {
             200 => assert!(
                 answer.json().is_array(),
@@ -401,7 +405,8 @@ async fn bad_requests_elsewhere_get_documented_errors() {
     // No api-version.
     let answer = f
         .rest
-        .answer(Call::get("/twins/dev1").without_api_version()).await;
+        .answer(Call::get("/twins/dev1").without_api_version())
+        .await;
     assert!(
         answer.is_error(400, "ArgumentInvalid"),
         "{}",
@@ -417,7 +422,8 @@ async fn bad_requests_elsewhere_get_documented_errors() {
     for id in ["a%20b", &"x".repeat(129), "slash%2Fid", "%00"] {
         let answer = f
             .rest
-            .answer(Call::put(format!("/devices/{id}")).json(&json!({"deviceId": id}))).await;
+            .answer(Call::put(format!("/devices/{id}")).json(&json!({"deviceId": id})))
+            .await;
         assert_eq!(answer.status, 400, "{id}: {}", short(&answer.text()));
     }
 
@@ -431,7 +437,8 @@ async fn bad_requests_elsewhere_get_documented_errors() {
     ] {
         let answer = f
             .rest
-            .answer(Call::post("/twins/dev1/methods").json(&body)).await;
+            .answer(Call::post("/twins/dev1/methods").json(&body))
+            .await;
         assert_eq!(answer.status, 400, "{body}: {}", short(&answer.text()));
         assert!(answer.header("iothub-errorcode").is_some());
     }
@@ -441,7 +448,8 @@ async fn bad_requests_elsewhere_get_documented_errors() {
         .answer(
             Call::post("/twins/dev1/methods")
                 .json(&json!({"methodName": "reboot", "payload": "x".repeat(130 * 1024)})),
-        ).await;
+        )
+        .await;
     assert!(
         answer.is_error(413, "MessageTooLarge"),
         "{}",
@@ -449,9 +457,7 @@ async fn bad_requests_elsewhere_get_documented_errors() {
     );
 
     // Unknown endpoints and devices.
-    let answer = f
-        .rest
-        .answer(Call::get("/nothing/here")).await;
+    let answer = f.rest.answer(Call::get("/nothing/here")).await;
     assert_eq!(answer.status, 404, "{}", short(&answer.text()));
     let answer = f.rest.twin("nosuch").await.expect("answer");
     assert!(
@@ -515,9 +521,7 @@ async fn expired_forged_and_misdirected_service_tokens_are_refused() {
             Call::get("/twins/dev1"),
             Call::post("/devices/query").json(&json!({"query": "SELECT * FROM devices"})),
         ] {
-            let answer = f
-                .rest
-                .answer(call.auth(Auth::Header(token.clone()))).await;
+            let answer = f.rest.answer(call.auth(Auth::Header(token.clone()))).await;
             assert!(
                 answer.is_error(401, "IotHubUnauthorizedAccess"),
                 "{what}: {}",
@@ -531,7 +535,8 @@ async fn expired_forged_and_misdirected_service_tokens_are_refused() {
     }
     let answer = f
         .rest
-        .answer(Call::get("/twins/dev1").auth(Auth::None)).await;
+        .answer(Call::get("/twins/dev1").auth(Auth::None))
+        .await;
     assert!(
         answer.is_error(401, "IotHubUnauthorizedAccess"),
         "{}",
@@ -551,7 +556,8 @@ async fn expired_forged_and_misdirected_service_tokens_are_refused() {
                 .json(&json!({"properties": {"desired": {"x": 1}}}))
                 .header("if-match", "*")
                 .auth(Auth::Header(token)),
-        ).await;
+        )
+        .await;
     assert_eq!(answer.status, 401, "{}", short(&answer.text()));
     assert!(answer.header("iothub-errorcode").is_some());
 
@@ -559,7 +565,8 @@ async fn expired_forged_and_misdirected_service_tokens_are_refused() {
     let device_token = f.device_password("dev1", now + 3600);
     let answer = f
         .rest
-        .answer(Call::get("/twins/dev1").auth(Auth::Header(device_token))).await;
+        .answer(Call::get("/twins/dev1").auth(Auth::Header(device_token)))
+        .await;
     assert_eq!(answer.status, 401, "{}", short(&answer.text()));
 
     let twin = f.rest.twin("dev1").await.expect("twin").json();
@@ -745,7 +752,8 @@ async fn random_bytes_on_the_mqtt_port_close_only_that_connection() {
 async fn truncated_and_oversized_packets_are_handled() {
     let f = Fixture::start().await;
     let credentials =
-        Credentials::for_device(&f.device_cs("dev1"), crate::common::unix_now() + 3600).expect("sign");
+        Credentials::for_device(&f.device_cs("dev1"), crate::common::unix_now() + 3600)
+            .expect("sign");
     let mut connect = Connect::new(credentials.client_id.clone());
     connect.clean_session = false;
     connect.keep_alive = 60;
@@ -900,7 +908,7 @@ mod policy_files {
     use rand::Rng;
     use serde_json::Value;
 
-    use super::common::{self, Fixture, short};
+    use crate::common::{Fixture, short};
 
     const VALID: &str = r#"[policy]
 name   = "gateways"
@@ -1312,7 +1320,7 @@ mod desired_patches {
     use chrono::{TimeZone, Utc};
     use serde_json::{Value, json};
 
-    use super::common::{self, GUARD, short};
+    use crate::common::{GUARD, short};
 
     const DEVICE: &str = "agent1";
 
@@ -1334,7 +1342,8 @@ mod desired_patches {
                 Call::patch(format!("/twins/{DEVICE}"))
                     .json(&json!({"properties": {"desired": {"maintenance": patch}}}))
                     .header("if-match", "*"),
-            ).await;
+            )
+            .await;
         assert_eq!(set.status, 200, "{}", short(&set.text()));
     }
 
@@ -1545,7 +1554,8 @@ mod desired_patches {
         ] {
             let answer = rest
                 .answer(Call::post(format!("/twins/{DEVICE}/methods")).json(&json!({
-                    "methodName": "reboot", "payload": payload, "responseTimeoutInSeconds": 30}))).await;
+                    "methodName": "reboot", "payload": payload, "responseTimeoutInSeconds": 30})))
+                .await;
             assert_eq!(answer.status, 200, "{payload}: {}", short(&answer.text()));
             let body = answer.json();
             assert!(
@@ -1562,7 +1572,8 @@ mod desired_patches {
             .answer(Call::post(format!("/twins/{DEVICE}/methods")).json(&json!({
                 "methodName": "reboot", "responseTimeoutInSeconds": 30,
                 "payload": {"policy": "hourly", "revision": "aaaa1111",
-                            "occurrence": "2026-11-29T10:00:00.000Z"}}))).await;
+                            "occurrence": "2026-11-29T10:00:00.000Z"}})))
+            .await;
         assert_eq!(answer.status, 200, "{}", short(&answer.text()));
         assert_eq!(
             answer.json()["payload"]["accepted"],

@@ -3,7 +3,7 @@
 //! One integration test binary for the crate (`autotests = false`): the modules share one
 //! build and one link.
 
-mod common;
 mod bad_input;
+mod common;
 mod proxy;
 mod scenario;

@@ -59,8 +59,7 @@ fn the_invariants_hold_for_a_fleet_under_faults() {
 fn the_invariants_hold_with_azures_behaviours_switched_on() {
     casement_tests::init_tracing();
     let seed = Seed::from_env_or_random();
-    let _replay = seed.replay_hint("the_invariants_hold_with_azures_behaviours_switched_on",
-    );
+    let _replay = seed.replay_hint("the_invariants_hold_with_azures_behaviours_switched_on");
     let mut config = ScenarioConfig::new(seed);
     config.devices = 200;
     config.azure = AzureBehaviours::all();

@@ -358,15 +358,6 @@ impl Running {
         self.handle.abort();
         let _ = self.handle.await;
     }
-
-    /// Waits for the agent's run to end by itself (a simulated reboot).
-    pub async fn finished(self) -> RunOutcome {
-        tokio::time::timeout(PATIENCE, self.handle)
-            .await
-            .expect("the agent stops")
-            .expect("the agent task")
-            .expect("the agent ran")
-    }
 }
 
 /// Whether a reported patch carries `maintenance.window` with this `open`.

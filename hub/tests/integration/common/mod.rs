@@ -389,7 +389,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Mqtt<S> {
 
 /// A device connected to the hub's plain MQTT listener.
 pub struct Device {
-    pub id: String,
     pub mqtt: PlainMqtt,
     pub session_present: bool,
 }
@@ -427,7 +426,6 @@ impl Device {
             .expect("CONNACK");
         assert_eq!(ack.code, ConnectReturnCode::Success, "device {id} connects");
         Device {
-            id: id.to_owned(),
             mqtt,
             session_present: ack.session_present,
         }

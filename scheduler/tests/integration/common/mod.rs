@@ -2,7 +2,6 @@
 //! real scheduler over plain HTTP — one driven clock shared by all three, so a test crosses a DST
 //! change or a week of windows in moments.
 
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;

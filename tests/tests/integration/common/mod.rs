@@ -1,7 +1,6 @@
 //! What the whole-system test files share: a hub with two devices and clients for it, and a
 //! process-wide panic counter.
 
-
 use std::net::SocketAddr;
 use std::sync::{Mutex, Once, PoisonError};
 use std::time::Duration;
