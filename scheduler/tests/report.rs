@@ -43,6 +43,10 @@ async fn same_summary(
     );
     assert_eq!(summary.total, per_device.total, "total ({cost:?})");
     assert_eq!(summary.zones, per_device.zones, "zone timelines ({cost:?})");
+    assert_eq!(
+        summary.forced_reboots, per_device.forced_reboots,
+        "forced reboots ({cost:?})"
+    );
     assert!(summary.devices.is_empty());
     assert_eq!(
         report::render(&summary, Format::Table, false),
@@ -51,10 +55,19 @@ async fn same_summary(
     cost
 }
 
-/// Pages the summary and a raw `SELECT *` take over `n` seeded twins (10 items a page).
-async fn pages(n: usize) -> (u64, u64, casement_scheduler::report::grouped::SummaryCost) {
+/// Pages the per-device report and the summary take over `n` seeded twins of `shape` (10
+/// items a page), and the per-device report (whose counts the summary equals).
+async fn pages(
+    n: usize,
+    shape: report_fleet::Shape,
+) -> (
+    u64,
+    u64,
+    casement_scheduler::report::grouped::SummaryCost,
+    report::Report,
+) {
     let env = Env::start(report_fleet::seeded_at()).await;
-    report_fleet::seed(&env.hub, n, 1).await;
+    let journal = report_fleet::seed(&env.hub, &|t| env.clock.set(t), n, shape).await;
     let client = Env::client_for(
         &env.hub,
         &env.clock,
@@ -63,7 +76,6 @@ async fn pages(n: usize) -> (u64, u64, casement_scheduler::report::grouped::Summ
             ..casement_client::ClientConfig::default()
         },
     );
-    let journal = JournalView::default();
     let now = report_fleet::now();
     let requests = || {
         client
@@ -77,30 +89,61 @@ async fn pages(n: usize) -> (u64, u64, casement_scheduler::report::grouped::Summ
         .unwrap();
     let select_all = requests() - before;
     assert_eq!(per_device.total.targeted as usize, n);
-    // The fleet's shape: 90 compliant, 4 rejected, 4 not applied, 1 missed in every 100.
-    assert_eq!(per_device.total.compliant as usize, n * 91 / 100);
-    assert_eq!(per_device.total.missed as usize, n / 100);
     let before = requests();
     let cost = same_summary(&client, &journal, now, None, &per_device).await;
-    (select_all, requests() - before, cost)
+    (select_all, requests() - before, cost, per_device)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_summary_costs_the_same_pages_at_ten_times_the_fleet() {
-    let (small_all, small, small_cost) = pages(100).await;
-    let (large_all, large, large_cost) = pages(1000).await;
+    use report_fleet::Shape;
+    let healthy = Shape::Healthy { missed: 1 };
+    let (small_all, small, small_cost, r) = pages(100, healthy).await;
+    // The fleet's shape: 90 compliant, 4 rejected, 4 not applied, 1 missed in every 100.
+    assert_eq!((r.total.compliant, r.total.missed), (91, 1));
+    let (large_all, large, large_cost, r) = pages(1000, healthy).await;
+    assert_eq!((r.total.compliant, r.total.missed), (910, 10));
     // The per-device path pages the fleet: ten times the pages.
     assert_eq!((small_all, large_all), (10, 100));
-    // The summary: the grouped counts, the policy's desired section, and the one group of
-    // devices that missed the window (1 in 100), read per device.
-    assert_eq!(small_cost.undecided_groups, 1, "{small_cost:?}");
-    assert_eq!(large_cost.undecided_groups, 1, "{large_cost:?}");
-    assert_eq!(small, 3, "{small_cost:?}");
-    assert_eq!(large, 3, "{large_cost:?}");
+    // The summary: the grouped counts, the policy's desired section, and two COUNT()s that
+    // split the group of devices that rebooted in the window before into its three possible
+    // outcomes (missed; compliant by the reboot's time; pending, reached after the window).
+    assert_eq!(small_cost.split_groups, 1, "{small_cost:?}");
+    assert_eq!(small_cost.split_queries, 2, "{small_cost:?}");
+    assert_eq!(large_cost, small_cost);
+    assert_eq!((small, large), (4, 4), "{small_cost:?}");
+
+    // Most of the fleet missed, failed, was reached recently or is compliant by its reboot's
+    // time alone: still the same pages at ten times the fleet, and the per-device counts.
+    let (small_all, small, small_cost, r) = pages(100, Shape::Troubled).await;
+    let counts = |r: &report::Report| {
+        let t = &r.total;
+        (
+            t.compliant,
+            t.simulated,
+            t.rejected,
+            t.not_applied,
+            t.missed,
+            t.failed,
+            t.pending,
+            t.forced,
+        )
+    };
+    assert_eq!(counts(&r), (39, 3, 4, 4, 23, 20, 10, 3), "{:?}", r.total);
+    let (large_all, large, large_cost, r) = pages(1000, Shape::Troubled).await;
     assert_eq!(
-        large_cost.devices_read, 10,
-        "only the missed devices are read"
+        counts(&r),
+        (390, 30, 40, 40, 230, 200, 100, 3),
+        "{:?}",
+        r.total
     );
+    assert_eq!((small_all, large_all), (10, 100));
+    assert_eq!(large_cost, small_cost);
+    assert_eq!(small, large, "{small_cost:?}");
+    // 1 grouped query, 1 desired section, 1 asking which groups hold the journal's failed
+    // devices, 8 COUNT()s splitting 3 groups, 1 listing the forced reboots.
+    assert_eq!(large, 12, "{large_cost:?}");
+    assert!(large <= 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,8 +248,8 @@ async fn the_report_counts_every_kind_of_device_exactly() {
         .unwrap();
     let cost = same_summary(&env.client, &journal, now, None, &r).await;
     assert!(
-        cost.undecided_groups > 0,
-        "the failed and paused devices are read per device: {cost:?}"
+        cost.split_groups > 0,
+        "the failed and paused devices are counted by COUNT() queries: {cost:?}"
     );
     let state = |id: &str| r.devices.iter().find(|d| d.device == id).unwrap().state;
     assert_eq!(state("sim-0000"), DeviceState::Compliant);
