@@ -328,8 +328,11 @@ impl Report {
 pub struct WindowCache {
     windows: HashMap<(String, String, Tz), Vec<Window>>,
     /// Per (policy, revision), each distinct desired section met and its validation.
-    plans: HashMap<(String, String), Vec<(DesiredMaintenance, Result<MaintenancePlan, String>)>>,
+    plans: HashMap<(String, String), Vec<Validated>>,
 }
+
+/// A desired section and its validation (the reason when invalid).
+type Validated = (DesiredMaintenance, Result<MaintenancePlan, String>);
 
 impl WindowCache {
     /// The zone `desired`'s windows are computed in for a device reporting `device_zone`, and

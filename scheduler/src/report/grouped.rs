@@ -478,8 +478,8 @@ fn split(
     // The devices the journal has nothing on.
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut cell_outcome = vec![vec![0usize; reboots.len()]; arrivals.len()];
-    for a in 0..arrivals.len() {
-        for r in 0..reboots.len() {
+    for (a, per_reboot) in cell_outcome.iter_mut().enumerate() {
+        for (r, slot) in per_reboot.iter_mut().enumerate() {
             let Some(line) = classify_cell("", a, r) else {
                 return Split::Whole(None);
             };
@@ -494,19 +494,18 @@ fn split(
                 }
             };
             outcomes[i].cells[a].push(r);
-            cell_outcome[a][r] = i;
+            *slot = i;
         }
     }
     // Each journal class: the cells where its calls change the outcome.
     let mut moves = Vec::new();
     for (_, ids) in journal_classes(journal, &desired.policy, &opens) {
         let mut changed: Vec<((usize, Key), Outcome)> = Vec::new();
-        for a in 0..arrivals.len() {
-            for r in 0..reboots.len() {
+        for (a, per_reboot) in cell_outcome.iter().enumerate() {
+            for (r, &from) in per_reboot.iter().enumerate() {
                 let Some(line) = classify_cell(&ids[0], a, r) else {
                     continue;
                 };
-                let from = cell_outcome[a][r];
                 if key(&line) == key(&outcomes[from].line) {
                     continue;
                 }
