@@ -12,6 +12,21 @@ fn casement() -> Command {
     Command::new(env!("CARGO_BIN_EXE_casement"))
 }
 
+/// The child's stdout, line by line, read on a thread (so a test can wait with a bound).
+fn stdout_lines(child: &mut std::process::Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 #[test]
 fn demo_help_tells_the_story() {
     let out = casement().args(["demo", "--help"]).output().unwrap();
@@ -111,16 +126,7 @@ fn the_hub_starts_prints_its_connection_string_and_stops_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let mut banner = String::new();
     while !banner.contains("IOTHUB_CONNECTION_STRING=") {
         match rx.recv_timeout(Duration::from_secs(30)) {
@@ -235,16 +241,7 @@ fn casement_report_against_the_kept_running_demo_agrees_with_its_closing_report(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let stop = |child: &mut std::process::Child| {
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])

@@ -307,6 +307,20 @@ fn start_agent(
     (tx, task)
 }
 
+/// `casement reboot lab-1 --force --reason "INC-1234 kernel hotfix"`, accepted.
+async fn force_reboot(s: &Setup) {
+    let out = ok(&s
+        .casement(&[
+            "reboot",
+            "lab-1",
+            "--force",
+            "--reason",
+            "INC-1234 kernel hotfix",
+        ])
+        .await);
+    assert!(out.contains("accepted the forced reboot"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invoke_and_a_forced_reboot_reach_a_real_agent_and_are_audited() {
     let s = Setup::start().await;
@@ -361,16 +375,7 @@ async fn invoke_and_a_forced_reboot_reach_a_real_agent_and_are_audited() {
     let no_force = s.casement(&["reboot", "lab-1", "--reason", "x"]).await;
     assert_eq!(no_force.status.code(), Some(2), "clap requires --force");
 
-    let out = ok(&s
-        .casement(&[
-            "reboot",
-            "lab-1",
-            "--force",
-            "--reason",
-            "INC-1234 kernel hotfix",
-        ])
-        .await);
-    assert!(out.contains("accepted the forced reboot"), "{out}");
+    force_reboot(&s).await;
 
     // The simulated reboot completes as a new boot, and the twin says it was forced and why.
     let mut twin_err = String::new();
@@ -548,16 +553,7 @@ async fn the_try_it_out_walk_reaches_compliant_with_one_simulated_reboot() {
     );
 
     // The emergency override, then the report: who forced what, when and why.
-    let out = ok(&s
-        .casement(&[
-            "reboot",
-            "lab-1",
-            "--force",
-            "--reason",
-            "INC-1234 kernel hotfix",
-        ])
-        .await);
-    assert!(out.contains("accepted the forced reboot"), "{out}");
+    force_reboot(&s).await;
     let mut forced_at = None;
     for _ in 0..300 {
         let twin = s.client.twin("lab-1").await.unwrap();
