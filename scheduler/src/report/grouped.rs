@@ -844,4 +844,72 @@ mod tests {
         assert!(view.desired_updated.is_some());
         assert!(view.reboot.is_some());
     }
+
+    #[test]
+    fn journal_id_lists_are_cut_to_fit_a_query() {
+        let group: Map<String, Value> = serde_json::from_value(json!({
+            "dp": "nightly", "dr": "3f2a", "rp": "nightly", "rr": "3f2a", "rs": "applied",
+            "tz": "UTC", "bo": "2026-03-28T02:00:00.000Z", "bs": "completed", "n": 5000
+        }))
+        .unwrap();
+        let conditions = group_conditions(&group).unwrap();
+        let ids: Vec<String> = (0..3000).map(|i| format!("store-{i:05}-gateway")).collect();
+        let cells = "properties.reported.iothubDM.reboot.lastReboot < '2026-03-29T02:00:00.000Z'";
+        let cond = |ids: &str| format!("({cells}) AND deviceId IN [{ids}]");
+        let room = query::MAX_QUERY_CHARS - split_query(&conditions, &cond("")).len();
+        let runs = chunks(&ids, room);
+        assert!(runs.len() > 1, "3,000 ids do not fit one query");
+        assert_eq!(runs.concat(), ids, "every id once, in order");
+        for run in &runs {
+            let q = split_query(&conditions, &cond(&id_list(run)));
+            assert!(q.len() <= query::MAX_QUERY_CHARS, "{} chars", q.len());
+            query::parse(&q).unwrap();
+        }
+    }
+
+    #[test]
+    fn ranges_tell_apart_what_classify_compares() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let bounds = [t("2026-03-28T02:00:00Z"), t("2026-03-29T02:00:00Z")];
+        let arrivals = ranges(DESIRED_UPDATED, &bounds, true);
+        let reps: Vec<Option<DateTime<Utc>>> = arrivals.iter().map(|r| r.0).collect();
+        // Arrival `t > opens_at`: not defined, at or before each bound, after the last.
+        assert_eq!(
+            reps,
+            vec![
+                None,
+                Some(bounds[0]),
+                Some(bounds[1]),
+                Some(bounds[1] + TimeDelta::seconds(1))
+            ]
+        );
+        assert_eq!(
+            arrivals[2].1,
+            format!(
+                "{DESIRED_UPDATED} > '2026-03-28T02:00:00.000Z' AND {DESIRED_UPDATED} <= '2026-03-29T02:00:00.000Z'"
+            )
+        );
+        // A reboot time against a window `[opens, closes)`: before, in each span, at or after.
+        let reboots = ranges(paths::LAST_REBOOT, &bounds, false);
+        assert_eq!(reboots[1].0, Some(bounds[0] - TimeDelta::seconds(1)));
+        assert_eq!(reboots[3].0, Some(bounds[1]));
+        assert_eq!(
+            reboots[3].1,
+            format!("{} >= '2026-03-29T02:00:00.000Z'", paths::LAST_REBOOT)
+        );
+        // The conditions select exactly the representative of their range.
+        for (rep, cond) in arrivals.iter().chain(&reboots) {
+            let q = query::parse(&format!("SELECT deviceId FROM devices WHERE {cond}")).unwrap();
+            let rows = q.rows().unwrap();
+            let mut twin = json!({"deviceId": "d", "properties": {"desired": {}, "reported": {}}});
+            if let Some(rep) = rep {
+                let at = casement_iothub::time::format_timestamp(*rep);
+                twin["properties"]["desired"] =
+                    json!({"$metadata": {"maintenance": {"$lastUpdated": at}}});
+                twin["properties"]["reported"] =
+                    json!({"iothubDM": {"reboot": {"lastReboot": at}}});
+            }
+            assert!(rows.item(&twin).is_some(), "{cond} for {rep:?}");
+        }
+    }
 }
