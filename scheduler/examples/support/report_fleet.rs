@@ -11,8 +11,10 @@
 //! - 39 compliant: 30 rebooted in the latest window, 6 by their reboot's time alone (no
 //!   occurrence reported), 3 by a simulated reboot (`--simulate-reboot`);
 //! - 4 rejected, 4 never reported (not applied);
-//! - 23 missed the latest window (rebooted in the one before), among them, in the first 100
-//!   devices only, 3 whose last reboot was forced (`casement reboot --force`) after it;
+//! - 23 missed the latest window: 20 last rebooted in one of the ten windows before it (the
+//!   same one for each hundred devices: the larger the fleet, the more distinct last windows),
+//!   3 in the one before, of which, in the first 100 devices only, the last reboot was forced
+//!   (`casement reboot --force`) after the window;
 //! - 20 failed: 10 rebooted in the window before and have a failed reboot call in the
 //!   journal for the latest (at most [`JOURNAL_FAILURES`] in all, as a failure budget would
 //!   stop a wave), 10 reported the reboot of the latest window failed;
@@ -185,7 +187,11 @@ pub async fn seed(
                     rebooted(29),
                     json!({"casementAgent": {"rebootMode": "simulated", "simulatedReboots": 1}}),
                 ],
-                // 48..68, 78..88 and the rest of 94..97: rebooted in the window before only.
+                48..68 => vec![
+                    maintenance("applied"),
+                    rebooted(28 - u32::try_from(i / 100 % 10).unwrap_or(0)),
+                ],
+                // 78..88 and the rest of 94..97: rebooted in the window before only.
                 _ => vec![maintenance("applied"), rebooted(28)],
             },
         };

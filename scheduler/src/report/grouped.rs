@@ -24,12 +24,15 @@
 //!    other group is *split*: one `COUNT()` query per outcome but one ([`split_query`]: the
 //!    group's values and the outcome's cells as conditions: `$lastUpdated` and `lastReboot`
 //!    compared with the window boundaries as ISO-8601 strings, `deviceId IN [...]` for a
-//!    journal class); the last outcome gets the rest of the group.
+//!    journal class); the last outcome gets the rest of the group. Groups that differ only by
+//!    their reboot's occurrence and split alike (devices whose last reboots were in different
+//!    old windows) share their `COUNT()`s: the occurrence becomes an `IN [...]` condition.
 //!
 //! So the summary costs 1 + (policy revisions) + (outcomes − 1 of each split group) queries of
-//! one page each (plus one `TOP` query listing forced reboots, when there are any): bounded by
-//! policies × zones × windows × statuses, never by devices, however many missed or failed a
-//! window or were reached by a policy recently. A journal class's `IN` list is as long as the
+//! one page each (plus one grouped query per journal class, and one `TOP` query listing forced
+//! reboots, when there are any): bounded by policies × zones × statuses (and the old windows
+//! the devices last rebooted in, [`MERGED_OCCURRENCES`] to a query), never by devices, however
+//! many missed or failed a window or were reached by a policy recently. A journal class's `IN` list is as long as the
 //! journal's failed or unresolved calls in the windows looked at (bounded by the failure budget
 //! and `max_concurrent`), in the query's text, not in its pages.
 //!
@@ -591,6 +594,77 @@ pub struct SummaryCost {
     pub queries: usize,
 }
 
+/// The most occurrences one merged split lists (`IN [...]`), so its queries stay well within
+/// IoT Hub's 8,192 characters.
+pub const MERGED_OCCURRENCES: usize = 60;
+
+/// Where the reboot's occurrence is in [`GROUP_FIELDS`].
+fn occurrence_field() -> Option<usize> {
+    GROUP_FIELDS.iter().position(|(_, alias)| *alias == "bo")
+}
+
+/// A group to split (or several, differing only by their reboot's occurrence, none of them a
+/// window looked at, and split alike).
+struct SplitGroup {
+    /// The groups' values (without counts).
+    members: Vec<Map<String, Value>>,
+    /// Their devices.
+    n: u32,
+    /// The first group's conditions.
+    conditions: Vec<String>,
+    /// The occurrences' literals, when the groups have one (merged into one `IN`).
+    occurrences: Vec<String>,
+    parts: Vec<(DeviceReport, Option<String>)>,
+    moves: Vec<JournalMoves>,
+    /// What must be equal to merge: every condition but the occurrence, and the split.
+    merge_key: String,
+}
+
+impl SplitGroup {
+    fn new(
+        member: Map<String, Value>,
+        n: u32,
+        conditions: Vec<String>,
+        parts: Vec<(DeviceReport, Option<String>)>,
+        moves: Vec<JournalMoves>,
+    ) -> Self {
+        let occurrence = occurrence_field()
+            .and_then(|i| member.get(GROUP_FIELDS[i].1))
+            .and_then(literal);
+        let mut key_conditions = conditions.clone();
+        if let (Some(i), Some(_)) = (occurrence_field(), &occurrence) {
+            key_conditions[i] = String::new();
+        } else {
+            // Without an occurrence value the group merges with none.
+            key_conditions.push(format!("{member:?}"));
+        }
+        let split: Vec<String> = parts
+            .iter()
+            .map(|(line, cells)| format!("{:?} {cells:?}", key(line)))
+            .chain(moves.iter().flat_map(|m| {
+                m.moves.iter().map(move |(from, line, cells)| {
+                    format!("{:?} {from} {:?} {cells:?}", m.ids, key(line))
+                })
+            }))
+            .collect();
+        SplitGroup {
+            members: vec![member],
+            n,
+            conditions,
+            occurrences: occurrence.into_iter().collect(),
+            parts,
+            moves,
+            merge_key: format!("{key_conditions:?} {split:?}"),
+        }
+    }
+
+    fn absorb(&mut self, other: SplitGroup) {
+        self.members.extend(other.members);
+        self.n += other.n;
+        self.occurrences.extend(other.occurrences);
+    }
+}
+
 /// A group's values without its count: what tells groups apart.
 fn identity(group: &Map<String, Value>) -> Map<String, Value> {
     let mut g = group.clone();
@@ -653,8 +727,9 @@ pub async fn compute_summary<H: HubApi>(
     }
     let mut cache = WindowCache::default();
     let mut classified: Vec<(DeviceReport, u32)> = Vec::new();
-    // Per journal class, the groups its devices are in (asked once per class).
-    let mut present: BTreeMap<Vec<String>, Vec<Map<String, Value>>> = BTreeMap::new();
+    // The groups to split, those that differ only by an old reboot occurrence (which no window
+    // looked at has) and split alike merged: one set of COUNT()s for all of them.
+    let mut to_split: Vec<SplitGroup> = Vec::new();
     for g in &groups {
         let n = g
             .get("n")
@@ -675,7 +750,7 @@ pub async fn compute_summary<H: HubApi>(
             // Not a parsable policy: not counted, as on the per-device path.
             continue;
         };
-        let (mut parts, moves) = match split(g, d, journal, &mut cache, now, lookback) {
+        let (parts, moves) = match split(g, d, journal, &mut cache, now, lookback) {
             Split::Whole(line) => {
                 classified.extend(line.map(|l| (l, n)));
                 continue;
@@ -695,7 +770,35 @@ pub async fn compute_summary<H: HubApi>(
             classified.extend(line.map(|l| (l, n)));
             continue;
         };
-        cost.split_groups += 1;
+        let group = SplitGroup::new(identity(g), n, conditions, parts, moves);
+        match to_split
+            .iter_mut()
+            .find(|s| s.merge_key == group.merge_key && s.occurrences.len() < MERGED_OCCURRENCES)
+        {
+            Some(same) => same.absorb(group),
+            None => to_split.push(group),
+        }
+    }
+    // Per journal class, the groups its devices are in (asked once per class).
+    let mut present: BTreeMap<Vec<String>, Vec<Map<String, Value>>> = BTreeMap::new();
+    for group in to_split {
+        let SplitGroup {
+            members,
+            n,
+            mut conditions,
+            occurrences,
+            mut parts,
+            moves,
+            ..
+        } = group;
+        if let (Some(i), false) = (occurrence_field(), occurrences.is_empty()) {
+            conditions[i] = if occurrences.len() == 1 {
+                format!("{} = {}", GROUP_FIELDS[i].0, occurrences[0])
+            } else {
+                format!("{} IN [{}]", GROUP_FIELDS[i].0, occurrences.join(", "))
+            };
+        }
+        cost.split_groups += members.len();
         // Per outcome, how many of the group's devices: all outcomes but one counted, the one
         // with the longest condition gets the rest.
         let rest = parts
@@ -718,8 +821,8 @@ pub async fn compute_summary<H: HubApi>(
         // The devices the journal moves to another outcome, counted by id (`IN` lists cut to
         // fit a query), in the groups that have some of them.
         for class in moves {
-            let here = match present.get(&class.ids) {
-                Some(groups) => groups.contains(&identity(g)),
+            let holders = match present.get(&class.ids) {
+                Some(groups) => groups,
                 None => {
                     let mut groups = Vec::new();
                     let probe = summary_query(policy)
@@ -734,12 +837,10 @@ pub async fn compute_summary<H: HubApi>(
                         cost.queries += 1;
                         groups.extend(rows.iter().filter_map(Value::as_object).map(identity));
                     }
-                    let here = groups.contains(&identity(g));
-                    present.insert(class.ids.clone(), groups);
-                    here
+                    present.entry(class.ids.clone()).or_insert(groups)
                 }
             };
-            if !here {
+            if !members.iter().any(|m| holders.contains(m)) {
                 continue;
             }
             for (from, line, cells) in class.moves {
