@@ -64,6 +64,17 @@ fn view(d: Dev) -> TwinView {
     .unwrap()
 }
 
+/// The report of `views` at [`now`], with an empty journal.
+fn without_journal(views: &[TwinView]) -> Report {
+    build(
+        views,
+        &JournalView::default(),
+        now(),
+        DEFAULT_LOOKBACK,
+        None,
+    )
+}
+
 fn completed(occurrence: &str, last: &str) -> Value {
     json!({"status": "completed", "occurrence": occurrence, "lastReboot": last})
 }
@@ -322,13 +333,7 @@ fn a_fleet_that_never_applied_is_not_compliant() {
             })
         })
         .collect();
-    let r = build(
-        &views,
-        &JournalView::default(),
-        now(),
-        DEFAULT_LOOKBACK,
-        None,
-    );
+    let r = without_journal(&views);
     let c = &r.total;
     assert_eq!(
         (c.targeted, c.applied, c.not_applied, c.offline),
@@ -575,13 +580,7 @@ fn forced_and_simulated_reboots_are_shown_as_such() {
             "reason": "INC-1234: kernel hotfix"})),
         ..dev("store-7")
     });
-    let r = build(
-        &[real, simulated, forced],
-        &JournalView::default(),
-        now(),
-        DEFAULT_LOOKBACK,
-        None,
-    );
+    let r = without_journal(&[real, simulated, forced]);
     let c = &r.total;
     assert_eq!(
         (c.targeted, c.compliant, c.simulated, c.missed, c.forced),
