@@ -382,3 +382,226 @@ async fn the_report_counts_every_kind_of_device_exactly() {
     same_summary(&env.client, &journal, now, Some("canary"), &only).await;
     drop(scheduler);
 }
+
+/// The summary's cells against the per-device classification where they matter most: windows
+/// open in one zone and closed in others, devices judged by the window before, a policy that
+/// arrived between two windows or after the latest, reboots known by their time only, failed,
+/// unresolved and paused calls in the journal — the same counts, zone timelines and table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_agrees_with_the_per_device_report_across_zones_and_the_journal() {
+    let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    let env = Env::start(at("2026-03-01T00:00:00Z")).await;
+    let desired: casement_policy::DesiredMaintenance = serde_json::from_value(json!({
+        "policy": "nightly", "revision": "0123abcd",
+        "window": {"schedule": "0 2 * * *", "durationSeconds": 7200, "timezone": "device", "blackout": []},
+        "reboot": {"expectedDurationSeconds": 300}
+    }))
+    .unwrap();
+    let utc_today = "2026-03-10T02:00:00.000Z";
+    let hnl_yesterday = "2026-03-09T12:00:00.000Z";
+    let tokyo_today = "2026-03-09T17:00:00.000Z";
+    let reboot = |occurrence: Option<&str>, last: &str, status: &str| json!({"iothubDM": {"reboot": {"status": status, "occurrence": occurrence, "lastReboot": last}}});
+    // (id, zone, when the policy arrived, reported reboot); three devices of each.
+    let devices: Vec<(&str, &str, &str, Option<serde_json::Value>)> = vec![
+        (
+            "utc-compliant",
+            "UTC",
+            "2026-03-01T00:00:00Z",
+            Some(reboot(
+                Some(utc_today),
+                "2026-03-10T02:05:00.000Z",
+                "completed",
+            )),
+        ),
+        (
+            "utc-by-time",
+            "UTC",
+            "2026-03-01T00:00:00Z",
+            Some(reboot(None, "2026-03-10T03:00:00.000Z", "completed")),
+        ),
+        ("utc-missed", "UTC", "2026-03-01T00:00:00Z", None),
+        (
+            "utc-missed-old",
+            "UTC",
+            "2026-03-01T00:00:00Z",
+            Some(reboot(
+                Some("2026-03-08T02:00:00.000Z"),
+                "2026-03-08T02:10:00.000Z",
+                "completed",
+            )),
+        ),
+        ("utc-pending", "UTC", "2026-03-10T05:00:00Z", None),
+        (
+            "utc-failed-device",
+            "UTC",
+            "2026-03-01T00:00:00Z",
+            Some(reboot(
+                Some(utc_today),
+                "2026-03-10T02:06:00.000Z",
+                "failed",
+            )),
+        ),
+        ("utc-journal-failed", "UTC", "2026-03-01T00:00:00Z", None),
+        ("utc-unresolved", "UTC", "2026-03-01T00:00:00Z", None),
+        (
+            "utc-unresolved-rebooted",
+            "UTC",
+            "2026-03-01T00:00:00Z",
+            Some(reboot(
+                Some(utc_today),
+                "2026-03-10T02:07:00.000Z",
+                "completed",
+            )),
+        ),
+        (
+            "hnl-missed-before",
+            "Pacific/Honolulu",
+            "2026-03-01T00:00:00Z",
+            None,
+        ),
+        (
+            "hnl-compliant-before",
+            "Pacific/Honolulu",
+            "2026-03-01T00:00:00Z",
+            Some(reboot(
+                Some(hnl_yesterday),
+                "2026-03-09T12:05:00.000Z",
+                "completed",
+            )),
+        ),
+        (
+            "hnl-first",
+            "Pacific/Honolulu",
+            "2026-03-10T11:00:00Z",
+            None,
+        ),
+        (
+            "hnl-failed-before",
+            "Pacific/Honolulu",
+            "2026-03-01T00:00:00Z",
+            None,
+        ),
+        ("tokyo-paused", "Asia/Tokyo", "2026-03-01T00:00:00Z", None),
+        (
+            "tokyo-arrived-in-window",
+            "Asia/Tokyo",
+            "2026-03-09T17:30:00Z",
+            None,
+        ),
+    ];
+    for (kind, zone, arrived, reboot) in &devices {
+        for i in 0..3 {
+            let id = format!("{kind}-{i}");
+            env.hub
+                .create_device(&id, json!({"role": "gateway"}))
+                .await
+                .unwrap();
+            env.clock.set(at(arrived));
+            env.hub
+                .patch_desired(&id, desired.to_patch())
+                .await
+                .unwrap();
+            let maintenance = json!({"maintenance": {"policy": "nightly", "revision": "0123abcd",
+                "status": "applied", "timezone": zone}});
+            env.hub.report_as_device(&id, &maintenance).unwrap();
+            if let Some(r) = reboot {
+                env.hub.report_as_device(&id, r).unwrap();
+            }
+        }
+    }
+    let entry =
+        |device: String, occurrence: &str, state: casement_scheduler::rollout::EntryState| {
+            casement_scheduler::rollout::Entry {
+                policy: "nightly".into(),
+                device,
+                occurrence: at(occurrence),
+                closes_at: at(occurrence) + TimeDelta::hours(2),
+                revision: "0123abcd".into(),
+                attempts: 1,
+                failures: 1,
+                invoked_at: Some(at(occurrence)),
+                accepted_at: None,
+                state,
+                updated_at: at(occurrence),
+            }
+        };
+    use casement_scheduler::rollout::EntryState;
+    let mut journal = JournalView::default();
+    for i in 0..3 {
+        let failed = || EntryState::Failed("refused: outside-window".into());
+        journal.entries.extend([
+            entry(format!("utc-journal-failed-{i}"), utc_today, failed()),
+            entry(format!("utc-journal-failed-{i}"), utc_today, failed()),
+            entry(
+                format!("utc-unresolved-{i}"),
+                utc_today,
+                EntryState::Invoking,
+            ),
+            entry(
+                format!("utc-unresolved-rebooted-{i}"),
+                utc_today,
+                EntryState::Invoking,
+            ),
+            entry(format!("hnl-failed-before-{i}"), hnl_yesterday, failed()),
+        ]);
+    }
+    journal
+        .pauses
+        .push(casement_scheduler::journal::PauseRecord {
+            policy: "nightly".into(),
+            occurrence: at(tokyo_today),
+            closes_at: at(tokyo_today) + TimeDelta::hours(2),
+            failures: 2,
+            devices: 6,
+            budget: "1".into(),
+            at: at("2026-03-09T18:20:00Z"),
+        });
+    // 12:30 UTC: 02:30 in Honolulu (its window open), the UTC and Tokyo windows closed.
+    let now = at("2026-03-10T12:30:00Z");
+    env.clock.set(now);
+    let r = report::compute(&env.client, &journal, now, report::DEFAULT_LOOKBACK, None)
+        .await
+        .unwrap();
+    let cost = same_summary(&env.client, &journal, now, None, &r).await;
+    assert!(cost.split_groups > 0, "{cost:?}");
+    let state = |kind: &str| {
+        r.devices
+            .iter()
+            .find(|d| d.device == format!("{kind}-0"))
+            .unwrap()
+            .state
+    };
+    for (kind, expected) in [
+        ("utc-compliant", DeviceState::Compliant),
+        ("utc-by-time", DeviceState::Compliant),
+        ("utc-missed", DeviceState::Missed),
+        ("utc-missed-old", DeviceState::Missed),
+        ("utc-pending", DeviceState::Pending),
+        ("utc-failed-device", DeviceState::Failed),
+        ("utc-journal-failed", DeviceState::Failed),
+        ("utc-unresolved", DeviceState::Failed),
+        ("utc-unresolved-rebooted", DeviceState::Compliant),
+        ("hnl-missed-before", DeviceState::Missed),
+        ("hnl-compliant-before", DeviceState::Compliant),
+        ("hnl-first", DeviceState::InWindow),
+        ("hnl-failed-before", DeviceState::Failed),
+        ("tokyo-paused", DeviceState::Paused),
+        ("tokyo-arrived-in-window", DeviceState::Paused),
+    ] {
+        assert_eq!(state(kind), expected, "{kind}");
+    }
+    let t = &r.total;
+    assert_eq!(
+        (
+            t.targeted,
+            t.compliant,
+            t.missed,
+            t.pending,
+            t.failed,
+            t.in_window,
+            t.paused
+        ),
+        (45, 12, 9, 3, 12, 3, 6),
+        "{t:?}"
+    );
+}
