@@ -16,14 +16,9 @@ use crate::config::AgentConfig;
 /// The file in the state directory holding the current simulated boot id.
 pub const BOOT_ID_FILE: &str = "simulated-boot-id";
 
-/// The reported property saying how this agent reboots: `{"casementAgent": {"rebootMode":
-/// "simulated", "simulatedReboots": N}}`, so the twin never passes a simulated reboot off as real.
-pub const REPORTED_AGENT: &str = "casementAgent";
-
-/// The reported patch for a simulated-reboot agent that has simulated `reboots` so far.
-pub fn simulated_report(reboots: u64) -> serde_json::Value {
-    serde_json::json!({ REPORTED_AGENT: { "rebootMode": "simulated", "simulatedReboots": reboots } })
-}
+/// The reported property saying how this agent reboots, and its patch: defined with the
+/// maintenance schema, where the report and `casement twin show` read it.
+pub use casement_policy::maintenance::{REPORTED_AGENT, simulated_report};
 
 /// How many simulated reboots a run made (for tests and the final log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

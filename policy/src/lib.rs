@@ -59,9 +59,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use duration::{format_duration, parse_duration};
 pub use file::{Diagnostic, load, load_file, parse_policy};
 pub use maintenance::{
-    DesiredMaintenance, MaintenanceError, MaintenancePlan, MaintenanceStatus, RebootAnswer,
-    RebootPayload, RebootReport, RebootRequest, RebootStatus, RefusalReason, ReportedMaintenance,
-    ReportedWindow, SchemaError,
+    DesiredMaintenance, ForcedReboot, MaintenanceError, MaintenancePlan, MaintenanceStatus,
+    RebootAnswer, RebootPayload, RebootReport, RebootRequest, RebootStatus, RefusalReason,
+    ReportedMaintenance, ReportedWindow, SchemaError,
 };
 pub use policy::{MaxFailures, Policy, PolicySet, RebootSettings, Revision, Rollout};
 pub use schedule::Schedule;

@@ -45,6 +45,13 @@ pub const IOTHUB_DM: &str = "iothubDM";
 pub const REBOOT: &str = "reboot";
 /// The direct method the scheduler invokes.
 pub const REBOOT_METHOD: &str = "reboot";
+/// The reported property saying how the device's agent reboots, for an agent that simulates
+/// its reboots (`casement-agent run --simulate-reboot`): `{"casementAgent": {"rebootMode":
+/// "simulated", "simulatedReboots": N}}`, so the twin never passes a simulated reboot off as
+/// real. Absent for an agent that really reboots.
+pub const REPORTED_AGENT: &str = "casementAgent";
+/// The `rebootMode` of an agent that simulates its reboots.
+pub const SIMULATED: &str = "simulated";
 
 /// Paths for twin queries (`SELECT … FROM devices WHERE <path> = …`), written once.
 pub mod paths {
@@ -81,6 +88,10 @@ pub mod paths {
     pub const REBOOT_STATUS: &str = "properties.reported.iothubDM.reboot.status";
     /// The window occurrence of the last reboot.
     pub const REBOOT_OCCURRENCE: &str = "properties.reported.iothubDM.reboot.occurrence";
+    /// Whether the last reboot was forced (`casement reboot --force`).
+    pub const REBOOT_FORCED: &str = "properties.reported.iothubDM.reboot.forced";
+    /// `simulated` when the device's agent simulates its reboots ([`super::REPORTED_AGENT`]).
+    pub const REBOOT_MODE: &str = "properties.reported.casementAgent.rebootMode";
 }
 
 /// `desired.maintenance`, written by the scheduler.
@@ -463,12 +474,58 @@ impl RebootReport {
         Value::Object(patch)
     }
 
+    /// The forced reboot this report shows, when the last reboot was forced.
+    pub fn forced_reboot(&self) -> Option<ForcedReboot> {
+        (self.forced == Some(true)).then(|| ForcedReboot {
+            at: self.last_reboot,
+            reason: self.reason.clone().unwrap_or_default(),
+        })
+    }
+
     /// Whether this report shows a completed reboot for `occurrence`.
     pub fn completed_for(&self, occurrence: DateTime<Utc>) -> bool {
         self.status == RebootStatus::Completed
             && self.occurrence == Some(occurrence)
             && self.last_reboot.is_some_and(|t| t >= occurrence)
     }
+}
+
+/// A forced reboot (`casement reboot --force --reason TEXT`, the audited emergency override),
+/// as the device reports it in `iothubDM.reboot` (`forced`, `reason`, `lastReboot`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForcedReboot {
+    /// When the forced reboot started, when the device said.
+    #[serde(with = "serde_timestamp_opt")]
+    pub at: Option<DateTime<Utc>>,
+    /// Why it was forced, as the operator wrote it.
+    pub reason: String,
+}
+
+/// The forced reboot a twin's reported properties show (`None` when the last reboot was not
+/// forced, or `iothubDM.reboot` does not follow the schema). For `casement twin show` and the
+/// report.
+pub fn forced_reboot(reported: &Value) -> Option<ForcedReboot> {
+    RebootReport::from_reported(reported)?.ok()?.forced_reboot()
+}
+
+/// How many reboots the device's agent simulated, when it simulates its reboots
+/// ([`REPORTED_AGENT`]); `None` for an agent that really reboots. For `casement twin show` and
+/// the report.
+pub fn simulated_reboots(reported: &Value) -> Option<u64> {
+    let agent = reported.get(REPORTED_AGENT)?;
+    (agent.get("rebootMode")?.as_str()? == SIMULATED).then(|| {
+        agent
+            .get("simulatedReboots")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    })
+}
+
+/// The reported patch of an agent that simulates its reboots and has simulated `reboots` so
+/// far ([`REPORTED_AGENT`]).
+pub fn simulated_report(reboots: u64) -> Value {
+    serde_json::json!({ REPORTED_AGENT: { "rebootMode": SIMULATED, "simulatedReboots": reboots } })
 }
 
 #[cfg(test)]
@@ -653,5 +710,29 @@ mod tests {
         let back = RebootReport::from_reported(&minimal).unwrap().unwrap();
         assert_eq!(back.status, RebootStatus::Rebooting);
         assert!(!back.completed_for(occurrence));
+    }
+
+    #[test]
+    fn forced_and_simulated_reboots_read_from_the_reported_section() {
+        let mut reported = json!({
+            "iothubDM": {"reboot": {"status": "completed", "lastReboot": "2026-03-29T09:12:00.000Z",
+                                    "forced": true, "reason": "INC-1234: kernel hotfix"}}
+        });
+        reported[REPORTED_AGENT] = simulated_report(2)[REPORTED_AGENT].clone();
+        assert_eq!(
+            forced_reboot(&reported),
+            Some(ForcedReboot {
+                at: Some(Utc.with_ymd_and_hms(2026, 3, 29, 9, 12, 0).unwrap()),
+                reason: "INC-1234: kernel hotfix".into()
+            })
+        );
+        assert_eq!(simulated_reboots(&reported), Some(2));
+        let real = json!({"iothubDM": {"reboot": {"status": "completed", "forced": false}}});
+        assert_eq!(forced_reboot(&real), None);
+        assert_eq!(simulated_reboots(&real), None);
+        assert_eq!(
+            simulated_reboots(&json!({REPORTED_AGENT: {"rebootMode": "real"}})),
+            None
+        );
     }
 }

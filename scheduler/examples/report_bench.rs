@@ -1,13 +1,17 @@
 //! Benchmark (not a test): what `casement report` costs, in query pages and time.
 //!
 //! ```sh
-//! cargo run --release -p casement-scheduler --example report_bench -- --devices 10000 100000
+//! cargo run --release -p casement-scheduler --example report_bench -- 10000 100000
+//! cargo run --release -p casement-scheduler --example report_bench -- --troubled 10000 100000
 //! ```
 //!
 //! For each N: starts `casement hub` in this process (in memory, plain HTTP on 127.0.0.1:0),
-//! writes N twins straight into it (no agents; the fleet of `support/report_fleet.rs`: 91 %
-//! compliant, 4 % rejected, 4 % never applied, 1 % missed the latest window), then times over
-//! the REST API, counting the client's requests (one per query page of up to 100 items):
+//! writes N twins straight into it (no agents; a fleet of `support/report_fleet.rs`: by default
+//! the healthy one, 91 % compliant, 4 % rejected, 4 % never applied, 1 % missed the latest
+//! window; with `--troubled` one where most devices missed, failed (the journal's failed calls
+//! included), were reached by the policy recently or are compliant by their reboot's time
+//! alone), then times over the REST API, counting the client's requests (one per query page of
+//! up to 100 items):
 //! - the summary (`casement report`): grouped queries ([`report::grouped::compute_summary`]);
 //! - `--devices` (`casement report --devices`): the carriers, projected, one page per 100;
 //! - a raw `SELECT *` of the same twins, for comparison.
@@ -22,12 +26,17 @@ use std::time::Instant;
 use casement_client::{ClientConfig, HubApi, HubTarget, ServiceClient};
 use casement_hub::{Hub, HubConfig};
 use casement_policy::ManualClock;
-use casement_scheduler::journal::JournalView;
 use casement_scheduler::report;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let troubled = std::env::args().any(|a| a == "--troubled");
+    let shape = if troubled {
+        report_fleet::Shape::Troubled
+    } else {
+        report_fleet::Shape::Healthy { missed: 1 }
+    };
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -40,12 +49,12 @@ async fn main() -> anyhow::Result<()> {
     println!("| twins | what | queries | pages | time |");
     println!("|---:|---|---:|---:|---:|");
     for n in sizes {
-        bench(n).await?;
+        bench(n, shape).await?;
     }
     Ok(())
 }
 
-async fn bench(n: usize) -> anyhow::Result<()> {
+async fn bench(n: usize, shape: report_fleet::Shape) -> anyhow::Result<()> {
     let clock = Arc::new(ManualClock::new(report_fleet::seeded_at()));
     let mut config = HubConfig::for_tests();
     config.mqtts = None;
@@ -54,7 +63,7 @@ async fn bench(n: usize) -> anyhow::Result<()> {
     config.clock = clock.clone();
     let hub = Hub::start(config).await?;
     let t = Instant::now();
-    report_fleet::seed(&hub, n, 1).await;
+    let journal = report_fleet::seed(&hub, &|t| clock.set(t), n, shape).await;
     eprintln!(
         "seeded {n} twins in {:.1} s (not measured)",
         t.elapsed().as_secs_f64()
@@ -63,7 +72,6 @@ async fn bench(n: usize) -> anyhow::Result<()> {
     let target = HubTarget::new(hub.service_connection_string().parse()?)
         .with_endpoint(&hub.http_url().unwrap_or_default())?;
     let client = ServiceClient::new(target, ClientConfig::default(), clock.clone())?;
-    let journal = JournalView::default();
     let now = report_fleet::now();
     let lookback = report::DEFAULT_LOOKBACK;
     let requests = || client.stats().requests.load(Ordering::Relaxed);
@@ -78,6 +86,7 @@ async fn bench(n: usize) -> anyhow::Result<()> {
     let devices = report::compute(&client, &journal, now, lookback, None).await?;
     row(n, "--devices (projected)", 1, requests() - before, t);
     assert_eq!(summary.total, devices.total, "the two paths agree");
+    eprintln!("  {:?}", summary.total);
 
     let (before, t) = (requests(), Instant::now());
     let rows = client.query(&report::grouped::devices_query(None)).await?;

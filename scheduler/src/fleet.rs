@@ -36,6 +36,10 @@ pub struct TwinView {
     pub reported: Option<Result<ReportedMaintenance, String>>,
     /// `reported.iothubDM.reboot`, parsed.
     pub reboot: Option<Result<RebootReport, String>>,
+    /// How many reboots the device's agent simulated, when it simulates them
+    /// (`reported.casementAgent`, [`casement_policy::maintenance::simulated_reboots`]); `None`
+    /// for an agent that really reboots.
+    pub simulated_reboots: Option<u64>,
 }
 
 fn parse_section<T>(found: Option<Result<T, SchemaError>>) -> Option<Result<T, String>> {
@@ -74,6 +78,7 @@ impl TwinView {
             desired_updated: last_updated(&twin.properties.desired),
             reported: parse_section(ReportedMaintenance::from_reported(&reported)),
             reboot: parse_section(RebootReport::from_reported(&reported)),
+            simulated_reboots: casement_policy::maintenance::simulated_reboots(&reported),
         }
     }
 
@@ -215,6 +220,7 @@ impl TwinView {
             desired_updated: None,
             reported: parse_section(ReportedMaintenance::from_reported(&reported)),
             reboot: parse_section(RebootReport::from_reported(&reported)),
+            simulated_reboots: None,
         })
     }
 }

@@ -29,12 +29,23 @@
 //!
 //! `percent_compliant = compliant / (targeted - pending - in-window)`; when no device is due
 //! (the denominator is 0) it is not applicable (`None`, shown as `n/a`), never 100%.
+//!
+//! Two kinds of reboot are shown as what they are, never silently as ordinary ones:
+//! - a *simulated* reboot (the device's agent runs with `--simulate-reboot`, and says so in
+//!   `reported.casementAgent`) counts as compliant — the scheduler and the agent did everything
+//!   a real reboot needs — but is counted again under `simulated`, marked on the device line
+//!   and named in a detail line: nothing was really rebooted;
+//! - a *forced* reboot (`casement reboot --force --reason TEXT`) is counted under `forced` and
+//!   listed with its time and reason (who forced what and why), at most [`FORCED_LISTED`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use casement_policy::{DesiredMaintenance, MaintenanceStatus, RebootStatus, Window, WindowSpec};
+use casement_policy::{
+    DesiredMaintenance, ForcedReboot, MaintenancePlan, MaintenanceStatus, RebootReport,
+    RebootStatus, Window, WindowSpec,
+};
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
@@ -135,6 +146,12 @@ pub struct DeviceReport {
     /// Why, in words (rejection error, failure reason).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Whether the device's agent simulates its reboots (`--simulate-reboot`): its reboots,
+    /// the one this state counts included, are not real.
+    pub simulated: bool,
+    /// The last reboot, when it was forced (`casement reboot --force`): when and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced: Option<ForcedReboot>,
 }
 
 /// A window, for output.
@@ -180,6 +197,11 @@ pub struct Counts {
     pub failed: u32,
     /// Paused in the latest window.
     pub paused: u32,
+    /// Of the compliant, those whose reboot was simulated (`--simulate-reboot`): nothing was
+    /// really rebooted.
+    pub simulated: u32,
+    /// Whose last reboot was forced (`casement reboot --force`).
+    pub forced: u32,
     /// Not connected.
     pub offline: u32,
     /// `compliant / (targeted - pending - in_window)`, in percent; `None` (not applicable)
@@ -193,6 +215,8 @@ impl Counts {
         self.targeted += n;
         self.applied += n * u32::from(d.applied);
         self.offline += n * u32::from(d.online == Some(false));
+        self.simulated += n * u32::from(d.simulated && d.state == DeviceState::Compliant);
+        self.forced += n * u32::from(d.forced.is_some());
         let slot = match d.state {
             DeviceState::Compliant => &mut self.compliant,
             DeviceState::InWindow => &mut self.in_window,
@@ -240,6 +264,25 @@ pub struct Report {
     pub devices: Vec<DeviceReport>,
     /// Per policy and zone, its recent windows (the HTML timeline).
     pub zones: Vec<ZoneReport>,
+    /// Forced reboots, by device: at most [`FORCED_LISTED`] (the counts have them all).
+    pub forced_reboots: Vec<ForcedLine>,
+}
+
+/// The most forced reboots the report lists (the counts have them all; `--devices` lists
+/// every device).
+pub const FORCED_LISTED: usize = 20;
+
+/// A device whose last reboot was forced: who forced what and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForcedLine {
+    /// The device.
+    pub device: String,
+    /// Its desired policy.
+    pub policy: String,
+    /// When and why.
+    #[serde(flatten)]
+    pub reboot: ForcedReboot,
 }
 
 /// How many recent windows each zone's timeline shows.
@@ -278,13 +321,62 @@ impl Report {
     }
 }
 
-/// Windows that opened up to `now`, per (policy revision, zone), computed once.
+/// Windows that opened up to `now`, per (policy revision, zone), and each desired section's
+/// validation, computed once: a fleet on one policy validates it once, not once per twin
+/// (validating a schedule walks five years of it).
 #[derive(Debug, Default)]
 pub struct WindowCache {
     windows: HashMap<(String, String, Tz), Vec<Window>>,
+    /// Per (policy, revision), each distinct desired section met and its validation.
+    plans: HashMap<(String, String), Vec<Validated>>,
 }
 
+/// A desired section and its validation (the reason when invalid).
+type Validated = (DesiredMaintenance, Result<MaintenancePlan, String>);
+
 impl WindowCache {
+    /// The zone `desired`'s windows are computed in for a device reporting `device_zone`, and
+    /// the windows that opened in it over `lookback` up to `now`, oldest first; `Err` says why
+    /// none can be computed (an invalid desired section, a device zone not reported).
+    pub(crate) fn opened_for(
+        &mut self,
+        desired: &DesiredMaintenance,
+        device_zone: Option<Tz>,
+        now: DateTime<Utc>,
+        lookback: Duration,
+    ) -> Result<(Tz, &[Window]), String> {
+        let plan = self
+            .plan(desired)
+            .map_err(|e| format!("desired policy invalid: {e}"))?;
+        let tz = plan
+            .window
+            .timezone()
+            .resolve(device_zone)
+            .ok_or_else(|| "the device has not reported its zone".to_owned())?;
+        let lookback = TimeDelta::from_std(lookback).unwrap_or(TimeDelta::MAX);
+        let from = now.checked_sub_signed(lookback).unwrap_or(now);
+        let opened = self.opened(
+            (&desired.policy, &desired.revision),
+            &plan.window,
+            tz,
+            from,
+            now,
+        );
+        Ok((tz, opened))
+    }
+
+    /// `desired` validated, once per distinct desired section.
+    fn plan(&mut self, desired: &DesiredMaintenance) -> Result<MaintenancePlan, String> {
+        let key = (desired.policy.clone(), desired.revision.clone());
+        let seen = self.plans.entry(key).or_default();
+        if let Some((_, plan)) = seen.iter().find(|(d, _)| d == desired) {
+            return plan.clone();
+        }
+        let plan = desired.validate().map_err(|e| e.to_string());
+        seen.push((desired.clone(), plan.clone()));
+        plan
+    }
+
     fn opened(
         &mut self,
         key: (&str, &str),
@@ -430,6 +522,8 @@ pub fn classify(
         last_reboot: view.reboot().and_then(|r| r.last_reboot),
         missed_streak: 0,
         detail: None,
+        simulated: view.simulated_reboots.is_some(),
+        forced: view.reboot().and_then(RebootReport::forced_reboot),
     };
     if let Some(r) = rejected {
         report.state = DeviceState::Rejected;
@@ -447,27 +541,14 @@ pub fn classify(
         });
         return Some(report);
     }
-    let plan = match desired.validate() {
-        Ok(p) => p,
-        Err(e) => {
-            report.detail = Some(format!("desired policy invalid: {e}"));
+    let (tz, opened) = match cache.opened_for(desired, view.device_zone(), now, lookback) {
+        Ok(found) => found,
+        Err(why) => {
+            report.detail = Some(why);
             return Some(report);
         }
     };
-    let Some(tz) = plan.window.timezone().resolve(view.device_zone()) else {
-        report.detail = Some("the device has not reported its zone".into());
-        return Some(report);
-    };
     report.zone = Some(tz.name().to_owned());
-    let lookback = TimeDelta::from_std(lookback).unwrap_or(TimeDelta::MAX);
-    let from = now.checked_sub_signed(lookback).unwrap_or(now);
-    let opened = cache.opened(
-        (&desired.policy, &desired.revision),
-        &plan.window,
-        tz,
-        from,
-        now,
-    );
     let Some(latest) = opened.last().copied() else {
         return Some(report);
     };
@@ -509,18 +590,13 @@ pub fn classify(
             .into_iter()
             .flatten()
             .max();
-        report.missed_streak = u32::try_from(
-            opened
-                .iter()
-                .filter(|w| {
-                    w.closes_at <= now
-                        && w.opens_at <= judged.opens_at
-                        && since.is_none_or(|s| w.opens_at >= s)
-                })
-                .count(),
-        )
-        .unwrap_or(u32::MAX)
-        .max(1);
+        // The windows that closed, opened no later than the one judged and since `since`:
+        // `opened` is in order (and windows do not overlap), so by bisection, not a walk of
+        // every window per device.
+        let hi = opened.partition_point(|w| w.opens_at <= judged.opens_at);
+        let lo = since.map_or(0, |s| opened.partition_point(|w| w.opens_at < s));
+        let closed = opened[lo.min(hi)..hi].partition_point(|w| w.closes_at <= now);
+        report.missed_streak = u32::try_from(closed).unwrap_or(u32::MAX).max(1);
     }
     Some(report)
 }
@@ -586,10 +662,24 @@ pub(crate) fn assemble(
     }
     total.finish();
     let zones = zone_timelines(cache, &devices, journal);
+    let mut forced_reboots: Vec<ForcedLine> = devices
+        .iter()
+        .filter_map(|(d, _)| {
+            Some(ForcedLine {
+                device: d.device.clone(),
+                policy: d.policy.clone(),
+                reboot: d.forced.clone()?,
+            })
+        })
+        .filter(|f| !f.device.is_empty())
+        .collect();
+    forced_reboots.sort_by(|a, b| a.device.cmp(&b.device));
+    forced_reboots.truncate(FORCED_LISTED);
     Report {
         generated_at: now,
         policies,
         total,
+        forced_reboots,
         devices: if keep_devices {
             devices.into_iter().map(|(d, _)| d).collect()
         } else {
@@ -692,18 +782,20 @@ pub fn pct(p: Option<f64>) -> String {
     p.map_or_else(|| "n/a".to_owned(), |p| format!("{p:.1}"))
 }
 
-const POLICY_COLUMNS: [&str; 13] = [
+const POLICY_COLUMNS: [&str; 15] = [
     "policy",
     "targeted",
     "applied",
     "not-applied",
     "rejected",
     "compliant",
+    "simulated",
     "in-window",
     "pending",
     "missed",
     "failed",
     "paused",
+    "forced",
     "offline",
     "compliant%",
 ];
@@ -716,17 +808,19 @@ fn policy_row(name: &str, c: &Counts) -> Vec<String> {
         c.not_applied.to_string(),
         c.rejected.to_string(),
         c.compliant.to_string(),
+        c.simulated.to_string(),
         c.in_window.to_string(),
         c.pending.to_string(),
         c.missed.to_string(),
         c.failed.to_string(),
         c.paused.to_string(),
+        c.forced.to_string(),
         c.offline.to_string(),
         pct(c.percent_compliant),
     ]
 }
 
-const DEVICE_COLUMNS: [&str; 9] = [
+const DEVICE_COLUMNS: [&str; 10] = [
     "device",
     "policy",
     "state",
@@ -734,9 +828,21 @@ const DEVICE_COLUMNS: [&str; 9] = [
     "last window opens",
     "last window closes",
     "last reboot",
+    "reboot kind",
     "missed in a row",
     "online",
 ];
+
+/// How the device's last reboot happened, when not the ordinary way: `simulated` (its agent
+/// simulates reboots), `forced` (`casement reboot --force`), or both.
+pub fn reboot_kind(d: &DeviceReport) -> &'static str {
+    match (d.forced.is_some(), d.simulated) {
+        (true, true) => "forced, simulated",
+        (true, false) => "forced",
+        (false, true) => "simulated",
+        (false, false) => "",
+    }
+}
 
 fn device_row(d: &DeviceReport) -> Vec<String> {
     vec![
@@ -747,6 +853,7 @@ fn device_row(d: &DeviceReport) -> Vec<String> {
         d.last_window.map(|w| ts(w.opens_at)).unwrap_or_default(),
         d.last_window.map(|w| ts(w.closes_at)).unwrap_or_default(),
         d.last_reboot.map(ts).unwrap_or_default(),
+        reboot_kind(d).to_owned(),
         d.missed_streak.to_string(),
         match d.online {
             Some(true) => "yes".into(),
@@ -770,6 +877,40 @@ fn csv_line(fields: &[String]) -> String {
         .map(|f| csv_field(f))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The lines under the table about simulated and forced reboots (also on the HTML page).
+pub fn detail_lines(report: &Report) -> Vec<String> {
+    let mut lines = Vec::new();
+    for p in &report.policies {
+        let c = &p.counts;
+        if c.simulated > 0 {
+            lines.push(format!(
+                "simulated: {} of the {} compliant device(s) of {} rebooted in simulation only \
+                 (casement-agent run --simulate-reboot): nothing was really rebooted",
+                c.simulated, c.compliant, p.policy
+            ));
+        }
+    }
+    for f in &report.forced_reboots {
+        lines.push(format!(
+            "forced: {} ({}) rebooted {}, FORCED outside its window: {}",
+            f.device,
+            f.policy,
+            f.reboot.at.map_or_else(
+                || "at an unknown time".to_owned(),
+                |t| format!("at {}", ts(t))
+            ),
+            f.reboot.reason
+        ));
+    }
+    let more = (report.total.forced as usize).saturating_sub(report.forced_reboots.len());
+    if more > 0 {
+        lines.push(format!(
+            "forced: {more} more forced reboot(s) not listed; `casement report --devices` lists every device"
+        ));
+    }
+    lines
 }
 
 /// Renders the report.
@@ -846,6 +987,9 @@ pub fn render(report: &Report, format: Format, devices: bool) -> String {
                         pause.budget
                     );
                 }
+            }
+            for line in detail_lines(report) {
+                let _ = writeln!(out, "{line}");
             }
             if report.total.percent_compliant.is_none() && !report.policies.is_empty() {
                 let _ = writeln!(

@@ -1,12 +1,11 @@
 //! `casement reboot <ID> --force --reason TEXT`: the audited emergency override. The agent
 //! reboots outside its window and reports `forced` and `reason` in `iothubDM.reboot`, which
-//! `casement twin show` and the report show ([`forced_reboot`]).
+//! `casement twin show` and the report show ([`casement_policy::maintenance::forced_reboot`]).
 
 use std::io::Write;
 
-use casement_iothub::rest::{DEFAULT_RESPONSE_TIMEOUT_SECS, MethodRequest, Twin};
-use casement_policy::maintenance::{REBOOT_METHOD, RebootAnswer, RebootPayload, RebootReport};
-use chrono::{DateTime, Utc};
+use casement_iothub::rest::{DEFAULT_RESPONSE_TIMEOUT_SECS, MethodRequest};
+use casement_policy::maintenance::{REBOOT_METHOD, RebootAnswer, RebootPayload};
 
 use super::client_args::ClientArgs;
 use super::{EXIT_FINDINGS, EXIT_INPUT, EXIT_OK};
@@ -40,30 +39,6 @@ pub struct Args {
     /// The hub.
     #[command(flatten)]
     pub hub: ClientArgs,
-}
-
-/// A forced reboot a twin reports: when it started (if said) and the reason. `None` when the
-/// last reboot was not forced. For `twin show` and the report.
-pub fn forced_reboot(twin: &Twin) -> Option<(Option<DateTime<Utc>>, String)> {
-    let reported = serde_json::Value::Object(twin.reported());
-    let report = RebootReport::from_reported(&reported)?.ok()?;
-    (report.forced == Some(true)).then(|| (report.last_reboot, report.reason.unwrap_or_default()))
-}
-
-/// How many reboots the device's agent simulated, when it runs with `--simulate-reboot`
-/// (`reported.casementAgent.rebootMode = "simulated"`); `None` for a real agent. For `twin show`
-/// and the report.
-pub fn simulated_reboots(twin: &Twin) -> Option<u64> {
-    let agent = twin
-        .reported()
-        .get(casement_agent::try_out::REPORTED_AGENT)?
-        .clone();
-    (agent.get("rebootMode")?.as_str()? == "simulated").then(|| {
-        agent
-            .get("simulatedReboots")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0)
-    })
 }
 
 /// Runs `casement reboot`.

@@ -32,16 +32,20 @@ Per policy: devices targeted, applied, not-applied (has not reported the desired
 applied: offline, never seen, older revision), rejected, compliant (rebooted in the window it is
 judged by: the latest that has opened, or the one before while that one is open), in-window
 (its first window is open, no reboot yet), pending (no window since the policy arrived), missed,
-failed, paused (the failure budget paused the window), offline, and the percentage
-compliant = compliant / (targeted - pending - in-window). Failed and paused count once per
+failed, paused (the failure budget paused the window), forced (the last reboot was forced with
+`casement reboot --force`; each listed with its time and reason), offline, and the percentage
+compliant = compliant / (targeted - pending - in-window). A reboot simulated by an agent run
+with --simulate-reboot counts as compliant and again under simulated: nothing was really
+rebooted. Failed and paused count once per
 device and window. With no device due the percentage is n/a, and --fail-under passes (says so
 on stderr). Reads the twins, and the scheduler's journal in --state-dir (its snapshot while
 `casement run` holds it). See README \"What the report means\".
 
-Cost: without --devices (and not html) the counts come from grouped COUNT() queries, a few
-pages whatever the fleet's size, plus one projected query per group that needs its devices
-read (devices that missed or failed, or that a policy reached recently). --devices and html
-read every targeted twin, projected to the fields the report uses.
+Cost: without --devices (and not html) the counts come from COUNT() queries, a few pages
+whatever the fleet's size: grouped by the fields that decide a device's state, then, for the
+groups whose devices differ by when the policy reached them, when they rebooted or what the
+journal says of them, one COUNT() per outcome. --devices and html read every targeted twin,
+projected to the fields the report uses.
 
 Exit codes: 0 ok; 1 the percentage is below --fail-under; 2 bad input (flags, a journal that
 cannot be read); 3 the hub could not be reached or kept failing (try again later).

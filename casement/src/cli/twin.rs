@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::sync::Arc;
 
+use casement_policy::maintenance;
+
 use super::client_args::{ClientArgs, runtime};
 use super::{EXIT_INPUT, EXIT_OK};
 
@@ -79,7 +81,8 @@ pub fn twin(args: &TwinArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow
                 .client(Arc::new(casement_policy::SystemClock), err)?;
             let twin = runtime()?.block_on(client.twin(&show.device))?;
             writeln!(out, "{}", serde_json::to_string_pretty(&twin)?)?;
-            if let Some(n) = super::reboot::simulated_reboots(&twin) {
+            let reported = serde_json::Value::Object(twin.reported());
+            if let Some(n) = maintenance::simulated_reboots(&reported) {
                 writeln!(
                     err,
                     "{}: its agent SIMULATES reboots (--simulate-reboot; {n} so far): nothing was \
@@ -87,8 +90,11 @@ pub fn twin(args: &TwinArgs, out: &mut dyn Write, err: &mut dyn Write) -> anyhow
                     show.device
                 )?;
             }
-            if let Some((at, reason)) = super::reboot::forced_reboot(&twin) {
-                let at = at.map_or_else(|| "at an unknown time".to_owned(), |t| format!("at {t}"));
+            if let Some(forced) = maintenance::forced_reboot(&reported) {
+                let at = forced
+                    .at
+                    .map_or_else(|| "at an unknown time".to_owned(), |t| format!("at {t}"));
+                let reason = forced.reason;
                 writeln!(
                     err,
                     "{}: the last reboot ({at}) was FORCED outside the window: {reason}",

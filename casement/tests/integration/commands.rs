@@ -309,7 +309,7 @@ async fn report_exits_1_under_the_threshold_and_finds_the_local_hub() {
     let csv = text(&out.stdout);
     assert_eq!(
         csv.lines().nth(1),
-        Some("weekly,1,0,0,1,0,0,0,0,0,0,0,0.0"),
+        Some("weekly,1,0,0,1,0,0,0,0,0,0,0,0,0,0.0"),
         "{csv}"
     );
     assert!(

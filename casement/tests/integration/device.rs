@@ -307,6 +307,20 @@ fn start_agent(
     (tx, task)
 }
 
+/// `casement reboot lab-1 --force --reason "INC-1234 kernel hotfix"`, accepted.
+async fn force_reboot(s: &Setup) {
+    let out = ok(&s
+        .casement(&[
+            "reboot",
+            "lab-1",
+            "--force",
+            "--reason",
+            "INC-1234 kernel hotfix",
+        ])
+        .await);
+    assert!(out.contains("accepted the forced reboot"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invoke_and_a_forced_reboot_reach_a_real_agent_and_are_audited() {
     let s = Setup::start().await;
@@ -361,16 +375,7 @@ async fn invoke_and_a_forced_reboot_reach_a_real_agent_and_are_audited() {
     let no_force = s.casement(&["reboot", "lab-1", "--reason", "x"]).await;
     assert_eq!(no_force.status.code(), Some(2), "clap requires --force");
 
-    let out = ok(&s
-        .casement(&[
-            "reboot",
-            "lab-1",
-            "--force",
-            "--reason",
-            "INC-1234 kernel hotfix",
-        ])
-        .await);
-    assert!(out.contains("accepted the forced reboot"), "{out}");
+    force_reboot(&s).await;
 
     // The simulated reboot completes as a new boot, and the twin says it was forced and why.
     let mut twin_err = String::new();
@@ -466,7 +471,9 @@ fn shell_words(line: &str) -> Vec<String> {
 
 /// The README's "Try it with one real device", walked in-process from a clean data dir: a hub,
 /// `casement device add`, one real agent with `--simulate-reboot`, a policy whose window is open
-/// now, `apply`, `run --once`, and `report` showing the device compliant.
+/// now, `apply`, `run --once`, and `report` showing the device compliant — by a simulated
+/// reboot, and saying so; then `casement reboot --force --reason …`, and `report` showing who
+/// forced what, when and why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_try_it_out_walk_reaches_compliant_with_one_simulated_reboot() {
     let s = Setup::start().await;
@@ -533,12 +540,60 @@ async fn the_try_it_out_walk_reaches_compliant_with_one_simulated_reboot() {
         serde_json::Value::Object(twin.reported())["iothubDM"]["reboot"]["status"],
         "completed"
     );
+    // Compliant by a simulated reboot: counted as such, never silently as a real one.
+    assert_eq!(json["total"]["simulated"], 1, "{report}");
+    assert_eq!(json["devices"][0]["simulated"], true, "{report}");
+    let table = ok(&s.casement(&["report"]).await);
+    assert!(
+        table.contains(
+            "simulated: 1 of the 1 compliant device(s) of lab rebooted in simulation only \
+             (casement-agent run --simulate-reboot): nothing was really rebooted"
+        ),
+        "{table}"
+    );
+
+    // The emergency override, then the report: who forced what, when and why.
+    force_reboot(&s).await;
+    let mut forced_at = None;
+    for _ in 0..300 {
+        let twin = s.client.twin("lab-1").await.unwrap();
+        let reboot = serde_json::Value::Object(twin.reported())["iothubDM"]["reboot"].clone();
+        if reboot["status"] == "completed" && reboot["forced"] == true {
+            forced_at = reboot["lastReboot"].as_str().map(str::to_owned);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let forced_at = forced_at.expect("the forced reboot completed");
+    let table = ok(&s.casement(&["report"]).await);
+    assert!(
+        table.contains(&format!(
+            "forced: lab-1 (lab) rebooted at {forced_at}, FORCED outside its window: INC-1234 kernel hotfix"
+        )),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&s.casement(&["report", "--format", "json"]).await)).unwrap();
+    assert_eq!(json["total"]["forced"], 1, "{json}");
+    assert_eq!(
+        json["forcedReboots"],
+        serde_json::json!([{"device": "lab-1", "policy": "lab", "at": forced_at,
+                            "reason": "INC-1234 kernel hotfix"}]),
+        "{json}"
+    );
+    let csv = ok(&s
+        .casement(&["report", "--devices", "--format", "csv"])
+        .await);
+    assert!(
+        csv.contains(&format!("{forced_at},\"forced, simulated\",")),
+        "{csv}"
+    );
     drop(stop);
     let reboots = tokio::time::timeout(Duration::from_secs(30), agent)
         .await
         .expect("agent stopped")
         .unwrap();
-    assert_eq!(reboots, 1, "one simulated reboot");
+    assert_eq!(reboots, 2, "one simulated reboot in the window, one forced");
 }
 
 /// An agent that does not trust the hub's CA sees a reason the agent classifies as an

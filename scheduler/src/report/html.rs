@@ -110,7 +110,7 @@ fn policies(o: &mut String, report: &Report) {
         o.push_str("<p>No device carries a Casement policy.</p>\n");
         return;
     }
-    o.push_str("<table><tr><th>policy</th><th>devices by state</th><th>compliant</th><th>offline</th></tr>\n");
+    o.push_str("<table><tr><th>policy</th><th>devices by state</th><th>compliant</th><th>simulated</th><th>forced</th><th>offline</th></tr>\n");
     for p in &report.policies {
         let c = &p.counts;
         let _ = write!(
@@ -142,7 +142,7 @@ fn policies(o: &mut String, report: &Report) {
         }
         let _ = writeln!(
             o,
-            "</svg></td><td>{} ({} of {})</td><td>{}</td></tr>",
+            "</svg></td><td>{} ({} of {})</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             if c.percent_compliant.is_some() {
                 format!("{}%", pct(c.percent_compliant))
             } else {
@@ -150,6 +150,8 @@ fn policies(o: &mut String, report: &Report) {
             },
             c.compliant,
             c.targeted - c.pending - c.in_window,
+            c.simulated,
+            c.forced,
             c.offline
         );
     }
@@ -167,6 +169,9 @@ fn policies(o: &mut String, report: &Report) {
                 esc(&pause.budget)
             );
         }
+    }
+    for line in super::detail_lines(report) {
+        let _ = writeln!(o, "<p>{}</p>", esc(&line));
     }
 }
 
@@ -281,11 +286,11 @@ fn devices(o: &mut String, report: &Report) {
     if report.devices.is_empty() {
         return;
     }
-    o.push_str("<table><tr><th>device</th><th>policy</th><th>state</th><th>zone</th><th>window judged by</th><th>last reboot</th><th>missed in a row</th><th>online</th><th>detail</th></tr>\n");
+    o.push_str("<table><tr><th>device</th><th>policy</th><th>state</th><th>zone</th><th>window judged by</th><th>last reboot</th><th>reboot kind</th><th>missed in a row</th><th>online</th><th>detail</th></tr>\n");
     for d in &report.devices {
         let _ = writeln!(
             o,
-            "<tr><td>{}</td><td>{}</td><td><span class=\"chip\" style=\"background:{}\">{}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td><span class=\"chip\" style=\"background:{}\">{}</span></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&d.device),
             esc(&d.policy),
             colour(d.state),
@@ -295,13 +300,18 @@ fn devices(o: &mut String, report: &Report) {
                 .map(|w| esc(&format!("{} – {}", ts(w.opens_at), ts(w.closes_at))))
                 .unwrap_or_default(),
             d.last_reboot.map(|t| esc(&ts(t))).unwrap_or_default(),
+            super::reboot_kind(d),
             d.missed_streak,
             match d.online {
                 Some(true) => "yes",
                 Some(false) => "no",
                 None => "",
             },
-            esc(d.detail.as_deref().unwrap_or(""))
+            esc(&match (&d.detail, &d.forced) {
+                (Some(detail), Some(f)) => format!("{detail}; forced: {}", f.reason),
+                (None, Some(f)) => format!("forced: {}", f.reason),
+                (detail, None) => detail.clone().unwrap_or_default(),
+            })
         );
     }
     o.push_str("</table>\n");

@@ -64,6 +64,17 @@ fn view(d: Dev) -> TwinView {
     .unwrap()
 }
 
+/// The report of `views` at [`now`], with an empty journal.
+fn without_journal(views: &[TwinView]) -> Report {
+    build(
+        views,
+        &JournalView::default(),
+        now(),
+        DEFAULT_LOOKBACK,
+        None,
+    )
+}
+
 fn completed(occurrence: &str, last: &str) -> Value {
     json!({"status": "completed", "occurrence": occurrence, "lastReboot": last})
 }
@@ -322,13 +333,7 @@ fn a_fleet_that_never_applied_is_not_compliant() {
             })
         })
         .collect();
-    let r = build(
-        &views,
-        &JournalView::default(),
-        now(),
-        DEFAULT_LOOKBACK,
-        None,
-    );
+    let r = without_journal(&views);
     let c = &r.total;
     assert_eq!(
         (c.targeted, c.applied, c.not_applied, c.offline),
@@ -403,9 +408,9 @@ fn outputs_in_table_json_and_csv() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "policy,targeted,applied,not-applied,rejected,compliant,in-window,pending,missed,failed,paused,offline,compliant%"
+        "policy,targeted,applied,not-applied,rejected,compliant,simulated,in-window,pending,missed,failed,paused,forced,offline,compliant%"
     );
-    assert_eq!(lines[1], "nightly,18,16,1,1,4,1,1,3,5,2,2,25.0");
+    assert_eq!(lines[1], "nightly,18,16,1,1,4,0,1,1,3,5,2,0,2,25.0");
     let csv = render(&r, Format::Csv, true);
     assert_eq!(csv.lines().count(), 19);
     assert_eq!(csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
@@ -552,4 +557,97 @@ fn the_demo_lookback_and_the_cli_lookback_agree_on_a_two_minute_schedule() {
     );
     // d rebooted at 06:24 and missed the 06:26 and 06:28 windows.
     assert_eq!(state_of(&cli, "d").missed_streak, 2);
+}
+
+/// Two compliant devices, one of which only simulated its reboot, and one whose last reboot
+/// was forced (after the window it missed): the table, the detail lines, CSV, JSON and HTML
+/// show each as what it is.
+#[test]
+fn forced_and_simulated_reboots_are_shown_as_such() {
+    let today = "2026-03-10T02:00:00.000Z";
+    let real = view(Dev {
+        reboot: Some(completed(today, "2026-03-10T02:05:00.000Z")),
+        ..dev("real-1")
+    });
+    let mut simulated = view(Dev {
+        reboot: Some(completed(today, "2026-03-10T02:06:00.000Z")),
+        ..dev("laptop-1")
+    });
+    simulated.simulated_reboots = Some(1);
+    let forced = view(Dev {
+        reboot: Some(json!({"status": "completed", "occurrence": null,
+            "lastReboot": "2026-03-10T09:15:00.000Z", "forced": true,
+            "reason": "INC-1234: kernel hotfix"})),
+        ..dev("store-7")
+    });
+    let r = without_journal(&[real, simulated, forced]);
+    let c = &r.total;
+    assert_eq!(
+        (c.targeted, c.compliant, c.simulated, c.missed, c.forced),
+        (3, 2, 1, 1, 1)
+    );
+    assert_eq!(
+        render(&r, Format::Table, true),
+        " POLICY   TARGETED  APPLIED  NOT-APPLIED  REJECTED  COMPLIANT  SIMULATED  IN-WINDOW  PENDING  MISSED  FAILED  PAUSED  FORCED  OFFLINE  COMPLIANT% 
+ nightly  3         3        0            0         2          1          0          0        1       0       0       1       0        66.7       
+simulated: 1 of the 2 compliant device(s) of nightly rebooted in simulation only (casement-agent run --simulate-reboot): nothing was really rebooted
+forced: store-7 (nightly) rebooted at 2026-03-10T09:15:00.000Z, FORCED outside its window: INC-1234: kernel hotfix
+
+ DEVICE    POLICY   STATE      ZONE  LAST WINDOW OPENS         LAST WINDOW CLOSES        LAST REBOOT               REBOOT KIND  MISSED IN A ROW  ONLINE 
+ laptop-1  nightly  compliant  UTC   2026-03-10T02:00:00.000Z  2026-03-10T04:00:00.000Z  2026-03-10T02:06:00.000Z  simulated    0                yes    
+ real-1    nightly  compliant  UTC   2026-03-10T02:00:00.000Z  2026-03-10T04:00:00.000Z  2026-03-10T02:05:00.000Z               0                yes    
+ store-7   nightly  missed     UTC   2026-03-10T02:00:00.000Z  2026-03-10T04:00:00.000Z  2026-03-10T09:15:00.000Z  forced       1                yes    
+"
+    );
+    assert_eq!(
+        render(&r, Format::Csv, true),
+        "\
+device,policy,state,zone,last window opens,last window closes,last reboot,reboot kind,missed in a row,online
+laptop-1,nightly,compliant,UTC,2026-03-10T02:00:00.000Z,2026-03-10T04:00:00.000Z,2026-03-10T02:06:00.000Z,simulated,0,yes
+real-1,nightly,compliant,UTC,2026-03-10T02:00:00.000Z,2026-03-10T04:00:00.000Z,2026-03-10T02:05:00.000Z,,0,yes
+store-7,nightly,missed,UTC,2026-03-10T02:00:00.000Z,2026-03-10T04:00:00.000Z,2026-03-10T09:15:00.000Z,forced,1,yes
+"
+    );
+    assert_eq!(
+        render(&r, Format::Csv, false),
+        "\
+policy,targeted,applied,not-applied,rejected,compliant,simulated,in-window,pending,missed,failed,paused,forced,offline,compliant%
+nightly,3,3,0,0,2,1,0,0,1,0,0,1,0,66.7
+"
+    );
+    let json: Value = serde_json::from_str(&render(&r, Format::Json, true)).unwrap();
+    assert_eq!(json["total"]["simulated"], 1);
+    assert_eq!(json["total"]["forced"], 1);
+    assert_eq!(
+        json["forcedReboots"],
+        json!([{"device": "store-7", "policy": "nightly",
+                "at": "2026-03-10T09:15:00.000Z", "reason": "INC-1234: kernel hotfix"}])
+    );
+    let device = |id: &str| {
+        json["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(device("laptop-1")["simulated"], true);
+    assert!(device("laptop-1").get("forced").is_none());
+    assert_eq!(device("real-1")["simulated"], false);
+    assert_eq!(
+        device("store-7")["forced"],
+        json!({"at": "2026-03-10T09:15:00.000Z", "reason": "INC-1234: kernel hotfix"})
+    );
+    let page = render(&r, Format::Html, true);
+    assert!(page.contains("<th>simulated</th><th>forced</th>"), "{page}");
+    assert!(
+        page.contains("<p>forced: store-7 (nightly) rebooted at 2026-03-10T09:15:00.000Z, FORCED outside its window: INC-1234: kernel hotfix</p>"),
+        "{page}"
+    );
+    assert!(page.contains("<td>simulated</td>"), "{page}");
+    assert!(
+        page.contains("forced: INC-1234: kernel hotfix</td>"),
+        "{page}"
+    );
 }

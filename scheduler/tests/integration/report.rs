@@ -41,6 +41,10 @@ async fn same_summary(
     );
     assert_eq!(summary.total, per_device.total, "total ({cost:?})");
     assert_eq!(summary.zones, per_device.zones, "zone timelines ({cost:?})");
+    assert_eq!(
+        summary.forced_reboots, per_device.forced_reboots,
+        "forced reboots ({cost:?})"
+    );
     assert!(summary.devices.is_empty());
     assert_eq!(
         report::render(&summary, Format::Table, false),
@@ -49,19 +53,28 @@ async fn same_summary(
     cost
 }
 
-/// Pages the summary and a raw `SELECT *` take over `n` seeded twins (10 items a page).
-async fn pages(n: usize) -> (u64, u64, casement_scheduler::report::grouped::SummaryCost) {
+/// Pages the per-device report and the summary take over `n` seeded twins of `shape` (20
+/// items a page, so that pages show at a small fleet), and the per-device report (whose counts
+/// the summary equals).
+async fn pages(
+    n: usize,
+    shape: report_fleet::Shape,
+) -> (
+    u64,
+    u64,
+    casement_scheduler::report::grouped::SummaryCost,
+    report::Report,
+) {
     let env = Env::start(report_fleet::seeded_at()).await;
-    report_fleet::seed(&env.hub, n, 1).await;
+    let journal = report_fleet::seed(&env.hub, &|t| env.clock.set(t), n, shape).await;
     let client = Env::client_for(
         &env.hub,
         &env.clock,
         casement_client::ClientConfig {
-            page_size: 10,
+            page_size: 20,
             ..casement_client::ClientConfig::default()
         },
     );
-    let journal = JournalView::default();
     let now = report_fleet::now();
     let requests = || {
         client
@@ -75,30 +88,68 @@ async fn pages(n: usize) -> (u64, u64, casement_scheduler::report::grouped::Summ
         .unwrap();
     let select_all = requests() - before;
     assert_eq!(per_device.total.targeted as usize, n);
-    // The fleet's shape: 90 compliant, 4 rejected, 4 not applied, 1 missed in every 100.
-    assert_eq!(per_device.total.compliant as usize, n * 91 / 100);
-    assert_eq!(per_device.total.missed as usize, n / 100);
     let before = requests();
     let cost = same_summary(&client, &journal, now, None, &per_device).await;
-    (select_all, requests() - before, cost)
+    (select_all, requests() - before, cost, per_device)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_summary_costs_the_same_pages_at_ten_times_the_fleet() {
-    let (small_all, small, small_cost) = pages(100).await;
-    let (large_all, large, large_cost) = pages(1000).await;
+    use report_fleet::Shape;
+    let healthy = Shape::Healthy { missed: 1 };
+    let (small_all, small, small_cost, r) = pages(100, healthy).await;
+    // The fleet's shape: 90 compliant, 4 rejected, 4 not applied, 1 missed in every 100.
+    assert_eq!((r.total.compliant, r.total.missed), (91, 1));
+    let (large_all, large, large_cost, r) = pages(1000, healthy).await;
+    assert_eq!((r.total.compliant, r.total.missed), (910, 10));
     // The per-device path pages the fleet: ten times the pages.
-    assert_eq!((small_all, large_all), (10, 100));
-    // The summary: the grouped counts, the policy's desired section, and the one group of
-    // devices that missed the window (1 in 100), read per device.
-    assert_eq!(small_cost.undecided_groups, 1, "{small_cost:?}");
-    assert_eq!(large_cost.undecided_groups, 1, "{large_cost:?}");
-    assert_eq!(small, 3, "{small_cost:?}");
-    assert_eq!(large, 3, "{large_cost:?}");
+    assert_eq!((small_all, large_all), (5, 50));
+    // The summary: the grouped counts, the policy's desired section, and two COUNT()s that
+    // split the group of devices that rebooted in the window before into its three possible
+    // outcomes (missed; compliant by the reboot's time; pending, reached after the window).
+    assert_eq!(small_cost.split_groups, 1, "{small_cost:?}");
+    assert_eq!(small_cost.split_queries, 2, "{small_cost:?}");
+    assert_eq!(large_cost, small_cost);
+    assert_eq!((small, large), (4, 4), "{small_cost:?}");
+
+    // Most of the fleet missed, failed, was reached recently or is compliant by its reboot's
+    // time alone: still the same pages at ten times the fleet, and the per-device counts.
+    let (small_all, small, small_cost, r) = pages(100, Shape::Troubled).await;
+    let counts = |r: &report::Report| {
+        let t = &r.total;
+        (
+            t.compliant,
+            t.simulated,
+            t.rejected,
+            t.not_applied,
+            t.missed,
+            t.failed,
+            t.pending,
+            t.forced,
+        )
+    };
+    assert_eq!(counts(&r), (39, 3, 4, 4, 23, 20, 10, 3), "{:?}", r.total);
+    let (large_all, large, large_cost, r) = pages(1000, Shape::Troubled).await;
     assert_eq!(
-        large_cost.devices_read, 10,
-        "only the missed devices are read"
+        counts(&r),
+        (390, 30, 40, 40, 230, 200, 100, 3),
+        "{:?}",
+        r.total
     );
+    assert_eq!((small_all, large_all), (5, 50));
+    // Ten times the fleet has more groups (the missed devices' last windows spread over ten
+    // days, one group each), merged into the same COUNT()s: the same queries and pages.
+    assert_eq!((small_cost.groups, large_cost.groups), (8, 17));
+    assert_eq!(
+        (large_cost.queries, large_cost.split_queries),
+        (small_cost.queries, small_cost.split_queries)
+    );
+    assert_eq!(small, large, "{small_cost:?}");
+    // 1 grouped query, 1 desired section, 1 asking which groups hold the journal's failed
+    // devices, 8 COUNT()s splitting the groups (3; at 1,000 twins 12, merged into 3), 1
+    // listing the forced reboots.
+    assert_eq!(large, 12, "{large_cost:?}");
+    assert!(large <= 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,8 +254,8 @@ async fn the_report_counts_every_kind_of_device_exactly() {
         .unwrap();
     let cost = same_summary(&env.client, &journal, now, None, &r).await;
     assert!(
-        cost.undecided_groups > 0,
-        "the failed and paused devices are read per device: {cost:?}"
+        cost.split_groups > 0,
+        "the failed and paused devices are counted by COUNT() queries: {cost:?}"
     );
     let state = |id: &str| r.devices.iter().find(|d| d.device == id).unwrap().state;
     assert_eq!(state("sim-0000"), DeviceState::Compliant);
@@ -328,4 +379,227 @@ async fn the_report_counts_every_kind_of_device_exactly() {
     assert_eq!(only.total.targeted, 3);
     same_summary(&env.client, &journal, now, Some("canary"), &only).await;
     drop(scheduler);
+}
+
+/// The summary's cells against the per-device classification where they matter most: windows
+/// open in one zone and closed in others, devices judged by the window before, a policy that
+/// arrived between two windows or after the latest, reboots known by their time only, failed,
+/// unresolved and paused calls in the journal — the same counts, zone timelines and table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_agrees_with_the_per_device_report_across_zones_and_the_journal() {
+    let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    let env = Env::start(at("2026-03-01T00:00:00Z")).await;
+    let desired: casement_policy::DesiredMaintenance = serde_json::from_value(json!({
+        "policy": "nightly", "revision": "0123abcd",
+        "window": {"schedule": "0 2 * * *", "durationSeconds": 7200, "timezone": "device", "blackout": []},
+        "reboot": {"expectedDurationSeconds": 300}
+    }))
+    .unwrap();
+    let utc_today = "2026-03-10T02:00:00.000Z";
+    let hnl_yesterday = "2026-03-09T12:00:00.000Z";
+    let tokyo_today = "2026-03-09T17:00:00.000Z";
+    let reboot = |occurrence: Option<&str>, last: &str, status: &str| json!({"iothubDM": {"reboot": {"status": status, "occurrence": occurrence, "lastReboot": last}}});
+    // (id, zone, when the policy arrived, reported reboot); three devices of each.
+    let devices: Vec<(&str, &str, &str, Option<serde_json::Value>)> = vec![
+        (
+            "utc-compliant",
+            "UTC",
+            "2026-03-01T00:00:00Z",
+            Some(reboot(
+                Some(utc_today),
+                "2026-03-10T02:05:00.000Z",
+                "completed",
+            )),
+        ),
+        (
+            "utc-by-time",
+            "UTC",
+            "2026-03-01T00:00:00Z",
+            Some(reboot(None, "2026-03-10T03:00:00.000Z", "completed")),
+        ),
+        ("utc-missed", "UTC", "2026-03-01T00:00:00Z", None),
+        (
+            "utc-missed-old",
+            "UTC",
+            "2026-03-01T00:00:00Z",
+            Some(reboot(
+                Some("2026-03-08T02:00:00.000Z"),
+                "2026-03-08T02:10:00.000Z",
+                "completed",
+            )),
+        ),
+        ("utc-pending", "UTC", "2026-03-10T05:00:00Z", None),
+        (
+            "utc-failed-device",
+            "UTC",
+            "2026-03-01T00:00:00Z",
+            Some(reboot(
+                Some(utc_today),
+                "2026-03-10T02:06:00.000Z",
+                "failed",
+            )),
+        ),
+        ("utc-journal-failed", "UTC", "2026-03-01T00:00:00Z", None),
+        ("utc-unresolved", "UTC", "2026-03-01T00:00:00Z", None),
+        (
+            "utc-unresolved-rebooted",
+            "UTC",
+            "2026-03-01T00:00:00Z",
+            Some(reboot(
+                Some(utc_today),
+                "2026-03-10T02:07:00.000Z",
+                "completed",
+            )),
+        ),
+        (
+            "hnl-missed-before",
+            "Pacific/Honolulu",
+            "2026-03-01T00:00:00Z",
+            None,
+        ),
+        (
+            "hnl-compliant-before",
+            "Pacific/Honolulu",
+            "2026-03-01T00:00:00Z",
+            Some(reboot(
+                Some(hnl_yesterday),
+                "2026-03-09T12:05:00.000Z",
+                "completed",
+            )),
+        ),
+        (
+            "hnl-first",
+            "Pacific/Honolulu",
+            "2026-03-10T11:00:00Z",
+            None,
+        ),
+        (
+            "hnl-failed-before",
+            "Pacific/Honolulu",
+            "2026-03-01T00:00:00Z",
+            None,
+        ),
+        ("tokyo-paused", "Asia/Tokyo", "2026-03-01T00:00:00Z", None),
+        (
+            "tokyo-arrived-in-window",
+            "Asia/Tokyo",
+            "2026-03-09T17:30:00Z",
+            None,
+        ),
+    ];
+    for (kind, zone, arrived, reboot) in &devices {
+        for i in 0..3 {
+            let id = format!("{kind}-{i}");
+            env.hub
+                .create_device(&id, json!({"role": "gateway"}))
+                .await
+                .unwrap();
+            env.clock.set(at(arrived));
+            env.hub
+                .patch_desired(&id, desired.to_patch())
+                .await
+                .unwrap();
+            let maintenance = json!({"maintenance": {"policy": "nightly", "revision": "0123abcd",
+                "status": "applied", "timezone": zone}});
+            env.hub.report_as_device(&id, &maintenance).unwrap();
+            if let Some(r) = reboot {
+                env.hub.report_as_device(&id, r).unwrap();
+            }
+        }
+    }
+    let entry =
+        |device: String, occurrence: &str, state: casement_scheduler::rollout::EntryState| {
+            casement_scheduler::rollout::Entry {
+                policy: "nightly".into(),
+                device,
+                occurrence: at(occurrence),
+                closes_at: at(occurrence) + TimeDelta::hours(2),
+                revision: "0123abcd".into(),
+                attempts: 1,
+                failures: 1,
+                invoked_at: Some(at(occurrence)),
+                accepted_at: None,
+                state,
+                updated_at: at(occurrence),
+            }
+        };
+    use casement_scheduler::rollout::EntryState;
+    let mut journal = JournalView::default();
+    for i in 0..3 {
+        let failed = || EntryState::Failed("refused: outside-window".into());
+        journal.entries.extend([
+            entry(format!("utc-journal-failed-{i}"), utc_today, failed()),
+            entry(format!("utc-journal-failed-{i}"), utc_today, failed()),
+            entry(
+                format!("utc-unresolved-{i}"),
+                utc_today,
+                EntryState::Invoking,
+            ),
+            entry(
+                format!("utc-unresolved-rebooted-{i}"),
+                utc_today,
+                EntryState::Invoking,
+            ),
+            entry(format!("hnl-failed-before-{i}"), hnl_yesterday, failed()),
+        ]);
+    }
+    journal
+        .pauses
+        .push(casement_scheduler::journal::PauseRecord {
+            policy: "nightly".into(),
+            occurrence: at(tokyo_today),
+            closes_at: at(tokyo_today) + TimeDelta::hours(2),
+            failures: 2,
+            devices: 6,
+            budget: "1".into(),
+            at: at("2026-03-09T18:20:00Z"),
+        });
+    // 12:30 UTC: 02:30 in Honolulu (its window open), the UTC and Tokyo windows closed.
+    let now = at("2026-03-10T12:30:00Z");
+    env.clock.set(now);
+    let r = report::compute(&env.client, &journal, now, report::DEFAULT_LOOKBACK, None)
+        .await
+        .unwrap();
+    let cost = same_summary(&env.client, &journal, now, None, &r).await;
+    assert!(cost.split_groups > 0, "{cost:?}");
+    let state = |kind: &str| {
+        r.devices
+            .iter()
+            .find(|d| d.device == format!("{kind}-0"))
+            .unwrap()
+            .state
+    };
+    for (kind, expected) in [
+        ("utc-compliant", DeviceState::Compliant),
+        ("utc-by-time", DeviceState::Compliant),
+        ("utc-missed", DeviceState::Missed),
+        ("utc-missed-old", DeviceState::Missed),
+        ("utc-pending", DeviceState::Pending),
+        ("utc-failed-device", DeviceState::Failed),
+        ("utc-journal-failed", DeviceState::Failed),
+        ("utc-unresolved", DeviceState::Failed),
+        ("utc-unresolved-rebooted", DeviceState::Compliant),
+        ("hnl-missed-before", DeviceState::Missed),
+        ("hnl-compliant-before", DeviceState::Compliant),
+        ("hnl-first", DeviceState::InWindow),
+        ("hnl-failed-before", DeviceState::Failed),
+        ("tokyo-paused", DeviceState::Paused),
+        ("tokyo-arrived-in-window", DeviceState::Paused),
+    ] {
+        assert_eq!(state(kind), expected, "{kind}");
+    }
+    let t = &r.total;
+    assert_eq!(
+        (
+            t.targeted,
+            t.compliant,
+            t.missed,
+            t.pending,
+            t.failed,
+            t.in_window,
+            t.paused
+        ),
+        (45, 12, 9, 3, 12, 3, 6),
+        "{t:?}"
+    );
 }
