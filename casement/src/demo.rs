@@ -920,6 +920,28 @@ impl Session<'_> {
     }
 }
 
+/// The words of a command line the demo suggests, as a shell would split it: on spaces, with
+/// double quotes grouping (the suggestions quote with double quotes only). Tests run each
+/// suggestion with these words.
+pub fn command_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    words.push(word);
+    words
+}
+
 /// The commands the demo suggests with `--keep-running` (a test runs each of them against a
 /// kept-running demo).
 pub fn try_commands(device: &str, policy: Option<&Path>) -> Vec<String> {

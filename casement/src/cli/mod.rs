@@ -211,34 +211,13 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    /// Splits a suggested command line as a shell would (double quotes only, as the
-    /// suggestions use).
-    fn shell_words(line: &str) -> Vec<String> {
-        let mut words = Vec::new();
-        let mut word = String::new();
-        let mut quoted = false;
-        for c in line.chars() {
-            match c {
-                '"' => quoted = !quoted,
-                ' ' if !quoted => {
-                    if !word.is_empty() {
-                        words.push(std::mem::take(&mut word));
-                    }
-                }
-                c => word.push(c),
-            }
-        }
-        words.push(word);
-        words
-    }
-
     #[test]
     fn every_command_the_demo_suggests_parses() {
         let commands =
             crate::demo::try_commands("demo-0000", Some(std::path::Path::new("p/demo-pos.toml")));
         assert!(commands.len() >= 5, "{commands:?}");
         for line in commands {
-            let words = shell_words(&line);
+            let words = crate::demo::command_words(&line);
             assert_eq!(words[0], "casement", "{line}");
             if let Err(e) = Cli::try_parse_from(&words) {
                 panic!("the demo suggests `{line}`, which does not parse: {e}");

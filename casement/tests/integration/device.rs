@@ -435,7 +435,7 @@ async fn every_command_the_demo_suggests_runs_against_a_hub() {
     )
     .unwrap();
     for line in casement::demo::try_commands("demo-0000", Some(&policy)) {
-        let words = shell_words(&line);
+        let words = casement::demo::command_words(&line);
         assert_eq!(words[0], "casement");
         let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
         let out = s.casement(&args).await;
@@ -447,26 +447,6 @@ async fn every_command_the_demo_suggests_runs_against_a_hub() {
             text(&out.stderr)
         );
     }
-}
-
-/// Splits a command line as a shell would (double quotes only, as the suggestions use).
-fn shell_words(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut quoted = false;
-    for c in line.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            ' ' if !quoted => {
-                if !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
-                }
-            }
-            c => word.push(c),
-        }
-    }
-    words.push(word);
-    words
 }
 
 /// The README's "Try it with one real device", walked in-process from a clean data dir: a hub,
