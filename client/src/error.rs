@@ -136,6 +136,23 @@ impl ClientError {
         matches!(self, ClientError::Transport { error, .. } if is_untrusted_certificate(error))
     }
 
+    /// Whether the request may have reached the hub and been carried out although no answer
+    /// says so: no answer in time, or the connection lost after the request went out. A
+    /// connection that was never made (refused, unreachable, an untrusted certificate) carried
+    /// nothing; an answer, even an error, says what happened.
+    pub fn may_have_been_carried_out(&self) -> bool {
+        match self {
+            ClientError::Timeout { .. } => true,
+            ClientError::Transport { error, .. } => {
+                !error.is_connect() && !is_untrusted_certificate(error)
+            }
+            ClientError::Service { .. }
+            | ClientError::Decode { .. }
+            | ClientError::Sas(_)
+            | ClientError::Invalid { .. } => false,
+        }
+    }
+
     /// The hub's error, when it answered with one.
     pub fn service_error(&self) -> Option<&ServiceError> {
         match self {

@@ -353,6 +353,68 @@ async fn a_refused_connection_is_a_transport_error() {
     assert_eq!(text.matches("error sending request").count(), 0, "{text}");
 }
 
+#[tokio::test]
+async fn a_connection_lost_after_the_request_may_have_been_carried_out_a_refused_one_not() {
+    use tokio::io::AsyncReadExt as _;
+    // Reads the whole request, then hangs up without an answer (a link cut mid-call).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut seen = Vec::new();
+            while let Ok(n) = socket.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                seen.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&seen);
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let length = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if seen.len() >= head_end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            drop(socket);
+        }
+    });
+    let c = client(
+        &format!("http://{addr}"),
+        ManualClock::new(start()),
+        fast_retries(),
+    );
+    let request = MethodRequest::new("reboot", json!({}), 30);
+    let err = c.invoke("d1", &request).await.unwrap_err();
+    assert!(matches!(err, ClientError::Transport { .. }), "{err}");
+    assert!(err.may_have_been_carried_out(), "{err}");
+    server.abort();
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = closed.local_addr().unwrap();
+    drop(closed);
+    let c = client(
+        &format!("http://{refused}"),
+        ManualClock::new(start()),
+        fast_retries(),
+    );
+    let err = c.invoke("d1", &request).await.unwrap_err();
+    assert!(!err.may_have_been_carried_out(), "{err}");
+    let timeout = ClientError::Timeout {
+        op: "POST".into(),
+        after: Duration::from_secs(1),
+    };
+    assert!(timeout.may_have_been_carried_out());
+}
+
 #[test]
 fn retry_delays_grow_cap_and_respect_retry_after() {
     let p = RetryPolicy {

@@ -304,9 +304,13 @@ pub fn classify(result: &Result<MethodResponse, ClientError>) -> MethodOutcome {
         Ok(response) => response,
         Err(e) if e.is_device_offline() => return MethodOutcome::Offline,
         Err(e) if e.is_throttled() => return MethodOutcome::Throttled,
+        // The device may have the call although no answer says so — the hub's 504101, or the
+        // scheduler's own link lost after the request went out: the slot stays taken until a
+        // twin read tells (a retry of the same occurrence is answered alreadyDone).
         Err(e)
-            if e.service_error()
-                .is_some_and(casement_iothub::error::ServiceError::is_gateway_timeout) =>
+            if e.may_have_been_carried_out()
+                || e.service_error()
+                    .is_some_and(casement_iothub::error::ServiceError::is_gateway_timeout) =>
         {
             return MethodOutcome::MayHaveRun(e.to_string());
         }
@@ -1122,6 +1126,12 @@ mod tests {
             error: ServiceError::parse(504, Some("GatewayTimeout"), b""),
         });
         assert!(matches!(classify(&timeout), MethodOutcome::MayHaveRun(_)));
+        // The scheduler's own link: no answer in time may still have reached the device.
+        let no_answer = Err(ClientError::Timeout {
+            op: "POST".into(),
+            after: std::time::Duration::from_secs(30),
+        });
+        assert!(matches!(classify(&no_answer), MethodOutcome::MayHaveRun(_)));
         let throttled = Err(ClientError::Service {
             op: "POST".into(),
             error: ServiceError::parse(429, Some("ThrottlingException"), b""),
