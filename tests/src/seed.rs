@@ -3,7 +3,7 @@
 //!
 //! ```
 //! let seed = casement_tests::seed::Seed::from_env_or_random();
-//! let _replay = seed.replay_hint("mqtt_garbage");
+//! let _replay = seed.replay_hint("integration", "mqtt_garbage");
 //! let mut rng = seed.rng("mqtt");
 //! # let _ = rand::Rng::random::<u8>(&mut rng);
 //! ```
@@ -56,11 +56,11 @@ impl Seed {
     }
 
     /// A guard that prints how to replay this run when it is dropped during a panic (a failed
-    /// assertion): `CASEMENT_SEED=… cargo test -p casement-tests --test integration <test>`.
-    pub fn replay_hint(self, test_name: &str) -> ReplayHint {
+    /// assertion): `CASEMENT_SEED=… cargo test -p casement-tests --test <binary> <test>`.
+    pub fn replay_hint(self, test_binary: &str, test_name: &str) -> ReplayHint {
         ReplayHint {
             seed: self,
-            command: format!("cargo test -p casement-tests --test integration -- {test_name}"),
+            command: format!("cargo test -p casement-tests --test {test_binary} -- {test_name}"),
         }
     }
 }

@@ -325,7 +325,7 @@ async fn bad_queries_get_400_with_the_column_at_fault() {
 #[tokio::test]
 async fn random_queries_never_crash_the_hub_and_errors_name_a_column() {
     let seed = Seed::from_env_or_random();
-    let _replay = seed.replay_hint("random_queries_never_crash_the_hub");
+    let _replay = seed.replay_hint("integration", "random_queries_never_crash_the_hub");
     let mut rng = seed.rng("queries");
     let f = Fixture::start().await;
     const PIECES: &[&str] = &[
@@ -675,7 +675,7 @@ async fn a_device_cannot_touch_another_devices_twin_or_methods() {
 #[tokio::test]
 async fn random_bytes_on_the_mqtt_port_close_only_that_connection() {
     let seed = Seed::from_env_or_random();
-    let _replay = seed.replay_hint("random_bytes_on_the_mqtt_port");
+    let _replay = seed.replay_hint("integration", "random_bytes_on_the_mqtt_port");
     let mut rng = seed.rng("mqtt-garbage");
     let f = Fixture::start().await;
     // A well-behaved device stays connected through all of it.
@@ -1163,7 +1163,7 @@ max_concurrent = 5
     fn randomly_damaged_policy_files_never_crash_and_always_say_where() {
         crate::common::count_panics();
         let seed = Seed::from_env_or_random();
-        let _replay = seed.replay_hint("randomly_damaged_policy_files");
+        let _replay = seed.replay_hint("integration", "randomly_damaged_policy_files");
         let mut rng = seed.rng("policy-files");
         // The example policy files, in name order (so a seed replays the same rounds).
         let mut paths: Vec<PathBuf> = std::fs::read_dir(repo_policies())

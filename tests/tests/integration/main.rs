@@ -1,4 +1,5 @@
-//! The whole system: bad input everywhere, the fault proxy, the seeded scenario.
+//! The whole system: bad input everywhere and the fault proxy (the seeded scenario has its own
+//! binary, `tests/scenario.rs`).
 //!
 //! One integration test binary for the crate (`autotests = false`): the modules share one
 //! build and one link.
@@ -6,4 +7,3 @@
 mod bad_input;
 mod common;
 mod proxy;
-mod scenario;

@@ -38,7 +38,7 @@ fn run_scenario(config: ScenarioConfig) -> scenario::ScenarioOutcome {
 fn the_invariants_hold_for_a_fleet_under_faults() {
     casement_tests::init_tracing();
     let seed = Seed::from_env_or_random();
-    let _replay = seed.replay_hint("the_invariants_hold_for_a_fleet_under_faults");
+    let _replay = seed.replay_hint("scenario", "the_invariants_hold_for_a_fleet_under_faults");
     let mut config = ScenarioConfig::new(seed);
     if let Some(n) = env_number("CASEMENT_SCENARIO_DEVICES") {
         config.devices = usize::try_from(n).unwrap_or(config.devices);
@@ -59,7 +59,10 @@ fn the_invariants_hold_for_a_fleet_under_faults() {
 fn the_invariants_hold_with_azures_behaviours_switched_on() {
     casement_tests::init_tracing();
     let seed = Seed::from_env_or_random();
-    let _replay = seed.replay_hint("the_invariants_hold_with_azures_behaviours_switched_on");
+    let _replay = seed.replay_hint(
+        "scenario",
+        "the_invariants_hold_with_azures_behaviours_switched_on",
+    );
     let mut config = ScenarioConfig::new(seed);
     config.devices = 200;
     config.azure = AzureBehaviours::all();
