@@ -6,8 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Api, Device};
 use casement_hub::HubConfig;
+use casement_tests::mqtt::Device;
+use casement_tests::rest::Rest;
 use rumqttc::mqttbytes::QoS;
 use serde_json::{Value, json};
 
@@ -15,7 +16,7 @@ use serde_json::{Value, json};
 async fn everything_survives_a_restart() {
     let dir = tempfile::tempdir().expect("dir");
     let hub = crate::common::start_with(HubConfig::for_tests_in(dir.path())).await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let service_cs = hub.policy_connection_string("service").expect("service");
     let ca = hub.ca_pem().expect("ca").to_owned();
     let device_cs = hub
@@ -37,7 +38,7 @@ async fn everything_survives_a_restart() {
     let (topic, _) = dev.report("r", &json!({"state": "ok"})).await;
     assert!(topic.ends_with("$version=2"));
     drop(dev);
-    let before = api.get("/twins/d1").await.json;
+    let before = api.get("/twins/d1").await.json();
     hub.shutdown().await;
 
     let hub = crate::common::start_with(HubConfig::for_tests_in(dir.path())).await;
@@ -57,8 +58,8 @@ async fn everything_survives_a_restart() {
             .nth(2),
         device_cs.split(';').nth(2)
     );
-    let api = Api::new(&hub);
-    let after = api.get("/twins/d1").await.json;
+    let api = Rest::of(&hub);
+    let after = api.get("/twins/d1").await.json();
     for field in ["tags", "version", "etag"] {
         assert_eq!(after[field], before[field], "{field}");
     }
@@ -85,7 +86,7 @@ async fn everything_survives_a_restart() {
             b"1",
         )
         .await;
-    assert_eq!(call.await.expect("join").json["status"], 200);
+    assert_eq!(call.await.expect("join").json()["status"], 200);
 
     // connection.env has the owner connection string and the CA path.
     let env = std::fs::read_to_string(dir.path().join("connection.env")).expect("connection.env");
@@ -118,7 +119,7 @@ async fn kill9_child() {
         return;
     };
     let hub = crate::common::start_with(HubConfig::for_tests_in(&dir)).await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let r = api.put("/devices/k1", &json!({"deviceId": "k1"})).await;
     assert_eq!(r.status, 200);
     let r = api
@@ -146,7 +147,7 @@ async fn acknowledged_writes_survive_kill_9() {
         .args([
             "--ignored",
             "--exact",
-            "kill9_child",
+            "persistence::kill9_child",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -171,13 +172,13 @@ async fn acknowledged_writes_survive_kill_9() {
     child.wait().expect("reaped");
 
     let hub = crate::common::start_with(HubConfig::for_tests_in(dir.path())).await;
-    let twin = Api::new(&hub).get("/twins/k1").await;
+    let twin = Rest::of(&hub).get("/twins/k1").await;
     assert_eq!(twin.status, 200, "the device survived");
-    assert_eq!(twin.json["tags"], json!({"t": 1}));
-    assert_eq!(twin.json["properties"]["desired"]["d"], 2);
-    assert_eq!(twin.json["properties"]["reported"]["r"], 3);
+    assert_eq!(twin.json()["tags"], json!({"t": 1}));
+    assert_eq!(twin.json()["properties"]["desired"]["d"], 2);
+    assert_eq!(twin.json()["properties"]["reported"]["r"], 3);
     assert_eq!(
-        twin.json["properties"]["reported"]["$version"],
+        twin.json()["properties"]["reported"]["$version"],
         Value::from(2)
     );
     hub.shutdown().await;
