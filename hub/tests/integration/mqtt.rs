@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use crate::common::{device_token, now};
+use casement_iothub::rest::{ConnectionState, TwinPatch};
 use casement_iothub::sas;
+use casement_tests::hub::service_client;
 use casement_tests::mqtt::{Device, RawMqtt, username};
 use casement_tests::rest::{Call, Rest};
 use rumqttc::mqttbytes::QoS;
@@ -145,10 +147,10 @@ async fn a_new_connection_drops_the_old_one() {
         "CleanSession=0 session carried over"
     );
     assert_eq!(hub.stats().connected_devices, 1);
-    let twin = Rest::of(&hub).get("/twins/d1").await;
+    let twin = service_client(&hub).twin("d1").await.expect("twin");
     assert_eq!(
-        twin.json()["connectionState"],
-        "Connected",
+        twin.connection_state,
+        Some(ConnectionState::Connected),
         "the old connection's close does not mark the device offline"
     );
     hub.shutdown().await;
@@ -157,7 +159,7 @@ async fn a_new_connection_drops_the_old_one() {
 #[tokio::test]
 async fn clean_session_0_keeps_subscriptions_across_reconnects() {
     let hub = crate::common::start().await;
-    let api = Rest::of(&hub);
+    let client = service_client(&hub);
     let mut dev = Device::create_and_connect(&hub, "d1").await;
     dev.mqtt
         .subscribe(&[("$iothub/twin/PATCH/properties/desired/#", QoS::AtLeastOnce)])
@@ -166,10 +168,10 @@ async fn clean_session_0_keeps_subscriptions_across_reconnects() {
     // Reconnect (as Node does on token renewal) without subscribing again.
     let mut dev = Device::create_and_connect(&hub, "d1").await;
     assert!(dev.session_present);
-    let r = api
-        .patch("/twins/d1", &json!({"properties": {"desired": {"a": 1}}}))
-        .await;
-    assert_eq!(r.status, 200);
+    client
+        .patch("d1", &TwinPatch::desired(json!({"a": 1})), None)
+        .await
+        .expect("desired patched");
     let note = dev.mqtt.next_publish().await;
     assert_eq!(
         note.topic,
@@ -181,8 +183,10 @@ async fn clean_session_0_keeps_subscriptions_across_reconnects() {
     let cs = hub.device_connection_string("d1").expect("cs");
     let mut clean = Device::connect(&hub, "d1", &cs, true).await;
     assert!(!clean.session_present);
-    api.patch("/twins/d1", &json!({"properties": {"desired": {"a": 2}}}))
-        .await;
+    client
+        .patch("d1", &TwinPatch::desired(json!({"a": 2})), None)
+        .await
+        .expect("desired patched");
     // Nothing is delivered: a ping gets its answer first and nothing else arrives.
     clean.mqtt.send(&Packet::PingReq).await.expect("send");
     assert_eq!(clean.mqtt.recv().await, Some(Packet::PingResp));
@@ -356,12 +360,14 @@ async fn twin_errors_carry_status_and_error_code() {
 #[tokio::test]
 async fn desired_notifications_go_only_to_subscribed_connected_devices_in_order() {
     let hub = crate::common::start().await;
-    let api = Rest::of(&hub);
+    let client = service_client(&hub);
     let mut dev = Device::create_and_connect(&hub, "d1").await;
     // Offline changes are not queued; the device reads the twin on reconnect.
     drop(dev);
-    api.patch("/twins/d1", &json!({"properties": {"desired": {"a": 1}}}))
-        .await;
+    client
+        .patch("d1", &TwinPatch::desired(json!({"a": 1})), None)
+        .await
+        .expect("desired patched");
     dev = Device::create_and_connect(&hub, "d1").await;
     dev.mqtt
         .subscribe(&[
@@ -372,11 +378,14 @@ async fn desired_notifications_go_only_to_subscribed_connected_devices_in_order(
     let (_, twin) = dev.twin_get("g").await;
     assert_eq!(twin["desired"], json!({"a": 1, "$version": 2}));
     for v in 2..=5 {
-        api.patch(
-            "/twins/d1",
-            &json!({"properties": {"desired": {"a": v, "gone": null}}}),
-        )
-        .await;
+        client
+            .patch(
+                "d1",
+                &TwinPatch::desired(json!({"a": v, "gone": null})),
+                None,
+            )
+            .await
+            .expect("desired patched");
     }
     for v in 3..=6u64 {
         let note = dev.mqtt.next_publish().await;
@@ -389,7 +398,10 @@ async fn desired_notifications_go_only_to_subscribed_connected_devices_in_order(
         assert_eq!(body["gone"], Value::Null, "deletes are sent as null");
     }
     // A tags-only change sends nothing.
-    api.patch("/twins/d1", &json!({"tags": {"t": 1}})).await;
+    client
+        .patch("d1", &TwinPatch::tags(json!({"t": 1})), None)
+        .await
+        .expect("tags patched");
     dev.mqtt.send(&Packet::PingReq).await.expect("send");
     assert_eq!(dev.mqtt.recv().await, Some(Packet::PingResp));
     hub.shutdown().await;

@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use casement_hub::HubConfig;
+use casement_iothub::rest::TwinPatch;
+use casement_tests::hub::service_client;
 use casement_tests::mqtt::Device;
 use casement_tests::rest::Rest;
 use rumqttc::mqttbytes::QoS;
@@ -23,11 +25,10 @@ async fn everything_survives_a_restart() {
         .create_device("d1", json!({"site": "ams"}))
         .await
         .expect("d1");
-    api.patch(
-        "/twins/d1",
-        &json!({"properties": {"desired": {"fw": "2.0"}}}),
-    )
-    .await;
+    service_client(&hub)
+        .patch("d1", &TwinPatch::desired(json!({"fw": "2.0"})), None)
+        .await
+        .expect("desired patched");
     let mut dev = Device::connect(&hub, "d1", &device_cs, false).await;
     dev.mqtt
         .subscribe(&[
@@ -119,16 +120,16 @@ async fn kill9_child() {
         return;
     };
     let hub = crate::common::start_with(HubConfig::for_tests_in(&dir)).await;
-    let api = Rest::of(&hub);
-    let r = api.put("/devices/k1", &json!({"deviceId": "k1"})).await;
-    assert_eq!(r.status, 200);
-    let r = api
-        .patch(
-            "/twins/k1",
-            &json!({"tags": {"t": 1}, "properties": {"desired": {"d": 2}}}),
-        )
-        .await;
-    assert_eq!(r.status, 200);
+    let client = service_client(&hub);
+    client
+        .create_device("k1", &serde_json::Map::new())
+        .await
+        .expect("k1 created");
+    let patch = TwinPatch {
+        tags: Some(json!({"t": 1})),
+        ..TwinPatch::desired(json!({"d": 2}))
+    };
+    client.patch("k1", &patch, None).await.expect("k1 patched");
     let cs = hub.device_connection_string("k1").expect("cs");
     let mut dev = Device::connect(&hub, "k1", &cs, false).await;
     dev.mqtt
