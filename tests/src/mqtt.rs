@@ -130,16 +130,7 @@ impl RawMqtt {
         within: Duration,
     ) -> Result<(Self, ConnectReturnCode), RawMqttError> {
         let mut mqtt = Self::open(addr).await?;
-        let ack = mqtt
-            .try_connect(
-                &credentials.client_id,
-                &credentials.username,
-                &credentials.password,
-                false,
-                60,
-                within,
-            )
-            .await?;
+        let ack = mqtt.try_connect(credentials, false, 60, within).await?;
         Ok((mqtt, ack.code))
     }
 
@@ -150,18 +141,19 @@ impl RawMqtt {
     /// closes the connection instead).
     pub async fn try_connect(
         &mut self,
-        client_id: &str,
-        username: &str,
-        password: &str,
+        credentials: &Credentials,
         clean_session: bool,
         keep_alive: u16,
         within: Duration,
     ) -> Result<ConnAck, RawMqttError> {
-        let mut connect = Connect::new(client_id);
+        let mut connect = Connect::new(credentials.client_id.as_str());
         connect.protocol = Protocol::V4;
         connect.keep_alive = keep_alive;
         connect.clean_session = clean_session;
-        connect.login = Some(Login::new(username, password));
+        connect.login = Some(Login::new(
+            credentials.username.as_str(),
+            credentials.password.as_str(),
+        ));
         self.send(&Packet::Connect(connect)).await?;
         match self.next(within).await? {
             Packet::ConnAck(ack) => Ok(ack),
@@ -182,15 +174,13 @@ impl RawMqtt {
         clean_session: bool,
         keep_alive: u16,
     ) -> Option<ConnAck> {
+        let credentials = Credentials {
+            client_id: client_id.to_owned(),
+            username: username.to_owned(),
+            password: password.to_owned(),
+        };
         match self
-            .try_connect(
-                client_id,
-                username,
-                password,
-                clean_session,
-                keep_alive,
-                WAIT,
-            )
+            .try_connect(&credentials, clean_session, keep_alive, WAIT)
             .await
         {
             Ok(ack) => Some(ack),
