@@ -380,7 +380,7 @@ async fn a_trickled_request_body_gets_an_answer_and_the_connection_is_closed() {
     config.limits.http_body_timeout = Duration::from_millis(300);
     let hub = crate::common::start_with(config).await;
     let addr = hub.http_addr().expect("http");
-    let token = crate::common::policy_token(&hub, "iothubowner");
+    let token = Rest::of(&hub).service_token().expect("token");
 
     // Headers promise 100 bytes; 12 arrive, then nothing.
     let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");

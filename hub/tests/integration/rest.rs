@@ -1,7 +1,7 @@
 //! The service REST API over real sockets: registry, twins with ETags and limits, queries with
 //! paging, authentication and policy permissions, error format, body limits, throttling, HTTPS.
 
-use crate::common::{now, policy_token};
+use crate::common::now;
 use casement_hub::{HubConfig, Operation, Rate, ThrottleConfig};
 use casement_iothub::sas;
 use casement_tests::rest::{Call, Rest};
@@ -181,7 +181,7 @@ async fn authentication_and_policy_permissions() {
     assert_eq!(with(raw).get("/twins/d1").await.status, 200);
 
     // Policy permissions, per endpoint.
-    let registry_read = with(policy_token(&hub, "registryRead"));
+    let registry_read = Rest::for_policy(&hub, "registryRead");
     assert_eq!(registry_read.get("/devices/d1").await.status, 200);
     assert_eq!(registry_read.get("/devices").await.status, 200);
     registry_read
@@ -197,7 +197,7 @@ async fn authentication_and_policy_permissions() {
         .await
         .expect_error(401, "IotHubUnauthorized");
 
-    let registry_rw = with(policy_token(&hub, "registryReadWrite"));
+    let registry_rw = Rest::for_policy(&hub, "registryReadWrite");
     assert_eq!(
         registry_rw
             .put("/devices/d9", &json!({"deviceId": "d9"}))
@@ -211,7 +211,7 @@ async fn authentication_and_policy_permissions() {
         .await
         .expect_error(401, "IotHubUnauthorized");
 
-    let service = with(policy_token(&hub, "service"));
+    let service = Rest::for_policy(&hub, "service");
     assert_eq!(
         service
             .patch("/twins/d1", &json!({"tags": {"a": 1}}))
@@ -235,7 +235,7 @@ async fn authentication_and_policy_permissions() {
         .await
         .expect_error(401, "IotHubUnauthorized");
 
-    let device_policy = with(policy_token(&hub, "device"));
+    let device_policy = Rest::for_policy(&hub, "device");
     device_policy
         .get("/twins/d1")
         .await
@@ -655,7 +655,10 @@ async fn https_with_the_generated_ca() {
     );
     let r = client
         .get(&url)
-        .header("Authorization", policy_token(&hub, "iothubowner"))
+        .header(
+            "Authorization",
+            Rest::of(&hub).service_token().expect("token"),
+        )
         .send()
         .await
         .expect("https request");
@@ -677,7 +680,7 @@ async fn https_with_the_generated_ca() {
 
 #[tokio::test]
 async fn a_user_supplied_certificate_is_served() {
-    crate::common::init();
+    casement_tests::init_tracing();
     let dir = tempfile::tempdir().expect("dir");
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = rcgen::CertificateParams::new(vec!["hub.test".to_owned()])
@@ -714,7 +717,12 @@ async fn a_user_supplied_certificate_is_served() {
             "https://hub.test:{}/devices?api-version=2021-04-12",
             addr.port()
         ))
-        .header("Authorization", policy_token(&hub, "registryRead"))
+        .header(
+            "Authorization",
+            Rest::for_policy(&hub, "registryRead")
+                .service_token()
+                .expect("token"),
+        )
         .send()
         .await
         .expect("request");
@@ -729,7 +737,7 @@ async fn a_user_supplied_certificate_is_served() {
 
 #[tokio::test]
 async fn a_taken_port_is_a_clear_start_up_error() {
-    crate::common::init();
+    casement_tests::init_tracing();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let config = HubConfig {
         http: Some(taken.local_addr().expect("addr")),

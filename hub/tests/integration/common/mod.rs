@@ -1,26 +1,11 @@
-//! What only the hub's integration tests need: a hub with a given config on 127.0.0.1:0 and
-//! tokens signed from its connection strings. The raw REST and MQTT clients are the test kit's
-//! ([`casement_tests::rest`], [`casement_tests::mqtt`]).
+//! What only the hub's integration tests need: a hub with a given config on 127.0.0.1:0,
+//! device tokens and keys from connection strings, and a TLS client trusting the hub's CA. The
+//! raw REST and MQTT clients are the test kit's ([`casement_tests::rest`], [`casement_tests::mqtt`]).
 
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use casement_hub::{Hub, HubConfig, RunningHub};
-use casement_iothub::connection_string::{DeviceConnectionString, ServiceConnectionString};
-
-/// Installs the ring crypto provider once per test binary.
-pub fn init() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env("CASEMENT_TEST_LOG")
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-            )
-            .with_test_writer()
-            .try_init();
-    });
-}
+use casement_iothub::connection_string::DeviceConnectionString;
 
 /// A hub with the test configuration (in memory, every listener on 127.0.0.1:0).
 pub async fn start() -> RunningHub {
@@ -29,25 +14,16 @@ pub async fn start() -> RunningHub {
 
 /// A hub with `config`.
 pub async fn start_with(config: HubConfig) -> RunningHub {
-    init();
+    casement_tests::init_tracing();
     Hub::start(config).await.expect("hub starts")
 }
 
+/// Seconds since the Unix epoch, by the system clock (for token expiries).
 pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs()
-}
-
-/// A service token for `policy` on `hub`.
-pub fn policy_token(hub: &RunningHub, policy: &str) -> String {
-    let cs: ServiceConnectionString = hub
-        .policy_connection_string(policy)
-        .expect("policy")
-        .parse()
-        .expect("connection string");
-    cs.sas_token(now() + 3600).expect("sign")
 }
 
 /// A device token from a device connection string.
