@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use casement_client::ServiceClient;
 use casement_hub::{HubConfig, ManualClock, Operation, Rate, ThrottleConfig};
+use casement_iothub::rest::TwinPatch;
+use casement_tests::hub::service_client;
 use casement_tests::mqtt::{Device, WAIT};
 use casement_tests::rest::{Call, Rest};
 use chrono::{DateTime, Utc};
@@ -263,11 +266,11 @@ async fn test_queries_reports_each_broken_query() {
     hub.shutdown().await;
 }
 
-async fn tag(api: &Rest, device: &str, tags: Value) {
-    let r = api
-        .patch(&format!("/twins/{device}"), &json!({ "tags": tags }))
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+async fn tag(client: &ServiceClient, device: &str, tags: Value) {
+    client
+        .patch(device, &TwinPatch::tags(tags), None)
+        .await
+        .unwrap_or_else(|e| panic!("cannot tag {device}: {e}"));
 }
 
 async fn twin(api: &Rest, device: &str) -> Value {
@@ -280,6 +283,7 @@ async fn twin(api: &Rest, device: &str) -> Value {
 async fn evaluation_applies_the_highest_priority_and_counts() {
     let hub = crate::common::start().await;
     let api = Rest::of(&hub);
+    let client = service_client(&hub);
     hub.create_device("d1", json!({"env": "prod"}))
         .await
         .expect("d1");
@@ -364,7 +368,7 @@ async fn evaluation_applies_the_highest_priority_and_counts() {
     );
 
     // A device tagged later gets the content at the next evaluation.
-    tag(&api, "d3", json!({"env": "prod"})).await;
+    tag(&client, "d3", json!({"env": "prod"})).await;
     assert!(
         twin(&api, "d3").await["properties"]["desired"]
             .get("maintenance")
@@ -382,7 +386,7 @@ async fn evaluation_applies_the_highest_priority_and_counts() {
     );
 
     // A device leaving the target keeps the desired properties but loses the status.
-    tag(&api, "d1", json!({"env": "test"})).await;
+    tag(&client, "d1", json!({"env": "test"})).await;
     hub.evaluate_configurations().await.expect("evaluate");
     let t1 = twin(&api, "d1").await;
     assert_eq!(

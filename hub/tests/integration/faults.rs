@@ -9,6 +9,8 @@ use crate::common::{device_token, now};
 use casement_hub::{
     HubConfig, ManualClock, Operation, Rate, RunningHub, ThrottleConfig, ThrottleMode,
 };
+use casement_iothub::rest::{ConnectionState, TwinPatch};
+use casement_tests::hub::service_client;
 use casement_tests::mqtt::{Device, RawMqtt, WAIT, username};
 use casement_tests::rest::Rest;
 use chrono::{TimeDelta, Utc};
@@ -116,6 +118,7 @@ async fn a_reported_patch_reaches_queries_only_after_the_lag_but_twin_reads_at_o
 async fn paging_sees_one_consistent_lagging_view() {
     let (hub, clock) = lagging_hub().await;
     let api = Rest::of(&hub);
+    let client = service_client(&hub);
     for i in 0..5 {
         hub.create_device(&format!("d{i}"), json!({"ring": "old"}))
             .await
@@ -129,11 +132,11 @@ async fn paging_sees_one_consistent_lagging_view() {
     hub.create_device("a0", json!({"ring": "new"}))
         .await
         .expect("create");
-    assert_eq!(api.delete("/devices/d2").await.status, 204);
-    let r = api
-        .patch("/twins/d3", &json!({"tags": {"ring": "new"}}))
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    client.delete_device("d2").await.expect("d2 deleted");
+    client
+        .patch("d3", &TwinPatch::tags(json!({"ring": "new"})), None)
+        .await
+        .expect("d3 re-tagged");
 
     let old = "SELECT * FROM devices WHERE tags.ring = 'old'";
     assert_eq!(
@@ -166,8 +169,10 @@ async fn aggregates_lag_too() {
     assert_eq!(query(&api, count).await, json!([{"n": 0}]));
     past_the_lag(&clock);
     assert_eq!(query(&api, count).await, json!([{"n": 3}]));
-    let r = api.patch("/twins/d1", &json!({"tags": {"env": "b"}})).await;
-    assert_eq!(r.status, 200, "{r:?}");
+    service_client(&hub)
+        .patch("d1", &TwinPatch::tags(json!({"env": "b"})), None)
+        .await
+        .expect("d1 re-tagged");
     assert_eq!(query(&api, by_env).await, json!([{"env": "a", "n": 3}]));
     past_the_lag(&clock);
     let mut groups = query(&api, by_env).await.as_array().expect("array").clone();
@@ -393,6 +398,7 @@ fn reboot(timeout_secs: u64) -> Value {
 async fn a_silent_socket_gets_504101_until_the_keep_alive_expires_then_404103() {
     let hub = crate::common::start().await;
     let api = Rest::of(&hub);
+    let client = service_client(&hub);
     assert!(
         !hub.blackhole_device("d1"),
         "no connection to black-hole yet"
@@ -406,16 +412,24 @@ async fn a_silent_socket_gets_504101_until_the_keep_alive_expires_then_404103() 
     // The hub still believes the device connected: the method waits out its timeout.
     let r = api.invoke("d1", &reboot(5)).await;
     r.expect_error(504, "GatewayTimeout");
-    let twin = api.get("/twins/d1").await;
-    assert_eq!(twin.json()["connectionState"], "Connected", "{twin:?}");
+    let twin = client.twin("d1").await.expect("twin");
+    assert_eq!(
+        twin.connection_state,
+        Some(ConnectionState::Connected),
+        "{twin:?}"
+    );
 
     // Nothing reached the device; then the keep-alive timeout closes the socket.
     assert!(
         mqtt.recv().await.is_none(),
         "no PINGRESP, no method request, then close"
     );
-    let twin = api.get("/twins/d1").await;
-    assert_eq!(twin.json()["connectionState"], "Disconnected", "{twin:?}");
+    let twin = client.twin("d1").await.expect("twin");
+    assert_eq!(
+        twin.connection_state,
+        Some(ConnectionState::Disconnected),
+        "{twin:?}"
+    );
     api.invoke("d1", &reboot(5))
         .await
         .expect_error(404, "DeviceNotOnline");
