@@ -191,14 +191,15 @@ impl Answer {
     }
 
     /// Whether this is the error `status` with the error code named `code` in both the
-    /// `iothub-errorcode` header and the `ErrorCode:<Name>;` body, as IoT Hub sends errors.
+    /// `iothub-errorcode` header and the `ErrorCode:<Name>;` body (semicolon included), as IoT
+    /// Hub sends errors.
     pub fn is_error(&self, status: u16, code: &str) -> bool {
         let body_code = self
             .json()
             .get("Message")
             .and_then(Value::as_str)
             .and_then(|m| m.strip_prefix("ErrorCode:"))
-            .and_then(|m| m.split(';').next())
+            .and_then(|m| m.split_once(';').map(|(code, _)| code))
             .map(str::to_owned);
         self.status == status
             && self.header(ERROR_CODE_HEADER) == Some(code)
