@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use casement_client::{ClientConfig, HubTarget, ServiceClient};
 use casement_hub::{Hub, HubConfig, HubError, RunningHub};
+use casement_iothub::clock::SystemClock;
 use casement_iothub::connection_string::ServiceConnectionString;
 
 /// Errors of the test hub.
@@ -160,4 +162,22 @@ impl TestHub {
             running.shutdown().await;
         }
     }
+}
+
+/// The product's service client of `hub`'s plain HTTP listener as `iothubowner`, on the system
+/// clock with the default configuration: for tests whose well-formed set-up and check calls
+/// (create a device, patch desired, read a twin) are not what they test.
+///
+/// # Panics
+/// When the hub has no plain HTTP listener.
+pub fn service_client(hub: &RunningHub) -> ServiceClient {
+    let connection = hub
+        .service_connection_string()
+        .parse()
+        .expect("the hub's service connection string parses");
+    let target = HubTarget::new(connection)
+        .with_endpoint(&hub.http_url().expect("the hub has a plain HTTP listener"))
+        .expect("the hub's HTTP URL is an endpoint");
+    ServiceClient::new(target, ClientConfig::default(), Arc::new(SystemClock))
+        .expect("the service client builds")
 }

@@ -1,5 +1,6 @@
-//! Whole-system tests of Casement, and the tools they need: the real hub, agents and scheduler
-//! run in-process on `127.0.0.1:0`, with faults injected between them.
+//! Whole-system tests of Casement, and the test kit they and the crates' integration tests use
+//! (the hub's raw REST and MQTT tests are written with [`rest`] and [`mqtt`]): the real hub,
+//! agents and scheduler run in-process on `127.0.0.1:0`, with faults injected between them.
 //!
 //! The tests themselves are in `tests/`: `proxy.rs` (the fault proxy, mode by mode, on real
 //! sockets), `bad_input.rs` (invalid input across the whole surface — policy files through the
@@ -14,9 +15,12 @@
 //! - [`proxy`]: a TCP fault proxy on loopback (pass, delay, blackhole, cut, refuse, rules on a
 //!   connection's first bytes) with run-time control, globally or per connection.
 //! - [`seed`]: seeds from `CASEMENT_SEED` or random, independent streams, replay hints.
-//! - [`hub`]: the real hub on loopback ports, on disk so it can restart, on an injected clock.
+//! - [`hub`]: the real hub on loopback ports, on disk so it can restart, on an injected clock;
+//!   the product's service client of a hub, for well-formed set-up calls.
 //! - [`rest`]: a raw service REST client that sends anything and reads errors.
-//! - [`mqtt`]: a raw MQTT device connection, and reading a client id from a CONNECT.
+//! - [`mqtt`]: a raw MQTT device connection (packets, raw bytes, panicking shorthands for the
+//!   steps around the subject), a connected device with twin shorthands, and reading a client
+//!   id from a CONNECT.
 //! - [`policy_file`]: policy files with every field set, for tests that write them.
 //! - [`invariants`]: DESIGN.md's invariants as pure checks over a run's facts, twins and report.
 //! - [`scenario`]: the seeded fleet run — hub, scheduler and simulated devices on a fast clock,

@@ -1,14 +1,19 @@
 //! A deliberately raw client of the service REST API: any method, path, body, headers and
 //! `Authorization` — valid or not — so tests can send what a correct client never would and read
 //! exactly what came back.
+//!
+//! [`Rest::call`] returns what happened, for tests where a failure to answer is the subject;
+//! the shorthands ([`Rest::get`], [`Rest::put`], [`Rest::query`], [`Rest::invoke`], …) panic
+//! when no HTTP answer comes, for tests that read the answer's status, headers and body.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use casement_hub::RunningHub;
+use casement_iothub::clock::{Clock, SystemClock};
 use casement_iothub::connection_string::ServiceConnectionString;
 use casement_iothub::error::{ERROR_CODE_HEADER, ServiceError};
 use casement_iothub::rest::API_VERSION;
-use casement_policy::{Clock, SystemClock};
 use reqwest::Method;
 use serde::Serialize;
 use serde_json::Value;
@@ -38,7 +43,8 @@ pub enum RestError {
 /// What goes in the `Authorization` header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Auth {
-    /// A fresh token of the client's service connection string.
+    /// The client's credentials: its [fixed token](Rest::with_token) if it has one, else a
+    /// fresh token of its service connection string.
     Service,
     /// No header.
     None,
@@ -121,6 +127,19 @@ impl Call {
         self
     }
 
+    /// `POST /devices/query` for `sql`, with a page size (`x-ms-max-item-count`) and a
+    /// continuation token when given.
+    pub fn query(sql: &str, page: Option<usize>, continuation: Option<&str>) -> Self {
+        let mut call = Self::post("/devices/query").json(&serde_json::json!({ "query": sql }));
+        if let Some(page) = page {
+            call = call.header("x-ms-max-item-count", &page.to_string());
+        }
+        if let Some(token) = continuation {
+            call = call.header("x-ms-continuation", token);
+        }
+        call
+    }
+
     /// Sends the path exactly as given, without `api-version`.
     pub fn without_api_version(mut self) -> Self {
         self.api_version = false;
@@ -137,7 +156,7 @@ impl Call {
 }
 
 /// What came back.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Answer {
     /// The status code.
     pub status: u16,
@@ -172,14 +191,15 @@ impl Answer {
     }
 
     /// Whether this is the error `status` with the error code named `code` in both the
-    /// `iothub-errorcode` header and the `ErrorCode:<Name>;` body, as IoT Hub sends errors.
+    /// `iothub-errorcode` header and the `ErrorCode:<Name>;` body (semicolon included), as IoT
+    /// Hub sends errors.
     pub fn is_error(&self, status: u16, code: &str) -> bool {
         let body_code = self
             .json()
             .get("Message")
             .and_then(Value::as_str)
             .and_then(|m| m.strip_prefix("ErrorCode:"))
-            .and_then(|m| m.split(';').next())
+            .and_then(|m| m.split_once(';').map(|(code, _)| code))
             .map(str::to_owned);
         self.status == status
             && self.header(ERROR_CODE_HEADER) == Some(code)
@@ -190,6 +210,38 @@ impl Answer {
     pub fn message(&self) -> String {
         self.error().message
     }
+
+    /// Asserts that this is the IoT Hub error `status` / `code` ([`is_error`](Self::is_error))
+    /// with a JSON body, and returns it for further checks.
+    ///
+    /// # Panics
+    /// When it is not, showing the whole answer.
+    pub fn expect_error(&self, status: u16, code: &str) -> &Self {
+        let json = self
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/json"));
+        assert!(
+            self.is_error(status, code) && json,
+            "expected the IoT Hub error {status} {code} with a JSON body, got {self}"
+        );
+        self
+    }
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &self.text())
+            .finish()
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?} {}", self.status, self.headers, self.text())
+    }
 }
 
 /// The raw client.
@@ -199,6 +251,7 @@ pub struct Rest {
     base: String,
     service: ServiceConnectionString,
     clock: Arc<dyn Clock>,
+    token: Option<String>,
 }
 
 impl Rest {
@@ -218,7 +271,37 @@ impl Rest {
             base: base.trim_end_matches('/').to_owned(),
             service,
             clock: Arc::new(SystemClock),
+            token: None,
         })
+    }
+
+    /// A client of `hub`'s plain HTTP listener as its `iothubowner` policy.
+    ///
+    /// # Panics
+    /// When the hub has no plain HTTP listener.
+    pub fn of(hub: &RunningHub) -> Self {
+        Self::for_policy(hub, "iothubowner")
+    }
+
+    /// A client of `hub`'s plain HTTP listener as its shared access policy `policy`.
+    ///
+    /// # Panics
+    /// When the hub has no plain HTTP listener or no such policy.
+    pub fn for_policy(hub: &RunningHub, policy: &str) -> Self {
+        let service = hub
+            .policy_connection_string(policy)
+            .unwrap_or_else(|| panic!("the hub has no shared access policy {policy:?}"))
+            .parse()
+            .unwrap_or_else(|e| panic!("the hub's connection string for {policy:?}: {e}"));
+        let base = hub.http_url().expect("the hub has a plain HTTP listener");
+        Self::new(&base, service).expect("the HTTP client builds")
+    }
+
+    /// Sends `token` as the `Authorization` header of every [`Auth::Service`] call instead of
+    /// signing fresh ones (an expired, forged or other policy's token).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// Signs tokens on `clock` instead (the hub's, when it runs on an injected clock).
@@ -227,11 +310,14 @@ impl Rest {
         self
     }
 
-    /// A service token expiring in an hour.
+    /// The [fixed token](Self::with_token), or a service token expiring in an hour.
     ///
     /// # Errors
     /// When the key is not base64.
     pub fn service_token(&self) -> Result<String, RestError> {
+        if let Some(token) = &self.token {
+            return Ok(token.clone());
+        }
         let expiry = u64::try_from(self.clock.now().timestamp()).unwrap_or(0) + 3600;
         self.service
             .sas_token(expiry)
@@ -296,6 +382,58 @@ impl Rest {
         }
     }
 
+    /// `GET path`, which must be answered.
+    pub async fn get(&self, path: &str) -> Answer {
+        self.answer(Call::get(path)).await
+    }
+
+    /// `PUT path` with a JSON body, which must be answered.
+    pub async fn put(&self, path: &str, body: &Value) -> Answer {
+        self.answer(Call::put(path).json(body)).await
+    }
+
+    /// `PATCH path` with a JSON body, which must be answered.
+    pub async fn patch(&self, path: &str, body: &Value) -> Answer {
+        self.answer(Call::patch(path).json(body)).await
+    }
+
+    /// `POST path` with a JSON body, which must be answered.
+    pub async fn post(&self, path: &str, body: &Value) -> Answer {
+        self.answer(Call::post(path).json(body)).await
+    }
+
+    /// `DELETE path`, which must be answered.
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.answer(Call::delete(path)).await
+    }
+
+    /// One page of `POST /devices/query` ([`Call::query`]), which must be answered.
+    pub async fn query(
+        &self,
+        sql: &str,
+        page: Option<usize>,
+        continuation: Option<&str>,
+    ) -> Answer {
+        self.answer(Call::query(sql, page, continuation)).await
+    }
+
+    /// `POST /twins/{device}/methods` with the invocation `body`, which must be answered.
+    pub async fn invoke(&self, device: &str, body: &Value) -> Answer {
+        self.post(&format!("/twins/{device}/methods"), body).await
+    }
+
+    /// [`invoke`](Self::invoke) on a task of its own, so the test can play the device
+    /// meanwhile.
+    pub fn invoke_in_background(
+        &self,
+        device: &str,
+        body: Value,
+    ) -> tokio::task::JoinHandle<Answer> {
+        let rest = self.clone();
+        let device = device.to_owned();
+        tokio::spawn(async move { rest.invoke(&device, &body).await })
+    }
+
     /// `GET /twins/{id}`.
     ///
     /// # Errors
@@ -312,13 +450,9 @@ impl Rest {
         let mut items = Vec::new();
         let mut continuation: Option<String> = None;
         loop {
-            let mut call = Call::post("/devices/query")
-                .json(&serde_json::json!({ "query": query }))
-                .header("x-ms-max-item-count", "100");
-            if let Some(token) = &continuation {
-                call = call.header("x-ms-continuation", token);
-            }
-            let answer = self.call(call).await?;
+            let answer = self
+                .call(Call::query(query, Some(100), continuation.as_deref()))
+                .await?;
             if answer.status != 200 {
                 return Ok(Err(answer));
             }

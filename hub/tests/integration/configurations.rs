@@ -4,8 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{Api, Device, WAIT};
+use casement_client::ServiceClient;
 use casement_hub::{HubConfig, ManualClock, Operation, Rate, ThrottleConfig};
+use casement_iothub::rest::TwinPatch;
+use casement_tests::hub::service_client;
+use casement_tests::mqtt::{Device, WAIT};
+use casement_tests::rest::{Call, Rest};
 use chrono::{DateTime, Utc};
 use rumqttc::mqttbytes::QoS;
 use serde_json::{Value, json};
@@ -22,18 +26,22 @@ fn config(target: &str, priority: i64, window: &str) -> Value {
     })
 }
 
-async fn create(api: &Api, id: &str, body: &Value) -> Value {
+async fn create(api: &Rest, id: &str, body: &Value) -> Value {
     let r = api.put(&format!("/configurations/{id}"), body).await;
     assert_eq!(r.status, 201, "{r:?}");
-    r.json
+    r.json()
 }
 
-async fn put_if_match(api: &Api, id: &str, body: &Value, etag: &str) -> crate::common::Reply {
-    api.call(
-        reqwest::Method::PUT,
-        &format!("/configurations/{id}"),
-        Some(body),
-        &[("If-Match", &format!("\"{etag}\""))],
+async fn put_if_match(
+    api: &Rest,
+    id: &str,
+    body: &Value,
+    etag: &str,
+) -> casement_tests::rest::Answer {
+    api.answer(
+        Call::put(format!("/configurations/{id}"))
+            .json(body)
+            .header("If-Match", &format!("\"{etag}\"")),
     )
     .await
 }
@@ -52,7 +60,7 @@ async fn create_get_list_update_and_delete() {
         ..HubConfig::for_tests()
     })
     .await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
 
     let mut body = config("tags.env = 'prod'", 10, "sun-02");
     body["metrics"]["queries"]["applied"] =
@@ -86,12 +94,12 @@ async fn create_get_list_update_and_delete() {
 
     let got = api.get("/configurations/maint").await;
     assert_eq!(got.status, 200);
-    assert_eq!(got.json, created);
+    assert_eq!(got.json(), created);
     let list = api.get("/configurations").await;
     assert_eq!(list.status, 200);
-    assert_eq!(list.json.as_array().map(Vec::len), Some(2));
+    assert_eq!(list.json().as_array().map(Vec::len), Some(2));
     let top = api.get("/configurations?top=1").await;
-    assert_eq!(top.json.as_array().map(Vec::len), Some(1));
+    assert_eq!(top.json().as_array().map(Vec::len), Some(1));
 
     // Priority, target, labels and metrics may change; content may not.
     clock.set(at("2026-03-01T11:00:00Z"));
@@ -101,28 +109,32 @@ async fn create_get_list_update_and_delete() {
     update["labels"] = json!({"team": "fleet"});
     let r = put_if_match(&api, "maint", &update, &etag).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json["priority"], 20);
-    assert_eq!(r.json["targetCondition"], "tags.env = 'staging'");
-    assert_eq!(r.json["labels"], json!({"team": "fleet"}));
-    assert_eq!(r.json["createdTimeUtc"], "2026-03-01T10:00:00.000Z");
-    assert_eq!(r.json["lastUpdatedTimeUtc"], "2026-03-01T11:00:00.000Z");
+    assert_eq!(r.json()["priority"], 20);
+    assert_eq!(r.json()["targetCondition"], "tags.env = 'staging'");
+    assert_eq!(r.json()["labels"], json!({"team": "fleet"}));
+    assert_eq!(r.json()["createdTimeUtc"], "2026-03-01T10:00:00.000Z");
+    assert_eq!(r.json()["lastUpdatedTimeUtc"], "2026-03-01T11:00:00.000Z");
     assert_eq!(
-        r.json["systemMetrics"]["queries"]["targetedCount"],
+        r.json()["systemMetrics"]["queries"]["targetedCount"],
         "SELECT deviceId FROM devices WHERE tags.env = 'staging'"
     );
-    let new_etag = r.json["etag"].as_str().expect("etag").to_owned();
+    let new_etag = r.json()["etag"].as_str().expect("etag").to_owned();
     assert_ne!(new_etag, etag);
 
     // The old ETag no longer matches.
     put_if_match(&api, "maint", &update, &etag)
         .await
         .expect_error(412, "PreconditionFailed");
-    let mut changed = r.json.clone();
+    let mut changed = r.json().clone();
     changed["content"]["deviceContent"]["properties.desired.maintenance"] =
         json!({"window": "mon-03"});
     let refused = put_if_match(&api, "maint", &changed, &new_etag).await;
     refused.expect_error(400, "InvalidOperation");
-    assert!(refused.text.contains("cannot change"), "{}", refused.text);
+    assert!(
+        refused.text().contains("cannot change"),
+        "{}",
+        refused.text()
+    );
     // An update of a configuration that does not exist.
     let mut missing = update.clone();
     missing["id"] = json!("nosuch");
@@ -131,21 +143,11 @@ async fn create_get_list_update_and_delete() {
         .expect_error(404, "ConfigurationNotFound");
 
     // Delete: a stale ETag is refused, the current one (or *) deletes.
-    api.call(
-        reqwest::Method::DELETE,
-        "/configurations/maint",
-        None,
-        &[("If-Match", "\"bm9wZQ==\"")],
-    )
-    .await
-    .expect_error(412, "PreconditionFailed");
+    api.answer(Call::delete("/configurations/maint").header("If-Match", "\"bm9wZQ==\""))
+        .await
+        .expect_error(412, "PreconditionFailed");
     let r = api
-        .call(
-            reqwest::Method::DELETE,
-            "/configurations/maint",
-            None,
-            &[("If-Match", "*")],
-        )
+        .answer(Call::delete("/configurations/maint").header("If-Match", "*"))
         .await;
     assert_eq!(r.status, 204, "{r:?}");
     api.get("/configurations/maint")
@@ -160,24 +162,24 @@ async fn create_get_list_update_and_delete() {
 #[tokio::test]
 async fn invalid_configurations_are_refused_with_the_reason() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let bad_id = api
         .put("/configurations/Upper", &config("tags.a = 1", 0, "x"))
         .await;
     bad_id.expect_error(400, "ArgumentInvalid");
-    assert!(bad_id.text.contains("lowercase"), "{}", bad_id.text);
+    assert!(bad_id.text().contains("lowercase"), "{}", bad_id.text());
 
     let mut bad_path = config("tags.a = 1", 0, "x");
     bad_path["content"]["deviceContent"] = json!({"tags.env": "prod"});
     let r = api.put("/configurations/c1", &bad_path).await;
     r.expect_error(400, "ArgumentInvalid");
-    assert!(r.text.contains("properties.desired."), "{}", r.text);
+    assert!(r.text().contains("properties.desired."), "{}", r.text());
 
     let r = api
         .put("/configurations/c1", &config("tags.a = = 1", 0, "x"))
         .await;
     r.expect_error(400, "ArgumentInvalid");
-    assert!(r.text.contains("targetCondition"), "{}", r.text);
+    assert!(r.text().contains("targetCondition"), "{}", r.text());
 
     let r = api
         .put("/configurations/c1", &config("tags.a = 1", -1, "x"))
@@ -197,7 +199,7 @@ async fn invalid_configurations_are_refused_with_the_reason() {
     }
     let r = api.put("/configurations/c1", &six).await;
     r.expect_error(400, "ArgumentInvalid");
-    assert!(r.text.contains("at most 5"), "{}", r.text);
+    assert!(r.text().contains("at most 5"), "{}", r.text());
 
     let mut modules = config("tags.a = 1", 0, "x");
     modules["content"]["modulesContent"] = json!({"$edgeAgent": {}});
@@ -216,14 +218,14 @@ async fn invalid_configurations_are_refused_with_the_reason() {
         .await
         .expect_error(400, "ArgumentInvalid");
 
-    assert_eq!(api.get("/configurations").await.json, json!([]));
+    assert_eq!(api.get("/configurations").await.json(), json!([]));
     hub.shutdown().await;
 }
 
 #[tokio::test]
 async fn test_queries_reports_each_broken_query() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let ok = api
         .post(
             "/configurations/testQueries",
@@ -237,7 +239,7 @@ async fn test_queries_reports_each_broken_query() {
         .await;
     assert_eq!(ok.status, 200, "{ok:?}");
     assert_eq!(
-        ok.json,
+        ok.json(),
         json!({"targetConditionError": "", "customMetricQueryErrors": {}})
     );
     let bad = api
@@ -251,35 +253,37 @@ async fn test_queries_reports_each_broken_query() {
         .await;
     assert_eq!(bad.status, 200);
     assert!(
-        bad.json["targetConditionError"]
+        bad.json()["targetConditionError"]
             .as_str()
             .is_some_and(|e| !e.is_empty()),
         "{bad:?}"
     );
-    let errors = bad.json["customMetricQueryErrors"]
+    let errors = bad.json()["customMetricQueryErrors"]
         .as_object()
-        .expect("map");
+        .expect("map")
+        .clone();
     assert_eq!(errors.keys().collect::<Vec<_>>(), ["bad"]);
     hub.shutdown().await;
 }
 
-async fn tag(api: &Api, device: &str, tags: Value) {
-    let r = api
-        .patch(&format!("/twins/{device}"), &json!({ "tags": tags }))
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+async fn tag(client: &ServiceClient, device: &str, tags: Value) {
+    client
+        .patch(device, &TwinPatch::tags(tags), None)
+        .await
+        .unwrap_or_else(|e| panic!("cannot tag {device}: {e}"));
 }
 
-async fn twin(api: &Api, device: &str) -> Value {
+async fn twin(api: &Rest, device: &str) -> Value {
     let r = api.get(&format!("/twins/{device}")).await;
     assert_eq!(r.status, 200, "{r:?}");
-    r.json
+    r.json()
 }
 
 #[tokio::test]
 async fn evaluation_applies_the_highest_priority_and_counts() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
+    let client = service_client(&hub);
     hub.create_device("d1", json!({"env": "prod"}))
         .await
         .expect("d1");
@@ -341,13 +345,13 @@ async fn evaluation_applies_the_highest_priority_and_counts() {
         "{patch}"
     );
 
-    let base = api.get("/configurations/base").await.json;
+    let base = api.get("/configurations/base").await.json();
     assert_eq!(
         base["systemMetrics"]["results"],
         json!({"targetedCount": 2, "appliedCount": 1})
     );
     assert_eq!(base["metrics"]["results"], json!({"lost": 1}));
-    let canary = api.get("/configurations/canary").await.json;
+    let canary = api.get("/configurations/canary").await.json();
     assert_eq!(
         canary["systemMetrics"]["results"],
         json!({"targetedCount": 1, "appliedCount": 1})
@@ -364,7 +368,7 @@ async fn evaluation_applies_the_highest_priority_and_counts() {
     );
 
     // A device tagged later gets the content at the next evaluation.
-    tag(&api, "d3", json!({"env": "prod"})).await;
+    tag(&client, "d3", json!({"env": "prod"})).await;
     assert!(
         twin(&api, "d3").await["properties"]["desired"]
             .get("maintenance")
@@ -377,12 +381,12 @@ async fn evaluation_applies_the_highest_priority_and_counts() {
         json!({"window": "base"})
     );
     assert_eq!(
-        api.get("/configurations/base").await.json["systemMetrics"]["results"],
+        api.get("/configurations/base").await.json()["systemMetrics"]["results"],
         json!({"targetedCount": 3, "appliedCount": 2})
     );
 
     // A device leaving the target keeps the desired properties but loses the status.
-    tag(&api, "d1", json!({"env": "test"})).await;
+    tag(&client, "d1", json!({"env": "test"})).await;
     hub.evaluate_configurations().await.expect("evaluate");
     let t1 = twin(&api, "d1").await;
     assert_eq!(
@@ -415,7 +419,7 @@ async fn evaluation_applies_the_highest_priority_and_counts() {
 #[tokio::test]
 async fn on_equal_priority_the_newest_configuration_wins_and_content_replaces_the_key() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("d1", json!({"env": "prod"}))
         .await
         .expect("d1");
@@ -449,7 +453,7 @@ async fn the_background_evaluation_runs_on_its_interval() {
         ..HubConfig::for_tests()
     })
     .await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("d1", json!({"env": "prod"}))
         .await
         .expect("d1");
@@ -473,22 +477,22 @@ async fn the_background_evaluation_runs_on_its_interval() {
 async fn configurations_and_their_results_survive_a_restart() {
     let dir = tempfile::tempdir().expect("dir");
     let hub = crate::common::start_with(HubConfig::for_tests_in(dir.path())).await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("d1", json!({"env": "prod"}))
         .await
         .expect("d1");
     create(&api, "keep", &config("tags.env = 'prod'", 2, "kept")).await;
     hub.evaluate_configurations().await.expect("evaluate");
-    let before = api.get("/configurations/keep").await.json;
+    let before = api.get("/configurations/keep").await.json();
     hub.shutdown().await;
 
     let hub = crate::common::start_with(HubConfig::for_tests_in(dir.path())).await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let after = api.get("/configurations/keep").await;
     assert_eq!(after.status, 200, "{after:?}");
-    assert_eq!(after.json, before);
+    assert_eq!(after.json(), before);
     assert_eq!(
-        after.json["systemMetrics"]["results"],
+        after.json()["systemMetrics"]["results"],
         json!({"targetedCount": 1, "appliedCount": 1})
     );
     let t = twin(&api, "d1").await;
@@ -502,7 +506,7 @@ async fn configurations_and_their_results_survive_a_restart() {
 #[tokio::test]
 async fn at_most_one_hundred_configurations() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     for i in 0..100 {
         create(
             &api,
@@ -515,11 +519,11 @@ async fn at_most_one_hundred_configurations() {
         .put("/configurations/c100", &config("tags.env = 'prod'", 0, "w"))
         .await;
     r.expect_error(403, "IotHubQuotaExceeded");
-    assert!(r.text.contains("100"), "{}", r.text);
+    assert!(r.text().contains("100"), "{}", r.text());
     assert_eq!(
         api.get("/configurations")
             .await
-            .json
+            .json()
             .as_array()
             .map(Vec::len),
         Some(100)
@@ -534,7 +538,7 @@ async fn configuration_calls_have_their_own_quota() {
         ..HubConfig::for_tests()
     })
     .await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     create(&api, "c1", &config("tags.env = 'prod'", 0, "w")).await;
     assert_eq!(api.get("/configurations/c1").await.status, 200);
     api.get("/configurations")
@@ -548,7 +552,7 @@ async fn configuration_calls_have_their_own_quota() {
 #[tokio::test]
 async fn a_registry_read_token_cannot_write_configurations() {
     let hub = crate::common::start().await;
-    let reader = Api::with_token(&hub, crate::common::policy_token(&hub, "registryRead"));
+    let reader = Rest::for_policy(&hub, "registryRead");
     reader
         .put("/configurations/c1", &config("tags.env = 'prod'", 0, "w"))
         .await
@@ -560,7 +564,7 @@ async fn a_registry_read_token_cannot_write_configurations() {
 #[tokio::test]
 async fn bulk_registry_creates_updates_and_deletes() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let r = api
         .post(
             "/devices",
@@ -573,11 +577,11 @@ async fn bulk_registry_creates_updates_and_deletes() {
         .await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
-        r.json,
+        r.json(),
         json!({"isSuccessful": true, "errors": [], "warnings": []})
     );
     assert_eq!(twin(&api, "b1").await["tags"], json!({"env": "prod"}));
-    assert_eq!(api.get("/devices/b2").await.json["status"], "disabled");
+    assert_eq!(api.get("/devices/b2").await.json()["status"], "disabled");
     assert_eq!(twin(&api, "b3").await["properties"]["desired"]["fw"], "1.0");
 
     // Partial failure: the good entries apply, the bad ones are listed; 400.
@@ -594,8 +598,8 @@ async fn bulk_registry_creates_updates_and_deletes() {
         )
         .await;
     assert_eq!(r.status, 400, "{r:?}");
-    assert_eq!(r.json["isSuccessful"], false);
-    let errors = r.json["errors"].as_array().expect("errors");
+    assert_eq!(r.json()["isSuccessful"], false);
+    let errors = r.json()["errors"].as_array().expect("errors").clone();
     assert_eq!(errors.len(), 2, "{r:?}");
     assert_eq!(errors[0]["deviceId"], "b1");
     assert_eq!(errors[0]["errorCode"], "DeviceAlreadyExists");
@@ -607,7 +611,7 @@ async fn bulk_registry_creates_updates_and_deletes() {
         "{r:?}"
     );
     assert_eq!(api.get("/devices/b4").await.status, 200);
-    assert_eq!(api.get("/devices/b2").await.json["status"], "enabled");
+    assert_eq!(api.get("/devices/b2").await.json()["status"], "enabled");
     api.get("/devices/b3")
         .await
         .expect_error(404, "DeviceNotFound");
@@ -620,7 +624,8 @@ async fn bulk_registry_creates_updates_and_deletes() {
         )
         .await;
     assert_eq!(
-        r.json["errors"][0]["errorCode"], "PreconditionFailed",
+        r.json()["errors"][0]["errorCode"],
+        "PreconditionFailed",
         "{r:?}"
     );
     let twin_etag = twin(&api, "b4").await["etag"].clone();
@@ -638,7 +643,7 @@ async fn bulk_registry_creates_updates_and_deletes() {
 #[tokio::test]
 async fn bulk_registry_limits() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let many: Vec<Value> = (0..101)
         .map(|i| json!({"id": format!("m{i}"), "importMode": "create"}))
         .collect();
@@ -667,7 +672,7 @@ async fn bulk_registry_limits() {
 #[tokio::test]
 async fn statistics_and_the_trailing_slash_list() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("s1", Value::Null).await.expect("s1");
     hub.create_device("s2", Value::Null).await.expect("s2");
     let r = api.put("/devices/s3", &json!({"status": "disabled"})).await;
@@ -677,15 +682,15 @@ async fn statistics_and_the_trailing_slash_list() {
     let r = api.get("/statistics/devices").await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
-        r.json,
+        r.json(),
         json!({"totalDeviceCount": 3, "enabledDeviceCount": 2, "disabledDeviceCount": 1})
     );
     let r = api.get("/statistics/service").await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json, json!({"connectedDeviceCount": 1}));
+    assert_eq!(r.json(), json!({"connectedDeviceCount": 1}));
 
     let slash = api.get("/devices/").await;
     assert_eq!(slash.status, 200, "{slash:?}");
-    assert_eq!(slash.json.as_array().map(Vec::len), Some(3));
+    assert_eq!(slash.json().as_array().map(Vec::len), Some(3));
     hub.shutdown().await;
 }

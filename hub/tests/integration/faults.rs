@@ -5,10 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{Api, Device, Mqtt, WAIT, device_token, now, username};
+use crate::common::{device_token, now};
 use casement_hub::{
     HubConfig, ManualClock, Operation, Rate, RunningHub, ThrottleConfig, ThrottleMode,
 };
+use casement_iothub::rest::{ConnectionState, TwinPatch};
+use casement_tests::hub::service_client;
+use casement_tests::mqtt::{Device, RawMqtt, WAIT, username};
+use casement_tests::rest::Rest;
 use chrono::{TimeDelta, Utc};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet};
@@ -32,13 +36,13 @@ fn past_the_lag(clock: &ManualClock) {
 }
 
 /// The device ids of every page of `sql`, `page` items a page.
-async fn all_ids(api: &Api, sql: &str, page: usize) -> Vec<String> {
+async fn all_ids(api: &Rest, sql: &str, page: usize) -> Vec<String> {
     let mut ids = Vec::new();
     let mut continuation: Option<String> = None;
     loop {
         let r = api.query(sql, Some(page), continuation.as_deref()).await;
         assert_eq!(r.status, 200, "{r:?}");
-        let items = r.json.as_array().expect("array");
+        let items = r.json().as_array().expect("array").clone();
         assert!(items.len() <= page);
         ids.extend(
             items
@@ -52,16 +56,16 @@ async fn all_ids(api: &Api, sql: &str, page: usize) -> Vec<String> {
     }
 }
 
-async fn query(api: &Api, sql: &str) -> Value {
+async fn query(api: &Rest, sql: &str) -> Value {
     let r = api.query(sql, None, None).await;
     assert_eq!(r.status, 200, "{r:?}");
-    r.json
+    r.json()
 }
 
 #[tokio::test]
 async fn a_reported_patch_reaches_queries_only_after_the_lag_but_twin_reads_at_once() {
     let (hub, clock) = lagging_hub().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("d1", Value::Null).await.expect("create");
     assert_eq!(
         query(&api, "SELECT * FROM devices").await,
@@ -83,7 +87,7 @@ async fn a_reported_patch_reaches_queries_only_after_the_lag_but_twin_reads_at_o
 
     // Twin reads are strongly consistent, REST and MQTT alike.
     let twin = api.get("/twins/d1").await;
-    assert_eq!(twin.json["properties"]["reported"]["fw"], "2.0");
+    assert_eq!(twin.json()["properties"]["reported"]["fw"], "2.0");
     let (_, props) = dev.twin_get("2").await;
     assert_eq!(props["reported"]["fw"], "2.0");
 
@@ -113,7 +117,8 @@ async fn a_reported_patch_reaches_queries_only_after_the_lag_but_twin_reads_at_o
 #[tokio::test]
 async fn paging_sees_one_consistent_lagging_view() {
     let (hub, clock) = lagging_hub().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
+    let client = service_client(&hub);
     for i in 0..5 {
         hub.create_device(&format!("d{i}"), json!({"ring": "old"}))
             .await
@@ -127,11 +132,11 @@ async fn paging_sees_one_consistent_lagging_view() {
     hub.create_device("a0", json!({"ring": "new"}))
         .await
         .expect("create");
-    assert_eq!(api.delete("/devices/d2").await.status, 204);
-    let r = api
-        .patch("/twins/d3", &json!({"tags": {"ring": "new"}}))
-        .await;
-    assert_eq!(r.status, 200, "{r:?}");
+    client.delete_device("d2").await.expect("d2 deleted");
+    client
+        .patch("d3", &TwinPatch::tags(json!({"ring": "new"})), None)
+        .await
+        .expect("d3 re-tagged");
 
     let old = "SELECT * FROM devices WHERE tags.ring = 'old'";
     assert_eq!(
@@ -153,7 +158,7 @@ async fn paging_sees_one_consistent_lagging_view() {
 #[tokio::test]
 async fn aggregates_lag_too() {
     let (hub, clock) = lagging_hub().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     for i in 0..3 {
         hub.create_device(&format!("d{i}"), json!({"env": "a"}))
             .await
@@ -164,8 +169,10 @@ async fn aggregates_lag_too() {
     assert_eq!(query(&api, count).await, json!([{"n": 0}]));
     past_the_lag(&clock);
     assert_eq!(query(&api, count).await, json!([{"n": 3}]));
-    let r = api.patch("/twins/d1", &json!({"tags": {"env": "b"}})).await;
-    assert_eq!(r.status, 200, "{r:?}");
+    service_client(&hub)
+        .patch("d1", &TwinPatch::tags(json!({"env": "b"})), None)
+        .await
+        .expect("d1 re-tagged");
     assert_eq!(query(&api, by_env).await, json!([{"env": "a", "n": 3}]));
     past_the_lag(&clock);
     let mut groups = query(&api, by_env).await.as_array().expect("array").clone();
@@ -209,7 +216,7 @@ async fn shaping_serves_calls_over_quota_later_and_answers_429_when_the_queue_is
     let hub =
         crate::common::start_with(slow_twin_reads(ThrottleMode::Shape, Duration::from_secs(4)))
             .await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("d1", Value::Null).await.expect("create");
     assert_eq!(api.get("/twins/d1").await.status, 200);
     // Over quota: queued for the next token (3 s), not refused.
@@ -227,7 +234,7 @@ async fn shaping_serves_calls_over_quota_later_and_answers_429_when_the_queue_is
     assert!(retry >= 1, "{retry}");
     let served = queued.await.expect("task");
     assert_eq!(served.status, 200, "the queued read is served: {served:?}");
-    assert_eq!(served.json["deviceId"], "d1");
+    assert_eq!(served.json()["deviceId"], "d1");
     let counts = hub.throttle_counts();
     assert_eq!((counts.queued, counts.refused), (1, 1));
     hub.shutdown().await;
@@ -240,7 +247,7 @@ async fn reject_mode_still_answers_429_at_once() {
         Duration::from_secs(60),
     ))
     .await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("d1", Value::Null).await.expect("create");
     assert_eq!(api.get("/twins/d1").await.status, 200);
     api.get("/twins/d1")
@@ -264,7 +271,7 @@ async fn shaping_a_twin_update_over_quota_makes_it_wait_not_fail() {
         ..HubConfig::for_tests()
     };
     let hub = crate::common::start_with(config).await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("d1", Value::Null).await.expect("create");
     // Three updates back to back at one a second: all succeed, the last two after a wait.
     for i in 0..3 {
@@ -358,12 +365,14 @@ async fn connect_for_methods(
     hub: &RunningHub,
     id: &str,
     keep_alive: u16,
-) -> crate::common::PlainMqtt {
+) -> casement_tests::mqtt::RawMqtt {
     let cs = match hub.device_connection_string(id) {
         Some(cs) => cs,
         None => hub.create_device(id, Value::Null).await.expect("create"),
     };
-    let mut mqtt = Mqtt::open(hub.mqtt_addr().expect("mqtt")).await;
+    let mut mqtt = RawMqtt::open(hub.mqtt_addr().expect("mqtt"))
+        .await
+        .expect("tcp connect");
     let ack = mqtt
         .connect_raw(
             id,
@@ -388,7 +397,8 @@ fn reboot(timeout_secs: u64) -> Value {
 #[tokio::test]
 async fn a_silent_socket_gets_504101_until_the_keep_alive_expires_then_404103() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
+    let client = service_client(&hub);
     assert!(
         !hub.blackhole_device("d1"),
         "no connection to black-hole yet"
@@ -397,21 +407,29 @@ async fn a_silent_socket_gets_504101_until_the_keep_alive_expires_then_404103() 
     let mut mqtt = connect_for_methods(&hub, "d1", 4).await;
     assert!(hub.blackhole_device("d1"));
     // The device pings as MQTT asks; the hub no longer hears it.
-    mqtt.send(Packet::PingReq).await;
+    mqtt.send(&Packet::PingReq).await.expect("send");
 
     // The hub still believes the device connected: the method waits out its timeout.
     let r = api.invoke("d1", &reboot(5)).await;
     r.expect_error(504, "GatewayTimeout");
-    let twin = api.get("/twins/d1").await;
-    assert_eq!(twin.json["connectionState"], "Connected", "{twin:?}");
+    let twin = client.twin("d1").await.expect("twin");
+    assert_eq!(
+        twin.connection_state,
+        Some(ConnectionState::Connected),
+        "{twin:?}"
+    );
 
     // Nothing reached the device; then the keep-alive timeout closes the socket.
     assert!(
         mqtt.recv().await.is_none(),
         "no PINGRESP, no method request, then close"
     );
-    let twin = api.get("/twins/d1").await;
-    assert_eq!(twin.json["connectionState"], "Disconnected", "{twin:?}");
+    let twin = client.twin("d1").await.expect("twin");
+    assert_eq!(
+        twin.connection_state,
+        Some(ConnectionState::Disconnected),
+        "{twin:?}"
+    );
     api.invoke("d1", &reboot(5))
         .await
         .expect_error(404, "DeviceNotOnline");
@@ -429,14 +447,14 @@ async fn a_silent_socket_gets_504101_until_the_keep_alive_expires_then_404103() 
     .await;
     let r = call.await.expect("task");
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json["payload"]["ok"], true);
+    assert_eq!(r.json()["payload"]["ok"], true);
     hub.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_silent_socket_that_really_dies_is_noticed_only_by_keep_alive() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let mqtt = connect_for_methods(&hub, "d1", 2).await;
     assert!(hub.blackhole_device("d1"));
     // The device loses power: its socket closes, but the hub, like Azure without a FIN,

@@ -10,10 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::common::{Api, Device};
 use casement_hub::HubConfig;
 use casement_hub::clock::{Clock, ManualClock};
 use casement_iothub::query::Dialect;
+use casement_tests::mqtt::Device;
+use casement_tests::rest::Rest;
 use rumqttc::mqttbytes::QoS;
 use serde_json::{Value, json};
 
@@ -28,7 +29,7 @@ fn ids(items: &Value) -> Vec<&str> {
     ids
 }
 
-async fn tagged(hub: &casement_hub::RunningHub, api: &Api) {
+async fn tagged(hub: &casement_hub::RunningHub, api: &Rest) {
     for (id, tags) in [
         ("store-1", json!({"group": "north"})),
         ("store-2", json!({"group": "south"})),
@@ -47,7 +48,7 @@ async fn tagged(hub: &casement_hub::RunningHub, api: &Api) {
 #[tokio::test]
 async fn queries_use_azures_dialect_by_default() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     tagged(&hub, &api).await;
 
     let r = api
@@ -58,7 +59,7 @@ async fn queries_use_azures_dialect_by_default() {
         )
         .await;
     r.expect_error(400, "ArgumentInvalid");
-    let message = r.json["Message"].as_str().unwrap();
+    let message = r.json()["Message"].as_str().unwrap().to_owned();
     assert!(message.contains("column 29"), "{message}");
     assert!(message.contains("only IS_DEFINED"), "{message}");
 
@@ -70,7 +71,7 @@ async fn queries_use_azures_dialect_by_default() {
         )
         .await;
     r.expect_error(400, "ArgumentInvalid");
-    let message = r.json["Message"].as_str().unwrap();
+    let message = r.json()["Message"].as_str().unwrap().to_owned();
     assert!(
         message.contains("column 34") && message.contains("[[group]]"),
         "{message}"
@@ -85,7 +86,7 @@ async fn queries_use_azures_dialect_by_default() {
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(ids(&r.json), ["depot-1", "store-1"]);
+    assert_eq!(ids(&r.json()), ["depot-1", "store-1"]);
     // IS_DEFINED stays.
     let r = api
         .query(
@@ -94,7 +95,7 @@ async fn queries_use_azures_dialect_by_default() {
             None,
         )
         .await;
-    assert_eq!(ids(&r.json).len(), 3, "{r:?}");
+    assert_eq!(ids(&r.json()).len(), 3, "{r:?}");
 }
 
 #[tokio::test]
@@ -104,7 +105,7 @@ async fn the_extended_dialect_is_an_explicit_opt_in() {
         ..HubConfig::for_tests()
     })
     .await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     tagged(&hub, &api).await;
     let r = api
         .query(
@@ -114,7 +115,7 @@ async fn the_extended_dialect_is_an_explicit_opt_in() {
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(ids(&r.json), ["store-1"]);
+    assert_eq!(ids(&r.json()), ["store-1"]);
 }
 
 #[test]
@@ -151,28 +152,31 @@ fn the_flag_defaults_to_azure() {
 
 // --- 3. Connection state is late ------------------------------------------------------------
 
-async fn presence(api: &Api, id: &str) -> (String, String, String) {
+async fn presence(api: &Rest, id: &str) -> (String, String, String) {
     let twin = api.get(&format!("/twins/{id}")).await;
     assert_eq!(twin.status, 200, "{twin:?}");
     let device = api.get(&format!("/devices/{id}")).await;
     assert_eq!(device.status, 200, "{device:?}");
     // The twin and the device agree.
-    assert_eq!(twin.json["connectionState"], device.json["connectionState"]);
     assert_eq!(
-        twin.json["lastActivityTime"],
-        device.json["lastActivityTime"]
+        twin.json()["connectionState"],
+        device.json()["connectionState"]
+    );
+    assert_eq!(
+        twin.json()["lastActivityTime"],
+        device.json()["lastActivityTime"]
     );
     (
-        twin.json["connectionState"].as_str().unwrap().to_owned(),
-        device.json["connectionStateUpdatedTime"]
+        twin.json()["connectionState"].as_str().unwrap().to_owned(),
+        device.json()["connectionStateUpdatedTime"]
             .as_str()
             .unwrap()
             .to_owned(),
-        twin.json["lastActivityTime"].as_str().unwrap().to_owned(),
+        twin.json()["lastActivityTime"].as_str().unwrap().to_owned(),
     )
 }
 
-async fn connected_count(api: &Api) -> u64 {
+async fn connected_count(api: &Rest) -> u64 {
     let r = api
         .query(
             "SELECT COUNT() AS n FROM devices WHERE connectionState = 'Connected'",
@@ -181,7 +185,7 @@ async fn connected_count(api: &Api) -> u64 {
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    r.json[0]["n"].as_u64().unwrap()
+    r.json()[0]["n"].as_u64().unwrap()
 }
 
 #[tokio::test]
@@ -194,7 +198,7 @@ async fn connection_state_and_activity_show_only_after_the_lag() {
         ..HubConfig::for_tests()
     })
     .await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let never = "0001-01-01T00:00:00Z";
 
     let mut dev = Device::create_and_connect(&hub, "d1").await;
@@ -229,8 +233,9 @@ async fn connection_state_and_activity_show_only_after_the_lag() {
 
     // A disconnect keeps showing Connected until it is `lag` old.
     dev.mqtt
-        .send(rumqttc::mqttbytes::v4::Packet::Disconnect)
-        .await;
+        .send(&rumqttc::mqttbytes::v4::Packet::Disconnect)
+        .await
+        .expect("send");
     dev.mqtt.expect_closed().await;
     assert_eq!(presence(&api, "d1").await.0, "Connected");
     assert_eq!(connected_count(&api).await, 1);
@@ -252,7 +257,7 @@ async fn connection_state_and_activity_show_only_after_the_lag() {
 #[tokio::test]
 async fn without_a_lag_connection_state_shows_at_once() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let _dev = Device::create_and_connect(&hub, "d1").await;
     assert_eq!(presence(&api, "d1").await.0, "Connected");
     assert_eq!(connected_count(&api).await, 1);
@@ -275,7 +280,7 @@ async fn answer(dev: &mut Device, status: u16, body: &[u8]) {
 #[tokio::test]
 async fn method_responses_must_be_json_of_at_most_128_kb() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let mut dev = Device::create_and_connect(&hub, "d1").await;
     dev.mqtt
         .subscribe(&[("$iothub/methods/POST/#", QoS::AtMostOnce)])
@@ -287,7 +292,7 @@ async fn method_responses_must_be_json_of_at_most_128_kb() {
     answer(&mut dev, 200, b"Reboot started").await;
     let r = pending.await.expect("join");
     r.expect_error(502, "InvalidResponseWhileProxying");
-    let message = r.json["Message"].as_str().unwrap();
+    let message = r.json()["Message"].as_str().unwrap().to_owned();
     assert!(
         message.contains("not a valid document of type application/json"),
         "{message}"
@@ -300,7 +305,10 @@ async fn method_responses_must_be_json_of_at_most_128_kb() {
     let r = pending.await.expect("join");
     r.expect_error(502, "InvalidResponseWhileProxying");
     assert!(
-        r.json["Message"].as_str().unwrap().contains("131073 bytes"),
+        r.json()["Message"]
+            .as_str()
+            .unwrap()
+            .contains("131073 bytes"),
         "{r:?}"
     );
 
@@ -309,9 +317,9 @@ async fn method_responses_must_be_json_of_at_most_128_kb() {
     let pending = api.invoke_in_background("d1", call.clone());
     answer(&mut dev, 200, limit.as_bytes()).await;
     let r = pending.await.expect("join");
-    assert_eq!(r.status, 200, "{}", r.text.len());
+    assert_eq!(r.status, 200, "{}", r.text().len());
     assert_eq!(
-        r.json["payload"].as_str().map(str::len),
+        r.json()["payload"].as_str().map(str::len),
         Some(128 * 1024 - 2)
     );
 
@@ -319,5 +327,5 @@ async fn method_responses_must_be_json_of_at_most_128_kb() {
     let pending = api.invoke_in_background("d1", call);
     answer(&mut dev, 200, b"").await;
     let r = pending.await.expect("join");
-    assert_eq!(r.json, json!({"status": 200, "payload": null}));
+    assert_eq!(r.json(), json!({"status": 200, "payload": null}));
 }

@@ -1,14 +1,15 @@
 //! The core path end to end: a device over MQTT and the service over REST, as the agent and the
 //! scheduler use the hub (reference §7 "Observed wire trace").
 
-use crate::common::{Api, Device};
+use casement_tests::mqtt::Device;
+use casement_tests::rest::Rest;
 use rumqttc::mqttbytes::QoS;
 use serde_json::json;
 
 #[tokio::test]
 async fn device_and_service_talk_through_the_hub() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
 
     // Create over REST: 200 (not 201), keys generated from the empty strings Node sends.
     let created = api
@@ -24,7 +25,7 @@ async fn device_and_service_talk_through_the_hub() {
             .header("content-type")
             .is_some_and(|c| c.starts_with("application/json"))
     );
-    let key = created.json["authentication"]["symmetricKey"]["primaryKey"]
+    let key = created.json()["authentication"]["symmetricKey"]["primaryKey"]
         .as_str()
         .expect("generated key")
         .to_owned();
@@ -63,12 +64,12 @@ async fn device_and_service_talk_through_the_hub() {
     // The service sees it, with connectionState and $metadata.
     let twin = api.get("/twins/dev1").await;
     assert_eq!(twin.status, 200);
-    assert_eq!(twin.json["connectionState"], "Connected");
+    assert_eq!(twin.json()["connectionState"], "Connected");
     assert_eq!(
-        twin.json["properties"]["reported"]["iothubDM"]["reboot"]["lastReboot"],
+        twin.json()["properties"]["reported"]["iothubDM"]["reboot"]["lastReboot"],
         "2026-11-29T01:04:10.000Z"
     );
-    assert!(twin.json["properties"]["reported"]["$metadata"]["$lastUpdated"].is_string());
+    assert!(twin.json()["properties"]["reported"]["$metadata"]["$lastUpdated"].is_string());
 
     // A desired patch reaches the device with $version in topic and body.
     let patched = api
@@ -110,7 +111,7 @@ async fn device_and_service_talk_through_the_hub() {
     let answer = invoke.await.expect("join");
     assert_eq!(answer.status, 200, "{answer:?}");
     assert_eq!(
-        answer.json,
+        answer.json(),
         json!({"status": 200, "payload": "Reboot started"})
     );
 
@@ -119,14 +120,14 @@ async fn device_and_service_talk_through_the_hub() {
         .query("SELECT deviceId FROM devices WHERE properties.reported.iothubDM.reboot.lastReboot >= '2026-01-01'", None, None)
         .await;
     assert_eq!(rows.status, 200);
-    assert_eq!(rows.json, json!([{"deviceId": "dev1"}]));
+    assert_eq!(rows.json(), json!([{"deviceId": "dev1"}]));
     assert_eq!(rows.header("x-ms-item-type"), Some("raw"));
     assert_eq!(rows.header("x-ms-continuation"), None);
 
     // Unknown device: 404 DeviceNotFound, ErrorCode form.
     let missing = api.get("/twins/nosuch").await;
     missing.expect_error(404, "DeviceNotFound");
-    assert_eq!(missing.json["Message"], "ErrorCode:DeviceNotFound;nosuch");
+    assert_eq!(missing.json()["Message"], "ErrorCode:DeviceNotFound;nosuch");
 
     assert_eq!(hub.stats().connected_devices, 1);
     hub.shutdown().await;

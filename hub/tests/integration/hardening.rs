@@ -2,8 +2,10 @@
 //! scopes, a NUL in a topic closes the connection, expired tokens end MQTT sessions, idle
 //! connections cannot lock the REST API out, and the data directory is private.
 
-use crate::common::{Api, Device, Mqtt, device_token, now, username};
+use crate::common::{device_token, now};
 use casement_iothub::sas;
+use casement_tests::mqtt::{Device, RawMqtt, username};
+use casement_tests::rest::Rest;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, Publish};
 use serde_json::{Value, json};
@@ -33,7 +35,7 @@ async fn a_device_scoped_token_does_not_reach_a_device_differing_only_in_case() 
         now() + 600,
     )
     .expect("sign");
-    let scoped = Api::with_token(&hub, token);
+    let scoped = Rest::of(&hub).with_token(token);
     assert_eq!(scoped.get("/twins/devA").await.status, 200);
     scoped
         .get("/twins/DEVA")
@@ -43,10 +45,10 @@ async fn a_device_scoped_token_does_not_reach_a_device_differing_only_in_case() 
         .patch("/twins/DEVA", &json!({"properties": {"desired": {"x": 1}}}))
         .await
         .expect_error(401, "IotHubUnauthorized");
-    let owner = Api::new(&hub);
+    let owner = Rest::of(&hub);
     let deva = owner.get("/twins/DEVA").await;
     assert!(
-        deva.json["properties"]["desired"]["x"].is_null(),
+        deva.json()["properties"]["desired"]["x"].is_null(),
         "{deva:?}"
     );
 
@@ -64,7 +66,9 @@ async fn a_device_scoped_token_does_not_reach_a_device_differing_only_in_case() 
         ("deva", ConnectReturnCode::NotAuthorized),
         ("devA", ConnectReturnCode::Success),
     ] {
-        let mut mqtt = Mqtt::open(hub.mqtt_addr().expect("mqtt")).await;
+        let mut mqtt = RawMqtt::open(hub.mqtt_addr().expect("mqtt"))
+            .await
+            .expect("tcp connect");
         let ack = mqtt
             .connect_raw(client, &username("localhost", client), &token, true, 60)
             .await
@@ -76,7 +80,9 @@ async fn a_device_scoped_token_does_not_reach_a_device_differing_only_in_case() 
     }
     // devA's own key does not connect DEVA either.
     let own = device_token(&dev_a, now() + 600);
-    let mut mqtt = Mqtt::open(hub.mqtt_addr().expect("mqtt")).await;
+    let mut mqtt = RawMqtt::open(hub.mqtt_addr().expect("mqtt"))
+        .await
+        .expect("tcp connect");
     let ack = mqtt
         .connect_raw("DEVA", &username("localhost", "DEVA"), &own, true, 60)
         .await
@@ -95,7 +101,10 @@ async fn a_nul_in_a_topic_closes_the_connection_and_only_that_one() {
 
     let mut publish = Publish::new("devices/bad/messages/events/\0", QoS::AtLeastOnce, "x");
     publish.pkid = bad.mqtt.pkid();
-    bad.mqtt.send(Packet::Publish(publish)).await;
+    bad.mqtt
+        .send(&Packet::Publish(publish))
+        .await
+        .expect("send");
     loop {
         match bad.mqtt.recv().await {
             None => break,
@@ -110,7 +119,10 @@ async fn a_nul_in_a_topic_closes_the_connection_and_only_that_one() {
         QoS::AtLeastOnce,
     );
     filter.pkid = sub.mqtt.pkid();
-    sub.mqtt.send(Packet::Subscribe(filter)).await;
+    sub.mqtt
+        .send(&Packet::Subscribe(filter))
+        .await
+        .expect("send");
     sub.mqtt.expect_closed().await;
 
     // The other device is still served, and the NUL device can reconnect.
@@ -199,7 +211,7 @@ async fn an_mqtt_session_ends_when_its_token_expires() {
     let connect = |token: String| {
         let addr = hub.mqtt_addr().expect("mqtt");
         async move {
-            let mut mqtt = Mqtt::open(addr).await;
+            let mut mqtt = RawMqtt::open(addr).await.expect("tcp connect");
             let ack = mqtt
                 .connect_raw("d1", &username("localhost", "d1"), &token, true, 60)
                 .await
@@ -235,7 +247,7 @@ async fn an_mqtt_session_ends_when_its_token_expires() {
 }
 
 /// Sends a twin GET and returns the response's topic.
-async fn twin_get_topic(mqtt: &mut crate::common::PlainMqtt, rid: &str) -> String {
+async fn twin_get_topic(mqtt: &mut casement_tests::mqtt::RawMqtt, rid: &str) -> String {
     let topic = format!("$iothub/twin/GET/?$rid={rid}");
     let _ = mqtt.publish(&topic, QoS::AtMostOnce, b"").await;
     mqtt.next_publish().await.topic
@@ -292,7 +304,7 @@ async fn served_from(source: std::net::IpAddr, addr: std::net::SocketAddr) -> bo
         return false;
     }
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(crate::common::WAIT, stream.read_to_end(&mut answer))
+    let read = tokio::time::timeout(casement_tests::mqtt::WAIT, stream.read_to_end(&mut answer))
         .await
         .expect("an answer or a close within the wait");
     // Any answer (without credentials, an error) means the request was served.
@@ -321,14 +333,14 @@ async fn idle_connections_do_not_lock_out_the_rest_api() {
     let idle = idle_connections(addr, IDLE).await;
 
     // A generous bound, only so a failure ends; the answer normally takes milliseconds.
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let reply = tokio::time::timeout(std::time::Duration::from_secs(30), api.get("/twins/d1"))
         .await
         .expect("the legitimate call was answered while the idle connections are open");
     assert_eq!(reply.status, 200, "{reply:?}");
     // Several more, each on a new connection, are served too.
     for _ in 0..5 {
-        let fresh = Api::new(&hub);
+        let fresh = Rest::of(&hub);
         assert_eq!(fresh.get("/twins/d1").await.status, 200);
     }
     drop(idle);
@@ -380,7 +392,7 @@ async fn http_slots_are_per_listener_with_a_fair_share_per_peer() {
     drop(held);
     let mut silent = tokio::net::TcpStream::connect(http).await.expect("connect");
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(crate::common::WAIT, silent.read(&mut buf))
+    let read = tokio::time::timeout(casement_tests::mqtt::WAIT, silent.read(&mut buf))
         .await
         .expect("the hub closes a silent connection");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
@@ -402,7 +414,9 @@ async fn bad_input_nul_strings_and_case_variant_ids_are_refused() {
         ("devA\0", username("localhost", "devA")),
         ("devA", format!("{}\0", username("localhost", "devA"))),
     ] {
-        let mut mqtt = Mqtt::open(hub.mqtt_addr().expect("mqtt")).await;
+        let mut mqtt = RawMqtt::open(hub.mqtt_addr().expect("mqtt"))
+            .await
+            .expect("tcp connect");
         let ack = mqtt.connect_raw(client, &user, &token, true, 60).await;
         assert!(ack.is_none(), "{client:?} / {user:?} got {ack:?}");
     }
@@ -411,7 +425,11 @@ async fn bad_input_nul_strings_and_case_variant_ids_are_refused() {
     let mut unsubscribe =
         rumqttc::mqttbytes::v4::Unsubscribe::new("devices/devA/messages/devicebound/\0#");
     unsubscribe.pkid = device.mqtt.pkid();
-    device.mqtt.send(Packet::Unsubscribe(unsubscribe)).await;
+    device
+        .mqtt
+        .send(&Packet::Unsubscribe(unsubscribe))
+        .await
+        .expect("send");
     device.mqtt.expect_closed().await;
 
     // The registry: a registryReadWrite token scoped to devA reads devA only.
@@ -422,8 +440,7 @@ async fn bad_input_nul_strings_and_case_variant_ids_are_refused() {
         .find_map(|kv| kv.strip_prefix("SharedAccessKey="))
         .expect("key")
         .to_owned();
-    let scoped = Api::with_token(
-        &hub,
+    let scoped = Rest::of(&hub).with_token(
         sas::sign(
             "localhost/devices/devA",
             &key,
@@ -463,7 +480,9 @@ async fn mqtt_listeners_have_a_cap_each() {
     let hub = crate::common::start_with(config).await;
     let _plain = Device::create_and_connect(&hub, "plain").await;
     // The plain listener is full...
-    let mut refused = Mqtt::open(hub.mqtt_addr().expect("mqtt")).await;
+    let mut refused = RawMqtt::open(hub.mqtt_addr().expect("mqtt"))
+        .await
+        .expect("tcp connect");
     assert!(
         refused.recv().await.is_none(),
         "a second plain connection is closed"
@@ -479,7 +498,7 @@ async fn mqtt_listeners_have_a_cap_each() {
         rumqttc::TlsConfiguration::Rustls(crate::common::client_tls(&ca)),
     ));
     let (_client, mut events) = rumqttc::AsyncClient::new(options, 10);
-    let ack = tokio::time::timeout(crate::common::WAIT, async {
+    let ack = tokio::time::timeout(casement_tests::mqtt::WAIT, async {
         loop {
             match events.poll().await.expect("event loop") {
                 rumqttc::Event::Incoming(Packet::ConnAck(ack)) => return ack,

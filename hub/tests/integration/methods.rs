@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use crate::common::{Api, Device};
 use casement_hub::{HubConfig, Limits};
+use casement_tests::mqtt::Device;
+use casement_tests::rest::Rest;
 use rumqttc::mqttbytes::QoS;
 use serde_json::{Value, json};
 
@@ -36,7 +37,7 @@ async fn next_request(dev: &mut Device) -> (String, String, Value) {
 #[tokio::test]
 async fn device_status_and_payload_pass_through() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let mut dev = subscribed(&hub, "d1").await;
     let call = api.invoke_in_background(
         "d1",
@@ -59,7 +60,7 @@ async fn device_status_and_payload_pass_through() {
         "the invocation succeeded; the device chose 409"
     );
     assert_eq!(
-        r.json,
+        r.json(),
         json!({"status": 409, "payload": {"reason": "outside-window"}})
     );
     // An empty answer body is a null payload.
@@ -74,7 +75,7 @@ async fn device_status_and_payload_pass_through() {
         )
         .await;
     assert_eq!(
-        call.await.expect("join").json,
+        call.await.expect("join").json(),
         json!({"status": 200, "payload": null})
     );
     hub.shutdown().await;
@@ -83,7 +84,7 @@ async fn device_status_and_payload_pass_through() {
 #[tokio::test]
 async fn no_answer_in_time_is_504_gateway_timeout() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let mut dev = subscribed(&hub, "d1").await;
     tokio::time::pause();
     let call = api.invoke_in_background(
@@ -109,7 +110,7 @@ async fn no_answer_in_time_is_504_gateway_timeout() {
 #[tokio::test]
 async fn offline_or_unsubscribed_devices_are_404103_and_unknown_devices_404001() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("offline", Value::Null)
         .await
         .expect("device");
@@ -131,7 +132,7 @@ async fn offline_or_unsubscribed_devices_are_404103_and_unknown_devices_404001()
 #[tokio::test]
 async fn connect_timeout_waits_for_the_device_to_connect_and_subscribe() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("late", Value::Null)
         .await
         .expect("device");
@@ -157,14 +158,14 @@ async fn connect_timeout_waits_for_the_device_to_connect_and_subscribe() {
         )
         .await;
     let r = call.await.expect("join");
-    assert_eq!(r.json, json!({"status": 200, "payload": "ok"}));
+    assert_eq!(r.json(), json!({"status": 200, "payload": "ok"}));
     hub.shutdown().await;
 }
 
 #[tokio::test]
 async fn connect_timeout_expiry_is_404103() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("never", Value::Null)
         .await
         .expect("device");
@@ -177,7 +178,7 @@ async fn connect_timeout_expiry_is_404103() {
         .await;
     r.expect_error(404, "DeviceNotOnline");
     assert!(
-        r.json["Message"]
+        r.json()["Message"]
             .as_str()
             .is_some_and(|m| m.contains("Timed out waiting for device"))
     );
@@ -188,7 +189,7 @@ async fn connect_timeout_expiry_is_404103() {
 #[tokio::test]
 async fn timeouts_out_of_range_are_400() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let _dev = subscribed(&hub, "d1").await;
     for body in [
         json!({"methodName": "m", "responseTimeoutInSeconds": 4}),
@@ -213,7 +214,7 @@ async fn in_flight_methods_are_capped() {
         ..HubConfig::for_tests()
     };
     let hub = crate::common::start_with(config).await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let mut dev = subscribed(&hub, "d1").await;
     let first = api.invoke_in_background("d1", json!({"methodName": "a"}));
     let (_, rid, _) = next_request(&mut dev).await;
@@ -234,7 +235,7 @@ async fn in_flight_methods_are_capped() {
 #[tokio::test]
 async fn a_device_cannot_answer_another_devices_method() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let mut victim = subscribed(&hub, "victim").await;
     let mut intruder = subscribed(&hub, "intruder").await;
     let call = api.invoke_in_background("victim", json!({"methodName": "reboot"}));
@@ -256,14 +257,14 @@ async fn a_device_cannot_answer_another_devices_method() {
         )
         .await;
     let r = call.await.expect("join");
-    assert_eq!(r.json["payload"], "genuine");
+    assert_eq!(r.json()["payload"], "genuine");
     hub.shutdown().await;
 }
 
 #[tokio::test]
 async fn shutdown_answers_waiting_calls() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let mut dev = subscribed(&hub, "d1").await;
     let call = api.invoke_in_background(
         "d1",
@@ -327,7 +328,7 @@ async fn idle_and_trickling_http_connections_are_closed_but_a_long_method_call_i
     let mut config = HubConfig::for_tests();
     config.limits.http_idle_timeout = Duration::from_millis(300);
     let hub = crate::common::start_with(config).await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let addr = hub.http_addr().expect("http");
 
     // Connects and says nothing.
@@ -368,7 +369,7 @@ async fn idle_and_trickling_http_connections_are_closed_but_a_long_method_call_i
         .await;
     let r = call.await.expect("join");
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json, json!({"status": 200, "payload": {"ok": true}}));
+    assert_eq!(r.json(), json!({"status": 200, "payload": {"ok": true}}));
     hub.shutdown().await;
 }
 
@@ -379,7 +380,7 @@ async fn a_trickled_request_body_gets_an_answer_and_the_connection_is_closed() {
     config.limits.http_body_timeout = Duration::from_millis(300);
     let hub = crate::common::start_with(config).await;
     let addr = hub.http_addr().expect("http");
-    let token = crate::common::policy_token(&hub, "iothubowner");
+    let token = Rest::of(&hub).service_token().expect("token");
 
     // Headers promise 100 bytes; 12 arrive, then nothing.
     let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -401,7 +402,7 @@ async fn a_trickled_request_body_gets_an_answer_and_the_connection_is_closed() {
     expect_closed_by_hub(&mut slow, "a connection whose body stalled").await;
 
     // Nothing was created, and the hub serves the next client.
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     api.get("/devices/d1")
         .await
         .expect_error(404, "DeviceNotFound");

@@ -3,8 +3,12 @@
 
 use std::time::Duration;
 
-use crate::common::{Api, Device, Mqtt, device_token, now, username};
+use crate::common::{device_token, now};
+use casement_iothub::rest::{ConnectionState, TwinPatch};
 use casement_iothub::sas;
+use casement_tests::hub::service_client;
+use casement_tests::mqtt::{Device, RawMqtt, username};
+use casement_tests::rest::{Call, Rest};
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Packet, SubscribeReasonCode};
 use serde_json::{Value, json};
@@ -15,7 +19,9 @@ async fn connect_code(
     user: &str,
     password: &str,
 ) -> ConnectReturnCode {
-    let mut mqtt = Mqtt::open(hub.mqtt_addr().expect("mqtt")).await;
+    let mut mqtt = RawMqtt::open(hub.mqtt_addr().expect("mqtt"))
+        .await
+        .expect("tcp connect");
     let ack = mqtt
         .connect_raw(client_id, user, password, false, 60)
         .await
@@ -108,13 +114,12 @@ async fn connect_is_authenticated_like_iot_hub() {
     );
 
     // A disabled device is refused.
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let disabled = api
-        .call(
-            reqwest::Method::PUT,
-            "/devices/d1",
-            Some(&json!({"deviceId": "d1", "status": "disabled"})),
-            &[("If-Match", "*")],
+        .answer(
+            Call::put("/devices/d1")
+                .json(&json!({"deviceId": "d1", "status": "disabled"}))
+                .header("If-Match", "*"),
         )
         .await;
     assert_eq!(disabled.status, 200, "{disabled:?}");
@@ -142,9 +147,10 @@ async fn a_new_connection_drops_the_old_one() {
         "CleanSession=0 session carried over"
     );
     assert_eq!(hub.stats().connected_devices, 1);
-    let twin = Api::new(&hub).get("/twins/d1").await;
+    let twin = service_client(&hub).twin("d1").await.expect("twin");
     assert_eq!(
-        twin.json["connectionState"], "Connected",
+        twin.connection_state,
+        Some(ConnectionState::Connected),
         "the old connection's close does not mark the device offline"
     );
     hub.shutdown().await;
@@ -153,7 +159,7 @@ async fn a_new_connection_drops_the_old_one() {
 #[tokio::test]
 async fn clean_session_0_keeps_subscriptions_across_reconnects() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let client = service_client(&hub);
     let mut dev = Device::create_and_connect(&hub, "d1").await;
     dev.mqtt
         .subscribe(&[("$iothub/twin/PATCH/properties/desired/#", QoS::AtLeastOnce)])
@@ -162,10 +168,10 @@ async fn clean_session_0_keeps_subscriptions_across_reconnects() {
     // Reconnect (as Node does on token renewal) without subscribing again.
     let mut dev = Device::create_and_connect(&hub, "d1").await;
     assert!(dev.session_present);
-    let r = api
-        .patch("/twins/d1", &json!({"properties": {"desired": {"a": 1}}}))
-        .await;
-    assert_eq!(r.status, 200);
+    client
+        .patch("d1", &TwinPatch::desired(json!({"a": 1})), None)
+        .await
+        .expect("desired patched");
     let note = dev.mqtt.next_publish().await;
     assert_eq!(
         note.topic,
@@ -177,10 +183,12 @@ async fn clean_session_0_keeps_subscriptions_across_reconnects() {
     let cs = hub.device_connection_string("d1").expect("cs");
     let mut clean = Device::connect(&hub, "d1", &cs, true).await;
     assert!(!clean.session_present);
-    api.patch("/twins/d1", &json!({"properties": {"desired": {"a": 2}}}))
-        .await;
+    client
+        .patch("d1", &TwinPatch::desired(json!({"a": 2})), None)
+        .await
+        .expect("desired patched");
     // Nothing is delivered: a ping gets its answer first and nothing else arrives.
-    clean.mqtt.send(Packet::PingReq).await;
+    clean.mqtt.send(&Packet::PingReq).await.expect("send");
     assert_eq!(clean.mqtt.recv().await, Some(Packet::PingResp));
     hub.shutdown().await;
 }
@@ -206,7 +214,10 @@ async fn qos_rules() {
     );
     retained.retain = true;
     retained.pkid = 7;
-    dev.mqtt.send(Packet::Publish(retained)).await;
+    dev.mqtt
+        .send(&Packet::Publish(retained))
+        .await
+        .expect("send");
     assert!(matches!(dev.mqtt.recv().await, Some(Packet::PubAck(a)) if a.pkid == 7));
     // QoS 2 PUBLISH closes the connection.
     dev.mqtt
@@ -246,7 +257,7 @@ async fn at_most_five_subscriptions_and_only_documented_filters() {
         .await;
     assert_eq!(ack.return_codes, vec![SubscribeReasonCode::Failure; 2]);
     // The connection is still fine.
-    dev.mqtt.send(Packet::PingReq).await;
+    dev.mqtt.send(&Packet::PingReq).await.expect("send");
     assert_eq!(dev.mqtt.recv().await, Some(Packet::PingResp));
     hub.shutdown().await;
 }
@@ -266,11 +277,11 @@ async fn telemetry_is_acknowledged_and_counted() {
         .publish("devices/d1/messages/events/", QoS::AtMostOnce, b"{}")
         .await;
     // A ping round trip orders the QoS 0 message before the assertion.
-    dev.mqtt.send(Packet::PingReq).await;
+    dev.mqtt.send(&Packet::PingReq).await.expect("send");
     assert_eq!(dev.mqtt.recv().await, Some(Packet::PingResp));
     assert_eq!(hub.stats().telemetry_messages, 2);
-    let twin = Api::new(&hub).get("/twins/d1").await;
-    assert_ne!(twin.json["lastActivityTime"], "0001-01-01T00:00:00Z");
+    let twin = Rest::of(&hub).get("/twins/d1").await;
+    assert_ne!(twin.json()["lastActivityTime"], "0001-01-01T00:00:00Z");
     // Telemetry under another device's name closes the connection.
     dev.mqtt
         .publish("devices/d2/messages/events/", QoS::AtMostOnce, b"{}")
@@ -349,12 +360,14 @@ async fn twin_errors_carry_status_and_error_code() {
 #[tokio::test]
 async fn desired_notifications_go_only_to_subscribed_connected_devices_in_order() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let client = service_client(&hub);
     let mut dev = Device::create_and_connect(&hub, "d1").await;
     // Offline changes are not queued; the device reads the twin on reconnect.
     drop(dev);
-    api.patch("/twins/d1", &json!({"properties": {"desired": {"a": 1}}}))
-        .await;
+    client
+        .patch("d1", &TwinPatch::desired(json!({"a": 1})), None)
+        .await
+        .expect("desired patched");
     dev = Device::create_and_connect(&hub, "d1").await;
     dev.mqtt
         .subscribe(&[
@@ -365,11 +378,14 @@ async fn desired_notifications_go_only_to_subscribed_connected_devices_in_order(
     let (_, twin) = dev.twin_get("g").await;
     assert_eq!(twin["desired"], json!({"a": 1, "$version": 2}));
     for v in 2..=5 {
-        api.patch(
-            "/twins/d1",
-            &json!({"properties": {"desired": {"a": v, "gone": null}}}),
-        )
-        .await;
+        client
+            .patch(
+                "d1",
+                &TwinPatch::desired(json!({"a": v, "gone": null})),
+                None,
+            )
+            .await
+            .expect("desired patched");
     }
     for v in 3..=6u64 {
         let note = dev.mqtt.next_publish().await;
@@ -382,8 +398,11 @@ async fn desired_notifications_go_only_to_subscribed_connected_devices_in_order(
         assert_eq!(body["gone"], Value::Null, "deletes are sent as null");
     }
     // A tags-only change sends nothing.
-    api.patch("/twins/d1", &json!({"tags": {"t": 1}})).await;
-    dev.mqtt.send(Packet::PingReq).await;
+    client
+        .patch("d1", &TwinPatch::tags(json!({"t": 1})), None)
+        .await
+        .expect("tags patched");
+    dev.mqtt.send(&Packet::PingReq).await.expect("send");
     assert_eq!(dev.mqtt.recv().await, Some(Packet::PingResp));
     hub.shutdown().await;
 }
@@ -391,14 +410,13 @@ async fn desired_notifications_go_only_to_subscribed_connected_devices_in_order(
 #[tokio::test]
 async fn disabling_or_deleting_a_device_closes_its_connection() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let mut dev = Device::create_and_connect(&hub, "d1").await;
     let r = api
-        .call(
-            reqwest::Method::PUT,
-            "/devices/d1",
-            Some(&json!({"deviceId": "d1", "status": "disabled"})),
-            &[("If-Match", "*")],
+        .answer(
+            Call::put("/devices/d1")
+                .json(&json!({"deviceId": "d1", "status": "disabled"}))
+                .header("If-Match", "*"),
         )
         .await;
     assert_eq!(r.status, 200);
@@ -414,7 +432,9 @@ async fn disabling_or_deleting_a_device_closes_its_connection() {
 async fn keep_alive_is_enforced_at_one_and_a_half_times() {
     let hub = crate::common::start().await;
     let cs = hub.create_device("d1", Value::Null).await.expect("device");
-    let mut mqtt = Mqtt::open(hub.mqtt_addr().expect("mqtt")).await;
+    let mut mqtt = RawMqtt::open(hub.mqtt_addr().expect("mqtt"))
+        .await
+        .expect("tcp connect");
     let ack = mqtt
         .connect_raw(
             "d1",
@@ -429,7 +449,7 @@ async fn keep_alive_is_enforced_at_one_and_a_half_times() {
     // A device that pings in time stays connected ...
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(80)).await;
-    mqtt.send(Packet::PingReq).await;
+    mqtt.send(&Packet::PingReq).await.expect("send");
     assert_eq!(mqtt.recv_forever().await, Some(Packet::PingResp));
     // ... one that goes silent is dropped after 1.5 × 60 s.
     let started = tokio::time::Instant::now();
@@ -455,22 +475,22 @@ async fn garbage_truncated_and_oversized_packets_only_hurt_their_own_connection(
         .await;
 
     // Garbage before CONNECT.
-    let mut bad = Mqtt::open(addr).await;
+    let mut bad = RawMqtt::open(addr).await.expect("tcp connect");
     let _ = bad
-        .send_raw(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0x02])
+        .send_bytes(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0x02])
         .await;
     assert!(bad.recv().await.is_none());
     // A packet that is not CONNECT first.
-    let mut bad = Mqtt::open(addr).await;
-    bad.send(Packet::PingReq).await;
+    let mut bad = RawMqtt::open(addr).await.expect("tcp connect");
+    bad.send(&Packet::PingReq).await.expect("send");
     assert!(bad.recv().await.is_none());
     // A remaining length far beyond the limit: refused from the header, nothing buffered.
-    let mut bad = Mqtt::open(addr).await;
-    let _ = bad.send_raw(&[0x10, 0xff, 0xff, 0xff, 0x7f]).await;
+    let mut bad = RawMqtt::open(addr).await.expect("tcp connect");
+    let _ = bad.send_bytes(&[0x10, 0xff, 0xff, 0xff, 0x7f]).await;
     assert!(bad.recv().await.is_none());
     // Garbage after a valid CONNECT.
     let mut bad = Device::create_and_connect(&hub, "bad").await;
-    let _ = bad.mqtt.send_raw(&[0x00, 0x00, 0xff]).await;
+    let _ = bad.mqtt.send_bytes(&[0x00, 0x00, 0xff]).await;
     bad.mqtt.expect_closed().await;
     // An oversized PUBLISH after CONNECT.
     let mut bad = Device::create_and_connect(&hub, "bad").await;
@@ -480,8 +500,8 @@ async fn garbage_truncated_and_oversized_packets_only_hurt_their_own_connection(
         .await;
     bad.mqtt.expect_closed().await;
     // Truncated: half a packet, then the client goes away.
-    let mut bad = Mqtt::open(addr).await;
-    let _ = bad.send_raw(&[0x10, 0x20, 0x00, 0x04, b'M']).await;
+    let mut bad = RawMqtt::open(addr).await.expect("tcp connect");
+    let _ = bad.send_bytes(&[0x10, 0x20, 0x00, 0x04, b'M']).await;
     drop(bad);
 
     // The good device never noticed.
@@ -518,7 +538,7 @@ async fn mqtt_over_tls_with_the_generated_ca_and_rumqttc() {
         .publish("$iothub/twin/GET/?$rid=tls1", QoS::AtLeastOnce, false, " ")
         .await
         .expect("publish");
-    let response = tokio::time::timeout(crate::common::WAIT, async {
+    let response = tokio::time::timeout(casement_tests::mqtt::WAIT, async {
         loop {
             match events.poll().await.expect("event loop") {
                 rumqttc::Event::Incoming(Packet::Publish(p)) => return p,
@@ -557,23 +577,28 @@ async fn connections_are_capped() {
     let hub = crate::common::start_with(config).await;
     let mut first = Device::create_and_connect(&hub, "d1").await;
     // Over the cap: closed before any packet is read.
-    let mut second = Mqtt::open(hub.mqtt_addr().expect("mqtt")).await;
+    let mut second = RawMqtt::open(hub.mqtt_addr().expect("mqtt"))
+        .await
+        .expect("tcp connect");
     assert!(second.recv().await.is_none());
     // The first connection is unaffected, and its slot is reusable once it is gone.
-    first.mqtt.send(Packet::PingReq).await;
+    first.mqtt.send(&Packet::PingReq).await.expect("send");
     assert_eq!(first.mqtt.recv().await, Some(Packet::PingResp));
     drop(first);
-    let again = tokio::time::timeout(crate::common::WAIT, async {
+    let again = tokio::time::timeout(casement_tests::mqtt::WAIT, async {
         loop {
             let cs = hub.device_connection_string("d1").expect("cs");
-            let mut mqtt = Mqtt::open(hub.mqtt_addr().expect("mqtt")).await;
+            let mut mqtt = RawMqtt::open(hub.mqtt_addr().expect("mqtt"))
+                .await
+                .expect("tcp connect");
             let token = device_token(&cs, now() + 3600);
-            mqtt.send(Packet::Connect({
+            mqtt.send(&Packet::Connect({
                 let mut c = rumqttc::mqttbytes::v4::Connect::new("d1");
                 c.set_login(username("localhost", "d1"), token);
                 c
             }))
-            .await;
+            .await
+            .expect("send");
             if let Some(Packet::ConnAck(ack)) = mqtt.recv().await {
                 return ack.code;
             }

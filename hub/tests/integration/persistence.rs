@@ -6,8 +6,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Api, Device};
 use casement_hub::HubConfig;
+use casement_iothub::rest::TwinPatch;
+use casement_tests::hub::service_client;
+use casement_tests::mqtt::Device;
+use casement_tests::rest::Rest;
 use rumqttc::mqttbytes::QoS;
 use serde_json::{Value, json};
 
@@ -15,18 +18,17 @@ use serde_json::{Value, json};
 async fn everything_survives_a_restart() {
     let dir = tempfile::tempdir().expect("dir");
     let hub = crate::common::start_with(HubConfig::for_tests_in(dir.path())).await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     let service_cs = hub.policy_connection_string("service").expect("service");
     let ca = hub.ca_pem().expect("ca").to_owned();
     let device_cs = hub
         .create_device("d1", json!({"site": "ams"}))
         .await
         .expect("d1");
-    api.patch(
-        "/twins/d1",
-        &json!({"properties": {"desired": {"fw": "2.0"}}}),
-    )
-    .await;
+    service_client(&hub)
+        .patch("d1", &TwinPatch::desired(json!({"fw": "2.0"})), None)
+        .await
+        .expect("desired patched");
     let mut dev = Device::connect(&hub, "d1", &device_cs, false).await;
     dev.mqtt
         .subscribe(&[
@@ -37,7 +39,7 @@ async fn everything_survives_a_restart() {
     let (topic, _) = dev.report("r", &json!({"state": "ok"})).await;
     assert!(topic.ends_with("$version=2"));
     drop(dev);
-    let before = api.get("/twins/d1").await.json;
+    let before = api.get("/twins/d1").await.json();
     hub.shutdown().await;
 
     let hub = crate::common::start_with(HubConfig::for_tests_in(dir.path())).await;
@@ -57,8 +59,8 @@ async fn everything_survives_a_restart() {
             .nth(2),
         device_cs.split(';').nth(2)
     );
-    let api = Api::new(&hub);
-    let after = api.get("/twins/d1").await.json;
+    let api = Rest::of(&hub);
+    let after = api.get("/twins/d1").await.json();
     for field in ["tags", "version", "etag"] {
         assert_eq!(after[field], before[field], "{field}");
     }
@@ -85,7 +87,7 @@ async fn everything_survives_a_restart() {
             b"1",
         )
         .await;
-    assert_eq!(call.await.expect("join").json["status"], 200);
+    assert_eq!(call.await.expect("join").json()["status"], 200);
 
     // connection.env has the owner connection string and the CA path.
     let env = std::fs::read_to_string(dir.path().join("connection.env")).expect("connection.env");
@@ -118,16 +120,16 @@ async fn kill9_child() {
         return;
     };
     let hub = crate::common::start_with(HubConfig::for_tests_in(&dir)).await;
-    let api = Api::new(&hub);
-    let r = api.put("/devices/k1", &json!({"deviceId": "k1"})).await;
-    assert_eq!(r.status, 200);
-    let r = api
-        .patch(
-            "/twins/k1",
-            &json!({"tags": {"t": 1}, "properties": {"desired": {"d": 2}}}),
-        )
-        .await;
-    assert_eq!(r.status, 200);
+    let client = service_client(&hub);
+    client
+        .create_device("k1", &serde_json::Map::new())
+        .await
+        .expect("k1 created");
+    let patch = TwinPatch {
+        tags: Some(json!({"t": 1})),
+        ..TwinPatch::desired(json!({"d": 2}))
+    };
+    client.patch("k1", &patch, None).await.expect("k1 patched");
     let cs = hub.device_connection_string("k1").expect("cs");
     let mut dev = Device::connect(&hub, "k1", &cs, false).await;
     dev.mqtt
@@ -146,7 +148,7 @@ async fn acknowledged_writes_survive_kill_9() {
         .args([
             "--ignored",
             "--exact",
-            "kill9_child",
+            "persistence::kill9_child",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -171,13 +173,13 @@ async fn acknowledged_writes_survive_kill_9() {
     child.wait().expect("reaped");
 
     let hub = crate::common::start_with(HubConfig::for_tests_in(dir.path())).await;
-    let twin = Api::new(&hub).get("/twins/k1").await;
+    let twin = Rest::of(&hub).get("/twins/k1").await;
     assert_eq!(twin.status, 200, "the device survived");
-    assert_eq!(twin.json["tags"], json!({"t": 1}));
-    assert_eq!(twin.json["properties"]["desired"]["d"], 2);
-    assert_eq!(twin.json["properties"]["reported"]["r"], 3);
+    assert_eq!(twin.json()["tags"], json!({"t": 1}));
+    assert_eq!(twin.json()["properties"]["desired"]["d"], 2);
+    assert_eq!(twin.json()["properties"]["reported"]["r"], 3);
     assert_eq!(
-        twin.json["properties"]["reported"]["$version"],
+        twin.json()["properties"]["reported"]["$version"],
         Value::from(2)
     );
     hub.shutdown().await;

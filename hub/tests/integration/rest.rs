@@ -1,15 +1,16 @@
 //! The service REST API over real sockets: registry, twins with ETags and limits, queries with
 //! paging, authentication and policy permissions, error format, body limits, throttling, HTTPS.
 
-use crate::common::{Api, now, policy_token};
+use crate::common::now;
 use casement_hub::{HubConfig, Operation, Rate, ThrottleConfig};
 use casement_iothub::sas;
+use casement_tests::rest::{Call, Rest};
 use serde_json::{Value, json};
 
 #[tokio::test]
 async fn registry_crud() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
 
     let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="; // 32 bytes
     let created = api
@@ -21,16 +22,16 @@ async fn registry_crud() {
         .await;
     assert_eq!(created.status, 200, "{created:?}");
     assert_eq!(
-        created.json["authentication"]["symmetricKey"]["primaryKey"],
+        created.json()["authentication"]["symmetricKey"]["primaryKey"],
         key
     );
     assert!(
-        created.json["authentication"]["symmetricKey"]["secondaryKey"]
+        created.json()["authentication"]["symmetricKey"]["secondaryKey"]
             .as_str()
             .is_some_and(|k| !k.is_empty())
     );
-    assert_eq!(created.json["connectionState"], "Disconnected");
-    let etag = created.json["etag"].as_str().expect("etag").to_owned();
+    assert_eq!(created.json()["connectionState"], "Disconnected");
+    let etag = created.json()["etag"].as_str().expect("etag").to_owned();
 
     // Duplicate create: 409.
     api.put("/devices/d1", &json!({"deviceId": "d1"}))
@@ -59,40 +60,40 @@ async fn registry_crud() {
     // Update with If-Match: stale 412, current and * work; keys stay unless given.
     let update = json!({"deviceId": "d1", "status": "disabled", "statusReason": "maintenance"});
     let r = api
-        .call(
-            reqwest::Method::PUT,
-            "/devices/d1",
-            Some(&update),
-            &[("If-Match", "\"bm9wZQ==\"")],
+        .answer(
+            Call::put("/devices/d1")
+                .json(&update)
+                .header("If-Match", "\"bm9wZQ==\""),
         )
         .await;
     r.expect_error(412, "PreconditionFailed");
     let quoted = format!("\"{etag}\"");
     let r = api
-        .call(
-            reqwest::Method::PUT,
-            "/devices/d1",
-            Some(&update),
-            &[("If-Match", &quoted)],
+        .answer(
+            Call::put("/devices/d1")
+                .json(&update)
+                .header("If-Match", &quoted),
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json["status"], "disabled");
-    assert_eq!(r.json["authentication"]["symmetricKey"]["primaryKey"], key);
-    assert_ne!(r.json["etag"], etag.as_str());
+    assert_eq!(r.json()["status"], "disabled");
+    assert_eq!(
+        r.json()["authentication"]["symmetricKey"]["primaryKey"],
+        key
+    );
+    assert_ne!(r.json()["etag"], etag.as_str());
     // Update of an unknown device: 404.
-    api.call(
-        reqwest::Method::PUT,
-        "/devices/nope",
-        Some(&json!({})),
-        &[("If-Match", "*")],
+    api.answer(
+        Call::put("/devices/nope")
+            .json(&json!({}))
+            .header("If-Match", "*"),
     )
     .await
     .expect_error(404, "DeviceNotFound");
 
     // Get and list.
     assert_eq!(
-        api.get("/devices/d1").await.json["statusReason"],
+        api.get("/devices/d1").await.json()["statusReason"],
         "maintenance"
     );
     for i in 0..3 {
@@ -102,29 +103,19 @@ async fn registry_crud() {
     }
     let list = api.get("/devices?top=2").await;
     assert_eq!(list.status, 200);
-    assert_eq!(list.json.as_array().map(Vec::len), Some(2));
+    assert_eq!(list.json().as_array().map(Vec::len), Some(2));
     assert_eq!(
-        api.get("/devices").await.json.as_array().map(Vec::len),
+        api.get("/devices").await.json().as_array().map(Vec::len),
         Some(4)
     );
 
     // Delete: stale If-Match 412, then 204, then 404.
     let r = api
-        .call(
-            reqwest::Method::DELETE,
-            "/devices/d1",
-            None,
-            &[("If-Match", "\"stale\"")],
-        )
+        .answer(Call::delete("/devices/d1").header("If-Match", "\"stale\""))
         .await;
     r.expect_error(412, "PreconditionFailed");
     let r = api
-        .call(
-            reqwest::Method::DELETE,
-            "/devices/d1",
-            None,
-            &[("If-Match", "\"*\"")],
-        )
+        .answer(Call::delete("/devices/d1").header("If-Match", "\"*\""))
         .await;
     assert_eq!(r.status, 204, "{r:?}");
     api.get("/devices/d1")
@@ -141,7 +132,7 @@ async fn authentication_and_policy_permissions() {
     let hub = crate::common::start().await;
     let cs = hub.create_device("d1", Value::Null).await.expect("d1");
     hub.create_device("d2", Value::Null).await.expect("d2");
-    let with = |token: String| Api::with_token(&hub, token);
+    let with = |token: String| Rest::of(&hub).with_token(token);
 
     // No or broken credentials: 401 IotHubUnauthorizedAccess.
     with(String::new())
@@ -190,7 +181,7 @@ async fn authentication_and_policy_permissions() {
     assert_eq!(with(raw).get("/twins/d1").await.status, 200);
 
     // Policy permissions, per endpoint.
-    let registry_read = with(policy_token(&hub, "registryRead"));
+    let registry_read = Rest::for_policy(&hub, "registryRead");
     assert_eq!(registry_read.get("/devices/d1").await.status, 200);
     assert_eq!(registry_read.get("/devices").await.status, 200);
     registry_read
@@ -206,7 +197,7 @@ async fn authentication_and_policy_permissions() {
         .await
         .expect_error(401, "IotHubUnauthorized");
 
-    let registry_rw = with(policy_token(&hub, "registryReadWrite"));
+    let registry_rw = Rest::for_policy(&hub, "registryReadWrite");
     assert_eq!(
         registry_rw
             .put("/devices/d9", &json!({"deviceId": "d9"}))
@@ -220,7 +211,7 @@ async fn authentication_and_policy_permissions() {
         .await
         .expect_error(401, "IotHubUnauthorized");
 
-    let service = with(policy_token(&hub, "service"));
+    let service = Rest::for_policy(&hub, "service");
     assert_eq!(
         service
             .patch("/twins/d1", &json!({"tags": {"a": 1}}))
@@ -244,7 +235,7 @@ async fn authentication_and_policy_permissions() {
         .await
         .expect_error(401, "IotHubUnauthorized");
 
-    let device_policy = with(policy_token(&hub, "device"));
+    let device_policy = Rest::for_policy(&hub, "device");
     device_policy
         .get("/twins/d1")
         .await
@@ -293,74 +284,66 @@ async fn authentication_and_policy_permissions() {
 #[tokio::test]
 async fn twins_etags_tags_versions_and_metadata() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("d1", json!({"env": "prod"}))
         .await
         .expect("d1");
 
     let twin = api.get("/twins/d1").await;
     assert_eq!(twin.status, 200);
-    assert_eq!(twin.json["tags"], json!({"env": "prod"}));
-    assert_eq!(twin.json["properties"]["desired"]["$version"], 1);
-    let etag = twin.json["etag"].as_str().expect("etag").to_owned();
-    let version = twin.json["version"].as_u64().expect("version");
+    assert_eq!(twin.json()["tags"], json!({"env": "prod"}));
+    assert_eq!(twin.json()["properties"]["desired"]["$version"], 1);
+    let etag = twin.json()["etag"].as_str().expect("etag").to_owned();
+    let version = twin.json()["version"].as_u64().expect("version");
 
     // Stale ETag: 412; current ETag, quoted or not, and * succeed.
     let patch = json!({"tags": {"floor": 3}, "properties": {"desired": {"fw": "2.0", "cfg": {"a": 1, "b": 2}}}});
-    api.call(
-        reqwest::Method::PATCH,
-        "/twins/d1",
-        Some(&patch),
-        &[("If-Match", "\"AAAAAAAAAAA=\"")],
+    api.answer(
+        Call::patch("/twins/d1")
+            .json(&patch)
+            .header("If-Match", "\"AAAAAAAAAAA=\""),
     )
     .await
     .expect_error(412, "PreconditionFailed");
     let r = api
-        .call(
-            reqwest::Method::PATCH,
-            "/twins/d1",
-            Some(&patch),
-            &[("If-Match", &etag)],
+        .answer(
+            Call::patch("/twins/d1")
+                .json(&patch)
+                .header("If-Match", &etag),
         )
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json["tags"], json!({"env": "prod", "floor": 3}));
-    assert_eq!(r.json["properties"]["desired"]["$version"], 2);
-    assert_eq!(r.json["version"].as_u64(), Some(version + 1));
-    assert_ne!(r.json["etag"], etag.as_str());
-    let desired_meta = &r.json["properties"]["desired"]["$metadata"];
+    assert_eq!(r.json()["tags"], json!({"env": "prod", "floor": 3}));
+    assert_eq!(r.json()["properties"]["desired"]["$version"], 2);
+    assert_eq!(r.json()["version"].as_u64(), Some(version + 1));
+    assert_ne!(r.json()["etag"], etag.as_str());
+    let desired_meta = &r.json()["properties"]["desired"]["$metadata"];
     assert_eq!(desired_meta["$lastUpdatedVersion"], 2);
     assert!(desired_meta["cfg"]["a"]["$lastUpdated"].is_string());
-    let etag2 = format!("\"{}\"", r.json["etag"].as_str().expect("etag"));
+    let etag2 = format!("\"{}\"", r.json()["etag"].as_str().expect("etag"));
 
     // Merge semantics: null deletes.
     let r = api
-        .call(
-            reqwest::Method::PATCH,
-            "/twins/d1",
-            Some(&json!({"properties": {"desired": {"cfg": {"a": null}}}})),
-            &[("If-Match", &etag2)],
+        .answer(
+            Call::patch("/twins/d1")
+                .json(&json!({"properties": {"desired": {"cfg": {"a": null}}}}))
+                .header("If-Match", &etag2),
         )
         .await;
-    assert_eq!(r.json["properties"]["desired"]["cfg"], json!({"b": 2}));
+    assert_eq!(r.json()["properties"]["desired"]["cfg"], json!({"b": 2}));
 
     // PUT replaces tags and desired (reported and system keys sent back are ignored).
-    let mut whole = r.json.clone();
+    let mut whole = r.json().clone();
     whole["tags"] = json!({"only": true});
     whole["properties"]["desired"] = json!({"x": 1, "$version": 99, "$metadata": {}});
     let r = api
-        .call(
-            reqwest::Method::PUT,
-            "/twins/d1",
-            Some(&whole),
-            &[("If-Match", "*")],
-        )
+        .answer(Call::put("/twins/d1").json(&whole).header("If-Match", "*"))
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.json["tags"], json!({"only": true}));
-    assert_eq!(r.json["properties"]["desired"]["x"], 1);
-    assert!(r.json["properties"]["desired"].get("fw").is_none());
-    assert_eq!(r.json["properties"]["desired"]["$version"], 4);
+    assert_eq!(r.json()["tags"], json!({"only": true}));
+    assert_eq!(r.json()["properties"]["desired"]["x"], 1);
+    assert!(r.json()["properties"]["desired"].get("fw").is_none());
+    assert_eq!(r.json()["properties"]["desired"]["$version"], 4);
 
     // The service cannot write reported properties; unknown device 404.
     api.patch("/twins/d1", &json!({"properties": {"reported": {"x": 1}}}))
@@ -375,7 +358,7 @@ async fn twins_etags_tags_versions_and_metadata() {
 #[tokio::test]
 async fn twin_limits_use_iot_hub_error_codes_and_apply_nothing() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("d1", Value::Null).await.expect("d1");
     let mut deep = json!("leaf");
     // The desired section is level 0; this nests objects 11 levels below it.
@@ -420,15 +403,15 @@ async fn twin_limits_use_iot_hub_error_codes_and_apply_nothing() {
         );
     }
     let twin = api.get("/twins/d1").await;
-    assert_eq!(twin.json["properties"]["desired"]["$version"], 1);
-    assert_eq!(twin.json["tags"], json!({}));
+    assert_eq!(twin.json()["properties"]["desired"]["$version"], 1);
+    assert_eq!(twin.json()["tags"], json!({}));
     hub.shutdown().await;
 }
 
 #[tokio::test]
 async fn queries_page_with_continuation_tokens() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     for i in 0..7 {
         let env = if i % 2 == 0 { "prod" } else { "test" };
         hub.create_device(&format!("dev{i}"), json!({"env": env}))
@@ -448,7 +431,7 @@ async fn queries_page_with_continuation_tokens() {
                 .is_some_and(|c| c.starts_with("application/json"))
         );
         pages += 1;
-        for item in r.json.as_array().expect("array") {
+        for item in r.json().as_array().expect("array") {
             seen.push(item["deviceId"].as_str().expect("id").to_owned());
         }
         match r.header("x-ms-continuation") {
@@ -467,7 +450,7 @@ async fn queries_page_with_continuation_tokens() {
             None,
         )
         .await;
-    assert_eq!(r.json.as_array().map(Vec::len), Some(3));
+    assert_eq!(r.json().as_array().map(Vec::len), Some(3));
     assert_eq!(r.header("x-ms-continuation"), None);
 
     // Aggregates come back raw.
@@ -480,7 +463,7 @@ async fn queries_page_with_continuation_tokens() {
         .await;
     assert_eq!(r.header("x-ms-item-type"), Some("raw"));
     assert_eq!(
-        r.json,
+        r.json(),
         json!([{"env": "prod", "n": 4}, {"env": "test", "n": 3}])
     );
 
@@ -504,7 +487,7 @@ async fn queries_page_with_continuation_tokens() {
 
 /// Every page of `sql` at `page` items a page, as device ids (or the items' text when they
 /// have none), and how many pages there were.
-async fn page_through(api: &Api, sql: &str, page: usize) -> (Vec<String>, usize) {
+async fn page_through(api: &Rest, sql: &str, page: usize) -> (Vec<String>, usize) {
     let mut seen = Vec::new();
     let mut token: Option<String> = None;
     let mut pages = 0;
@@ -512,7 +495,7 @@ async fn page_through(api: &Api, sql: &str, page: usize) -> (Vec<String>, usize)
         let r = api.query(sql, Some(page), token.as_deref()).await;
         assert_eq!(r.status, 200, "{r:?}");
         pages += 1;
-        for item in r.json.as_array().expect("array") {
+        for item in r.json().as_array().expect("array") {
             seen.push(
                 item["deviceId"]
                     .as_str()
@@ -529,7 +512,7 @@ async fn page_through(api: &Api, sql: &str, page: usize) -> (Vec<String>, usize)
 #[tokio::test]
 async fn paging_resumes_after_the_last_device_while_the_fleet_changes() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     for i in 0..7 {
         hub.create_device(&format!("dev{i}"), json!({"n": i}))
             .await
@@ -538,7 +521,7 @@ async fn paging_resumes_after_the_last_device_while_the_fleet_changes() {
     let sql = "SELECT deviceId FROM devices";
     let first = api.query(sql, Some(3), None).await;
     assert_eq!(
-        first.json,
+        first.json(),
         json!([{"deviceId": "dev0"}, {"deviceId": "dev1"}, {"deviceId": "dev2"}])
     );
     assert_eq!(first.header("x-ms-item-type"), Some("raw"));
@@ -557,7 +540,7 @@ async fn paging_resumes_after_the_last_device_while_the_fleet_changes() {
         let r = api.query(sql, Some(3), Some(&token)).await;
         assert_eq!(r.status, 200, "{r:?}");
         seen.extend(
-            r.json
+            r.json()
                 .as_array()
                 .expect("array")
                 .iter()
@@ -594,48 +577,23 @@ async fn paging_resumes_after_the_last_device_while_the_fleet_changes() {
 #[tokio::test]
 async fn malformed_oversized_and_versionless_requests() {
     let hub = crate::common::start().await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     hub.create_device("d1", Value::Null).await.expect("d1");
-    let url = format!("{}/twins/d1?api-version=2021-04-12", api.base);
 
     // Malformed JSON: 400 IotHubFormatError.
-    let r = crate::common::reply(
-        api.client
-            .patch(&url)
-            .header("Authorization", &api.token)
-            .body("{nope")
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let r = api.answer(Call::patch("/twins/d1").bytes("{nope")).await;
     r.expect_error(400, "IotHubFormatError");
 
     // A body over the limit: 413 MessageTooLarge, and the hub keeps serving.
     let huge = vec![b'x'; 2 * 1024 * 1024];
-    let r = crate::common::reply(
-        api.client
-            .patch(&url)
-            .header("Authorization", &api.token)
-            .body(huge)
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let r = api.answer(Call::patch("/twins/d1").bytes(huge)).await;
     r.expect_error(413, "MessageTooLarge");
     assert_eq!(api.get("/twins/d1").await.status, 200);
 
     // No api-version: 400.
-    let r = crate::common::reply(
-        api.client
-            .get(format!("{}/twins/d1", api.base))
-            .header("Authorization", &api.token)
-            .send()
-            .await
-            .expect("send"),
-    )
-    .await;
+    let r = api
+        .answer(Call::get("/twins/d1").without_api_version())
+        .await;
     r.expect_error(400, "ArgumentInvalid");
 
     // Unknown endpoint: 404 with a JSON body; module twins are not supported.
@@ -660,7 +618,7 @@ async fn throttling_answers_429_with_retry_after() {
         ..HubConfig::for_tests()
     };
     let hub = crate::common::start_with(config).await;
-    let api = Api::new(&hub);
+    let api = Rest::of(&hub);
     assert_eq!(api.put("/devices/a", &json!({})).await.status, 200);
     assert_eq!(api.put("/devices/b", &json!({})).await.status, 200);
     let r = api.put("/devices/c", &json!({})).await;
@@ -697,7 +655,10 @@ async fn https_with_the_generated_ca() {
     );
     let r = client
         .get(&url)
-        .header("Authorization", policy_token(&hub, "iothubowner"))
+        .header(
+            "Authorization",
+            Rest::of(&hub).service_token().expect("token"),
+        )
         .send()
         .await
         .expect("https request");
@@ -719,7 +680,7 @@ async fn https_with_the_generated_ca() {
 
 #[tokio::test]
 async fn a_user_supplied_certificate_is_served() {
-    crate::common::init();
+    casement_tests::init_tracing();
     let dir = tempfile::tempdir().expect("dir");
     let key = rcgen::KeyPair::generate().expect("key");
     let cert = rcgen::CertificateParams::new(vec!["hub.test".to_owned()])
@@ -756,7 +717,12 @@ async fn a_user_supplied_certificate_is_served() {
             "https://hub.test:{}/devices?api-version=2021-04-12",
             addr.port()
         ))
-        .header("Authorization", policy_token(&hub, "registryRead"))
+        .header(
+            "Authorization",
+            Rest::for_policy(&hub, "registryRead")
+                .service_token()
+                .expect("token"),
+        )
         .send()
         .await
         .expect("request");
@@ -771,7 +737,7 @@ async fn a_user_supplied_certificate_is_served() {
 
 #[tokio::test]
 async fn a_taken_port_is_a_clear_start_up_error() {
-    crate::common::init();
+    casement_tests::init_tracing();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let config = HubConfig {
         http: Some(taken.local_addr().expect("addr")),

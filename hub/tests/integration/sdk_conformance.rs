@@ -61,7 +61,7 @@ async fn official_python_sdks_work_unmodified() {
             "SDK conformance: no Python SDK venv (run hub/tests/sdk/setup.sh, or set CASEMENT_SDK_PYTHON)"
         );
     };
-    crate::common::init();
+    casement_tests::init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = HubConfig {
         mqtts: Some("127.0.0.1:8883".parse().expect("addr")),

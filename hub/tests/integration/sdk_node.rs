@@ -33,7 +33,7 @@ async fn official_node_service_sdk_works_unmodified() {
     let Some(modules) = node_modules() else {
         return skip("Node SDK conformance: no azure-iothub (run hub/tests/sdk/node/setup.sh)");
     };
-    crate::common::init();
+    casement_tests::init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = HubConfig {
         https: Some("127.0.0.1:443".parse().expect("addr")),

@@ -647,14 +647,17 @@ async fn a_device_cannot_touch_another_devices_twin_or_methods() {
     let mut dev1 = f.connect_device("dev1").await;
     // Topics naming another device are outside dev1's documented topics: the hub closes the
     // connection rather than answering (IoT Hub's MQTT behaviour).
-    dev1.publish("devices/dev2/messages/events/", b"{}")
+    dev1.try_publish("devices/dev2/messages/events/", b"{}")
         .await
         .expect("publish");
     assert!(dev1.closed_by_hub(GUARD).await);
 
     let mut dev1 = f.connect_device("dev1").await;
     let refused = dev1
-        .subscribe(&["devices/dev2/messages/devicebound/#"], GUARD)
+        .try_subscribe(
+            &[("devices/dev2/messages/devicebound/#", QoS::AtLeastOnce)],
+            GUARD,
+        )
         .await;
     // Either a SUBACK with a failure code or a closed connection; never dev2's messages.
     if refused.is_ok() {
@@ -681,7 +684,7 @@ async fn random_bytes_on_the_mqtt_port_close_only_that_connection() {
     // A well-behaved device stays connected through all of it.
     let mut bystander = f.connect_device("dev2").await;
     bystander
-        .subscribe(&["$iothub/twin/res/#"], GUARD)
+        .try_subscribe(&[("$iothub/twin/res/#", QoS::AtLeastOnce)], GUARD)
         .await
         .expect("subscribe");
 
@@ -820,7 +823,7 @@ async fn protocol_violations_close_the_connection_and_bad_reports_get_400() {
 
     // A PUBLISH before CONNECT.
     let mut raw = RawMqtt::open(f.mqtt).await.expect("open");
-    raw.publish("$iothub/twin/GET/?$rid=1", b" ")
+    raw.try_publish("$iothub/twin/GET/?$rid=1", b" ")
         .await
         .expect("send");
     assert!(raw.closed_by_hub(GUARD).await);
@@ -844,12 +847,14 @@ async fn protocol_violations_close_the_connection_and_bad_reports_get_400() {
 
     // A topic IoT Hub does not have.
     let mut dev = f.connect_device("dev1").await;
-    dev.publish("anything/at/all", b"x").await.expect("send");
+    dev.try_publish("anything/at/all", b"x")
+        .await
+        .expect("send");
     assert!(dev.closed_by_hub(GUARD).await);
 
     // Malformed reported patches are answered 400 with an error body; the session survives.
     let mut dev = f.connect_device("dev1").await;
-    dev.subscribe(&["$iothub/twin/res/#"], GUARD)
+    dev.try_subscribe(&[("$iothub/twin/res/#", QoS::AtLeastOnce)], GUARD)
         .await
         .expect("subscribe");
     for (rid, body) in [

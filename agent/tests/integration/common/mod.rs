@@ -30,16 +30,6 @@ pub fn sunday(h: u32, m: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2030, 1, 6, h, m, s).unwrap()
 }
 
-/// The hub's clock, following the test's driven clock.
-#[derive(Debug)]
-struct HubTime(DrivenClock);
-
-impl casement_hub::Clock for HubTime {
-    fn now(&self) -> DateTime<Utc> {
-        self.0.now()
-    }
-}
-
 /// A desired `maintenance`: weekly, Sunday 02:00 in `timezone`, two hours, 5 minutes expected.
 pub fn policy(revision: &str, timezone: &str) -> Value {
     json!({"policy": "weekly", "revision": revision,
@@ -83,7 +73,7 @@ impl Harness {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let clock = DrivenClock::new(saturday_noon());
         let mut config = configure(HubConfig::for_tests());
-        config.clock = std::sync::Arc::new(HubTime(clock.clone()));
+        config.clock = std::sync::Arc::new(clock.clone());
         let hub = Hub::start(config).await.expect("hub starts");
         let service: ServiceConnectionString = hub.service_connection_string().parse().unwrap();
         Self {
@@ -125,7 +115,7 @@ impl Harness {
         let mut config = HubConfig::for_tests_in(data);
         config.mqtt = Some(self.mqtt);
         config.http = http;
-        config.clock = std::sync::Arc::new(HubTime(self.clock.clone()));
+        config.clock = std::sync::Arc::new(self.clock.clone());
         let hub = Hub::start(config).await.expect("hub restarts");
         self.base = hub.http_url().unwrap();
         self.hub = Some(hub);

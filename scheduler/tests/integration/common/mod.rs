@@ -60,16 +60,6 @@ pub fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32, s: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap()
 }
 
-/// The hub's clock, following the test's driven clock.
-#[derive(Debug)]
-struct HubTime(DrivenClock);
-
-impl casement_hub::Clock for HubTime {
-    fn now(&self) -> DateTime<Utc> {
-        self.0.now()
-    }
-}
-
 pub use casement_tests::policy_file::PolicyFile;
 
 pub struct Env {
@@ -107,7 +97,7 @@ impl Env {
         init_tracing();
         let clock = DrivenClock::new(start);
         let mut config = configure(HubConfig::for_tests());
-        config.clock = Arc::new(HubTime(clock.clone()));
+        config.clock = Arc::new(clock.clone());
         let hub = Hub::start(config).await.expect("hub starts");
         let dir = tempfile::tempdir().unwrap();
         let policies = dir.path().join("policies");

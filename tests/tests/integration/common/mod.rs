@@ -9,6 +9,7 @@ use casement_iothub::connection_string::DeviceConnectionString;
 use casement_tests::hub::TestHub;
 use casement_tests::mqtt::{Credentials, RawMqtt};
 use casement_tests::rest::{Call, Rest};
+use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::ConnectReturnCode;
 use serde_json::json;
 
@@ -160,7 +161,7 @@ impl Fixture {
         assert_eq!(rows.len(), 2, "{rows:?}");
 
         let mut dev = self.connect_device("dev2").await;
-        dev.subscribe(&["$iothub/twin/res/#"], GUARD)
+        dev.try_subscribe(&[("$iothub/twin/res/#", QoS::AtLeastOnce)], GUARD)
             .await
             .expect("subscribe");
         let (topic, body) = dev
