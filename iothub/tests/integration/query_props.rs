@@ -343,7 +343,7 @@ fn small_path() -> BoxedStrategy<Path> {
 }
 
 /// The properties.
-mod query_props {
+mod properties {
     use super::*;
 
     proptest! {
