@@ -8,9 +8,10 @@ use casement_agent::backoff::BackoffPolicy;
 use casement_agent::clock::DrivenClock;
 use casement_agent::config::{AgentConfig, Endpoint, RebootCommand};
 use casement_agent::{Agent, AgentError, AgentEvent, RebootHook, RunOutcome};
+use casement_client::{ClientConfig, HubTarget, ServiceClient};
 use casement_hub::{Hub, HubConfig, RunningHub};
 use casement_iothub::connection_string::{DeviceConnectionString, ServiceConnectionString};
-use casement_iothub::rest::{self, MethodRequest, TwinPatch};
+use casement_iothub::rest::{MethodRequest, TwinPatch};
 use chrono::{DateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
@@ -41,7 +42,6 @@ pub struct Harness {
     pub hub: Option<RunningHub>,
     pub clock: DrivenClock,
     pub dir: tempfile::TempDir,
-    http: reqwest::Client,
     base: String,
     service: ServiceConnectionString,
     mqtt: std::net::SocketAddr,
@@ -82,7 +82,6 @@ impl Harness {
             hub: Some(hub),
             clock,
             dir: tempfile::tempdir().unwrap(),
-            http: reqwest::Client::new(),
             service,
         }
     }
@@ -154,26 +153,24 @@ impl Harness {
         config
     }
 
-    fn authorization(&self) -> String {
-        let expiry = u64::try_from(self.clock.now().timestamp()).unwrap() + 3600;
-        self.service.sas_token(expiry).unwrap()
+    /// The product's service client for the hub, dating its tokens by the driven clock (the
+    /// hub checks them against it).
+    fn client(&self) -> ServiceClient {
+        let target = HubTarget::new(self.service.clone())
+            .with_endpoint(&self.base)
+            .expect("the hub's HTTP URL is an endpoint");
+        ServiceClient::new(
+            target,
+            ClientConfig::default(),
+            std::sync::Arc::new(self.clock.clone()),
+        )
+        .expect("the service client builds")
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, rest::with_api_version(path))
-    }
-
-    /// `GET /twins/{id}`.
+    /// The device's twin, as JSON.
     pub async fn twin(&self, id: &str) -> Value {
-        let response = self
-            .http
-            .get(self.url(&rest::twin_path(id, None)))
-            .header("Authorization", self.authorization())
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{response:?}");
-        response.json().await.unwrap()
+        let twin = self.client().twin(id).await.expect("the twin");
+        serde_json::to_value(twin).expect("a twin is JSON")
     }
 
     /// The reported properties of a device.
@@ -181,43 +178,24 @@ impl Harness {
         self.twin(id).await["properties"]["reported"].clone()
     }
 
-    /// `PATCH /twins/{id}` with a desired patch.
+    /// Merges `patch` into the device's desired properties.
     pub async fn patch_desired(&self, id: &str, patch: Value) {
-        let response = self
-            .http
-            .patch(self.url(&rest::twin_path(id, None)))
-            .header("Authorization", self.authorization())
-            .header(rest::HEADER_IF_MATCH, "*")
-            .json(&TwinPatch::desired(patch))
-            .send()
+        self.client()
+            .patch(id, &TwinPatch::desired(patch), Some("*"))
             .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{:?}",
-            response.text().await
-        );
+            .expect("the desired patch is taken");
     }
 
-    /// Invokes `reboot` through the service REST API: (device status, device payload).
+    /// Invokes `reboot` through the service API: (device status, device payload).
     pub async fn invoke_reboot(&self, id: &str, payload: Value) -> (u16, Value) {
         let response = self
-            .http
-            .post(self.url(&rest::methods_path(id, None)))
-            .header("Authorization", self.authorization())
-            .json(&MethodRequest::new("reboot", payload, 10))
-            .send()
+            .client()
+            .invoke(id, &MethodRequest::new("reboot", payload, 10))
             .await
-            .unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
-        assert!(
-            status.is_success(),
-            "the hub failed the invocation: {status} {body}"
-        );
+            .expect("the hub carries the invocation");
         (
-            u16::try_from(body["status"].as_u64().unwrap()).unwrap(),
-            body["payload"].clone(),
+            u16::try_from(response.status).expect("an HTTP status"),
+            response.payload,
         )
     }
 }
