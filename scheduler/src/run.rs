@@ -121,6 +121,10 @@ pub struct RunConfig {
     /// devices on top of the free capacity, so stale answers never crowd out due devices;
     /// correctness never depends on it (the journal and twin reads decide).
     pub query_lag: Duration,
+    /// Reboot calls started and not answered yet, per policy, at most
+    /// ([`PolicyRollout::with_max_calling`]): [`max_calling_for`] the hub's method quota
+    /// (`casement run --tier`), unlimited otherwise.
+    pub max_calling: u32,
 }
 
 impl RunConfig {
@@ -136,6 +140,7 @@ impl RunConfig {
             journal_retention: Duration::from_secs(60 * 86_400),
             read_concurrency: 16,
             query_lag: Duration::from_secs(10),
+            max_calling: u32::MAX,
         }
     }
 }
@@ -284,6 +289,26 @@ fn stamps(paths: &[PathBuf]) -> Vec<Stamp> {
         }
     }
     out
+}
+
+/// How many seconds of the hub's direct-method quota may wait in the client's throttle, per
+/// policy ([`RunConfig::max_calling`]).
+pub const CALL_HORIZON: Duration = Duration::from_secs(2);
+
+/// [`RunConfig::max_calling`] for a hub allowing `methods_per_second` direct methods
+/// (`None`: not limited): [`CALL_HORIZON`]'s worth, at least one.
+pub fn max_calling_for(methods_per_second: Option<f64>) -> u32 {
+    match methods_per_second {
+        Some(rate) if rate.is_finite() && rate > 0.0 => {
+            let calls = (rate * CALL_HORIZON.as_secs_f64()).ceil();
+            if calls >= f64::from(u32::MAX) {
+                u32::MAX
+            } else {
+                (calls as u32).max(1)
+            }
+        }
+        _ => u32::MAX,
+    }
 }
 
 /// The rollout limits a policy sets.
@@ -508,7 +533,8 @@ impl<H: HubApi + Clone> Scheduler<H> {
                         policy.revision().as_str(),
                         limits,
                         self.config.rollout.clone(),
-                    );
+                    )
+                    .with_max_calling(self.config.max_calling);
                     for entry in self.journal.entries(Some(policy.name()))? {
                         r.restore(&entry, now);
                     }

@@ -65,6 +65,18 @@ impl Harness {
         Self::start_with(|config| config).await
     }
 
+    /// A hub in memory whose quotas are `throttle(none)`, answering 429 beyond them.
+    pub async fn start_throttled(
+        throttle: impl FnOnce(casement_hub::ThrottleConfig) -> casement_hub::ThrottleConfig,
+    ) -> Self {
+        Self::start_with(move |mut config| {
+            config.throttle = throttle(casement_hub::ThrottleConfig::none());
+            config.throttle_mode = casement_hub::ThrottleMode::Reject;
+            config
+        })
+        .await
+    }
+
     /// A hub keeping its data in the harness directory (so it can be restarted).
     pub async fn start_on_disk() -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -157,6 +169,10 @@ impl Harness {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(200),
         };
+        config.twin_retry = config.backoff;
+        // Tests step the clock to a window's edge and expect the report at once; the jitter
+        // test sets its own.
+        config.report_jitter = Duration::ZERO;
         config.reboot_command = RebootCommand::new(vec![
             "sh".into(),
             "-c".into(),
@@ -186,6 +202,28 @@ impl Harness {
             .unwrap();
         assert!(response.status().is_success(), "{response:?}");
         response.json().await.unwrap()
+    }
+
+    /// The reported properties of a device, from a hub that may answer 429 (retried after
+    /// its `Retry-After`).
+    pub async fn reported_throttled(&self, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let response = self
+                .http
+                .get(self.url(&rest::twin_path(id, None)))
+                .header("Authorization", self.authorization())
+                .send()
+                .await
+                .unwrap();
+            if response.status() == 429 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            assert!(response.status().is_success(), "{response:?}");
+            let twin: Value = response.json().await.unwrap();
+            return twin["properties"]["reported"].clone();
+        }
     }
 
     /// The reported properties of a device.

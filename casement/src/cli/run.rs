@@ -11,7 +11,9 @@ use super::{EXIT_INPUT, EXIT_OK, print_diagnostics};
 use casement_scheduler::journal::DEFAULT_STATE_DIR;
 use casement_scheduler::metrics::Metrics;
 use casement_scheduler::rollout::RolloutConfig;
-use casement_scheduler::run::{RunConfig, RunError, Scheduler, Signals, run_with_metrics};
+use casement_scheduler::run::{
+    RunConfig, RunError, Scheduler, Signals, max_calling_for, run_with_metrics,
+};
 
 /// Flags of `casement run`.
 #[derive(Debug, clap::Args)]
@@ -85,6 +87,12 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Res
         completion_grace: args.completion_grace,
         ..RolloutConfig::default()
     };
+    config.max_calling = max_calling_for(
+        args.hub
+            .quota()
+            .rate(casement_client::Operation::Methods)
+            .map(|rate| rate.per_second),
+    );
     let metrics = Metrics::new();
     let result = runtime()?.block_on(async {
         let scheduler = Scheduler::start(client, clock, config, metrics.clone()).await?;

@@ -182,6 +182,20 @@ impl Env {
         reboot_time: Duration,
         max_skew: TimeDelta,
     ) {
+        self.simulate_with(n, zones, reboot_time, max_skew, |_| {})
+            .await;
+    }
+
+    /// As [`simulate`](Self::simulate), with `configure` adjusting the simulation's config
+    /// last (e.g. its agents' `report_jitter`).
+    pub async fn simulate_with(
+        &mut self,
+        n: usize,
+        zones: &[Tz],
+        reboot_time: Duration,
+        max_skew: TimeDelta,
+        configure: impl FnOnce(&mut SimulationConfig),
+    ) {
         let mut config = SimulationConfig::new(
             self.hub.service_connection_string().parse().unwrap(),
             n,
@@ -208,6 +222,7 @@ impl Env {
         // The clock jumps by days: tokens must outlive the jumps.
         config.token_lifetime = Duration::from_secs(60 * 86_400);
         config.renew_before = Duration::from_secs(86_400);
+        configure(&mut config);
         let sim = Simulation::start(config).await.expect("simulation starts");
         let ids: Vec<String> = sim.devices().iter().map(|d| d.id.clone()).collect();
         self.sim = Some(sim);
