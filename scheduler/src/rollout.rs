@@ -356,6 +356,8 @@ pub struct PolicyRollout {
     occurrences: BTreeMap<DateTime<Utc>, OccurrenceState>,
     recent: VecDeque<DateTime<Utc>>,
     max_calling: u32,
+    /// The shortest time from acceptance to a completion seen ([`Self::to_follow`]).
+    fastest_reboot: Option<TimeDelta>,
 }
 
 const MINUTE: TimeDelta = TimeDelta::seconds(60);
@@ -389,6 +391,7 @@ impl PolicyRollout {
             occurrences: BTreeMap::new(),
             recent: VecDeque::new(),
             max_calling: u32::MAX,
+            fastest_reboot: None,
         }
     }
 
@@ -442,11 +445,22 @@ impl PolicyRollout {
     /// journaled before a restart) — not those whose call is still under way. The run loop
     /// reads these twins one by one every pass (strongly consistent, bounded by
     /// `max_concurrent`); a query, which may lag, never confirms a completion.
-    pub fn to_follow(&self) -> impl Iterator<Item = &str> {
+    ///
+    /// A device accepted at `t` is not read before `t + ¾ ×` the fastest reboot this rollout
+    /// has seen completed (accepted to seen completed): a device that cannot be back yet is
+    /// not worth a twin read (S1 allows 100 a second, and a pass waits for its reads). This
+    /// only delays noticing a completion, never decides one; until one is seen, every device is
+    /// read every pass.
+    pub fn to_follow(&self, now: DateTime<Utc>) -> impl Iterator<Item = &str> {
+        let not_before = self.fastest_reboot.map(|fastest| fastest * 3 / 4);
         self.devices
             .iter()
-            .filter(|(_, d)| {
-                d.state.in_flight() && !matches!(d.state, DeviceState::Invoking { .. })
+            .filter(move |(_, d)| match d.state {
+                DeviceState::Invoking { .. } => false,
+                DeviceState::Rebooting { accepted_at } => {
+                    not_before.is_none_or(|wait| now >= accepted_at + wait)
+                }
+                _ => d.state.in_flight(),
             })
             .map(|(id, _)| id.as_str())
     }
@@ -824,6 +838,13 @@ impl PolicyRollout {
                         true
                     }
                     (Some(RebootStatus::Completed), _) => {
+                        if let DeviceState::Rebooting { accepted_at } = dev.state
+                            && now > accepted_at
+                        {
+                            let took = now - accepted_at;
+                            self.fastest_reboot =
+                                Some(self.fastest_reboot.map_or(took, |f| f.min(took)));
+                        }
                         dev.state = DeviceState::Done { completed: true };
                         dev.detail = EntryState::Completed;
                         true

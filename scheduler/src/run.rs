@@ -23,6 +23,7 @@
 //! clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -655,10 +656,10 @@ impl<H: HubApi + Clone> Scheduler<H> {
         };
         let now = self.clock.now();
         let follow: Vec<String> = match self.rollouts.get(name) {
-            Some(r) => r.to_follow().map(str::to_owned).collect(),
+            Some(r) => r.to_follow(now).map(str::to_owned).collect(),
             None => return Ok(()),
         };
-        let followed = self.read_twins(&follow).await;
+        let followed = self.read_twins(&follow).await?;
         let mut zones: HashMap<Option<Tz>, Option<Window>> = HashMap::new();
         let mut observe = |view: &TwinView| -> Observation {
             let zone = view.device_zone();
@@ -682,7 +683,12 @@ impl<H: HubApi + Clone> Scheduler<H> {
         if wanted > 0 {
             let sql = fleet::candidates_query(name, wanted);
             self.stats.candidate_queries += 1;
-            let result = self.hub.query(&sql).await;
+            let hub = self.hub.clone();
+            // The query may wait for the tier's query quota: calls that return meanwhile start
+            // the next devices of the queue.
+            let result = self
+                .while_calls(async move { hub.query(&sql).await })
+                .await?;
             self.note_call("query", status_of(&result));
             match result {
                 Ok(items) => {
@@ -719,8 +725,24 @@ impl<H: HubApi + Clone> Scheduler<H> {
         Ok(())
     }
 
+    /// Awaits `work` (a hub call of the pass) while handling the reboot calls that return
+    /// meanwhile, so a pass waiting for the tier's quotas never stalls the calls: each answer
+    /// lets the rollout start the next device of its queue at once (`PolicyRollout::invoked`).
+    async fn while_calls<T>(&mut self, work: impl Future<Output = T>) -> Result<T, RunError> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return Ok(out),
+                Some(joined) = self.calls.join_next(), if !self.calls.is_empty() => {
+                    self.on_join(joined).await?;
+                }
+            }
+        }
+    }
+
     /// Reads twins one by one (bounded concurrency); failures are logged and skipped.
-    async fn read_twins(&mut self, devices: &[String]) -> Vec<TwinView> {
+    async fn read_twins(&mut self, devices: &[String]) -> Result<Vec<TwinView>, RunError> {
         let mut out = Vec::with_capacity(devices.len());
         let mut tasks = JoinSet::new();
         let mut pending = devices.iter().cloned();
@@ -733,7 +755,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
                     (id, result)
                 });
             }
-            let joined = tasks.join_next().await;
+            let joined = self.while_calls(tasks.join_next()).await?;
             if let Some(Ok((_, result))) = &joined {
                 self.note_call("twin_read", status_of(result));
             }
@@ -750,7 +772,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 None => break,
             }
         }
-        out
+        Ok(out)
     }
 
     fn update_gauges(&self, name: &str) {

@@ -708,7 +708,7 @@ fn a_gateway_timeout_keeps_the_slot_and_the_twin_decides_without_a_second_call()
     // Not a failure (a zero budget would pause), still in flight, journaled "may have run".
     assert_eq!(pauses(&actions), 0);
     assert!(invoked_ids(&actions).is_empty(), "the slot stays taken");
-    assert_eq!(r.to_follow().collect::<Vec<_>>(), ["d000"]);
+    assert_eq!(r.to_follow(NOW()).collect::<Vec<_>>(), ["d000"]);
     assert!(matches!(
         records(&actions)[0].state,
         EntryState::MayHaveRun(_)
@@ -823,4 +823,34 @@ fn queued_candidates_are_spent_before_another_query_and_calls_wait_in_the_queue(
     r.observe(NOW(), &fleet(2), true);
     assert_eq!(r.capacity(NOW()), 2);
     assert_eq!(r.candidates_wanted(NOW(), lag), 100);
+}
+
+#[test]
+fn devices_are_not_followed_before_the_fastest_reboot_seen_could_be_over() {
+    let mut r = rollout(limits(2, 1000, MaxFailures::Count(100)));
+    r.observe(NOW(), &fleet(3), true);
+    for d in ["d000", "d001"] {
+        r.invoked(NOW(), d, window(), MethodOutcome::Accepted);
+    }
+    // Nothing seen completed yet: every accepted device is read every pass.
+    let soon = NOW() + TimeDelta::seconds(1);
+    assert_eq!(r.to_follow(soon).collect::<Vec<_>>(), ["d000", "d001"]);
+    // d000 is back 40 s after it accepted: d002 starts in its slot, and it is read only from
+    // 30 s after its acceptance.
+    let back = NOW() + TimeDelta::seconds(40);
+    let actions = r.observe(
+        back,
+        &[rebooted("d000", RebootStatus::Completed, back)],
+        false,
+    );
+    let started = invoked_ids(&actions);
+    assert_eq!(started, ["d002"]);
+    for d in &started {
+        r.invoked(back, d, window(), MethodOutcome::Accepted);
+    }
+    assert_eq!(r.to_follow(back).collect::<Vec<_>>(), ["d001"]);
+    let later = back + TimeDelta::seconds(29);
+    assert_eq!(r.to_follow(later).collect::<Vec<_>>(), ["d001"]);
+    let later = back + TimeDelta::seconds(30);
+    assert_eq!(r.to_follow(later).collect::<Vec<_>>(), ["d001", "d002"]);
 }
