@@ -826,22 +826,17 @@ async fn twin_gets_and_reports_refused_with_429_are_retried_until_the_hub_takes_
     let mut retried = BTreeSet::new();
     for agent in &mut agents {
         // Every agent's report of the applied policy arrives, however many 429s it took.
-        loop {
-            match agent
-                .wait("the applied report or a retry", |e| {
-                    matches!(e, AgentEvent::TwinRetry { .. })
-                        || matches!(e, AgentEvent::Reported(p) if p["maintenance"]["status"] == "applied")
-                })
-                .await
-            {
-                AgentEvent::TwinRetry {
-                    request, status, ..
-                } => {
-                    assert_eq!(status, 429);
-                    retried.insert(request);
-                }
-                _ => break,
-            }
+        while let AgentEvent::TwinRetry {
+            request, status, ..
+        } = agent
+            .wait("the applied report or a retry", |e| {
+                matches!(e, AgentEvent::TwinRetry { .. })
+                    || matches!(e, AgentEvent::Reported(p) if p["maintenance"]["status"] == "applied")
+            })
+            .await
+        {
+            assert_eq!(status, 429);
+            retried.insert(request);
         }
     }
     assert!(
