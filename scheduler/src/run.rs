@@ -893,7 +893,8 @@ impl<H: HubApi + Clone> Scheduler<H> {
         });
     }
 
-    async fn on_call(&mut self, result: CallResult) -> Result<(), RunError> {
+    /// Counts one call's outcome and hands it to its rollout; returns what the rollout decides.
+    fn on_call(&mut self, result: CallResult) -> Vec<Action> {
         let now = self.clock.now();
         self.note_call("method", result.status);
         self.metrics
@@ -916,26 +917,39 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 tracing::warn!(policy = %result.policy, device = %result.device, error = %e, "reboot invocation failed");
             }
         }
-        let actions = match self.rollouts.get_mut(&result.policy) {
+        match self.rollouts.get_mut(&result.policy) {
             Some(r) => r.invoked(now, &result.device, result.window, result.outcome),
             None => Vec::new(),
-        };
-        self.execute(actions).await?;
-        self.update_gauges(&result.policy);
-        Ok(())
+        }
     }
 
+    /// Handles a returned call and every other call that has returned by now, as one batch:
+    /// their records, and the intents of the devices they let start, are journaled with one
+    /// flush each (a wave of answers is not a flush per answer).
     async fn on_join(
         &mut self,
         joined: Result<CallResult, tokio::task::JoinError>,
     ) -> Result<(), RunError> {
-        match joined {
-            Ok(result) => self.on_call(result).await,
-            Err(e) => {
-                tracing::error!(error = %e, "a reboot call task failed");
-                Ok(())
+        let mut batch = vec![joined];
+        while let Some(more) = self.calls.try_join_next() {
+            batch.push(more);
+        }
+        let mut actions = Vec::new();
+        let mut policies = BTreeSet::new();
+        for joined in batch {
+            match joined {
+                Ok(result) => {
+                    policies.insert(result.policy.clone());
+                    actions.extend(self.on_call(result));
+                }
+                Err(e) => tracing::error!(error = %e, "a reboot call task failed"),
             }
         }
+        self.execute(actions).await?;
+        for policy in policies {
+            self.update_gauges(&policy);
+        }
+        Ok(())
     }
 
     /// Waits for every call under way and records its outcome (outcomes may start more calls,

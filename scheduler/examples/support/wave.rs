@@ -1,7 +1,8 @@
 //! What `wave_bench` and `scale_bench` share: flags, a shifted real-time clock, the wave's
 //! policy, the simulated fleet set up before the measured time, and the ground-truth check.
 //!
-//! The set-up — registering N devices, applying the policy (`Scheduler::start`), connecting
+//! The set-up — registering N devices, applying the policy (with the benchmark's own,
+//! unthrottled client, so a throttled hub does not spend minutes of its quota on it), connecting
 //! N simulated agents and waiting until every one reports the window open and itself due — is
 //! done by [`Wave::start`] and is not measured; the measured time starts when
 //! [`Wave::run_until_done`] starts the scheduler's loop and ends when it has seen every
@@ -15,6 +16,7 @@ use casement_agent::clock::AgentClock;
 use casement_agent::{Simulation, SimulationConfig};
 use casement_client::{HubApi, ServiceClient};
 use casement_hub::RunningHub;
+use casement_scheduler::apply::{self, ApplyOptions};
 use casement_scheduler::metrics::Metrics;
 use casement_scheduler::run::{RunConfig, RunStats, Scheduler, Signals};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
@@ -174,8 +176,10 @@ max_failures = "5%"
                 spec.concurrent
             ),
         )?;
-        let mut run = RunConfig::new(vec![policies], dir.path().join("state"));
+        let mut run = RunConfig::new(vec![policies.clone()], dir.path().join("state"));
         run.tick = spec.tick;
+        // Applied below, outside the scheduler's quotas.
+        run.apply = false;
         configure(&mut run);
         let metrics = Metrics::new();
         let started = Instant::now();
@@ -188,6 +192,16 @@ max_failures = "5%"
             )
             .await?;
         }
+        let set = casement_policy::load(&[policies])
+            .map_err(|d| anyhow::anyhow!("the wave's policy: {d:?}"))?;
+        let options = ApplyOptions::default();
+        let plan = apply::plan(client, &set, &options).await?;
+        let applied = apply::execute(client, &set, &plan, &options, &()).await;
+        anyhow::ensure!(
+            applied.failed.is_empty(),
+            "applying the policy: {:?}",
+            applied.failed
+        );
         let scheduler =
             Scheduler::start(scheduler_client, Arc::new(clock), run, metrics.clone()).await?;
         let mut sim =
