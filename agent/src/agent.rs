@@ -646,6 +646,26 @@ impl Core {
         format!("{}-{}", self.rid_prefix, self.rid_counter)
     }
 
+    /// The hub answered `status` (429 or 5xx) to `request` (`"twin GET"` or `"reported
+    /// patch"`): when to send it again, after that request's backoff. Logged and told.
+    fn retry_later(&mut self, request: &'static str, status: u16) -> tokio::time::Instant {
+        let backoff = if request == "twin GET" {
+            &mut self.get_backoff
+        } else {
+            &mut self.report_backoff
+        };
+        let delay = backoff.next_delay();
+        let attempt = backoff.attempts();
+        warn!(device = %self.device, status, request, retry_in_ms = delay.as_millis() as u64, attempt,
+              "the hub did not take a twin request; it will be sent again");
+        self.emit(AgentEvent::TwinRetry {
+            request,
+            status,
+            delay,
+        });
+        tokio::time::Instant::now() + delay
+    }
+
     /// Sends the session's twin GET (again, after a throttled one).
     async fn get_twin(&mut self, session: &mut Session) -> Result<(), String> {
         let rid = self.next_rid();
@@ -860,16 +880,7 @@ impl Core {
                         self.emit(AgentEvent::Reported(patch));
                     }
                     ReportAck::Retry { status } => {
-                        let delay = self.report_backoff.next_delay();
-                        warn!(device = %self.device, status, retry_in_ms = delay.as_millis() as u64,
-                              attempt = self.report_backoff.attempts(),
-                              "the hub did not take a reported patch; it will be sent again");
-                        self.report_retry_at = Some(tokio::time::Instant::now() + delay);
-                        self.emit(AgentEvent::TwinRetry {
-                            request: "reported patch",
-                            status,
-                            delay,
-                        });
+                        self.report_retry_at = Some(self.retry_later("reported patch", status));
                     }
                     ReportAck::Refused { status, patch } => {
                         error!(device = %self.device, status, patch = %patch, body = %String::from_utf8_lossy(payload),
@@ -937,16 +948,7 @@ impl Core {
         session.get_rid = None;
         if status == 429 || (500..=599).contains(&status) {
             // Throttled or failing: ask again after a backoff, on this connection.
-            let delay = self.get_backoff.next_delay();
-            warn!(device = %self.device, status, retry_in_ms = delay.as_millis() as u64,
-                  attempt = self.get_backoff.attempts(),
-                  "the hub did not answer the twin GET; asking again");
-            session.get_retry_at = Some(tokio::time::Instant::now() + delay);
-            self.emit(AgentEvent::TwinRetry {
-                request: "twin GET",
-                status,
-                delay,
-            });
+            session.get_retry_at = Some(self.retry_later("twin GET", status));
             return Ok(());
         }
         self.get_backoff.reset();

@@ -845,7 +845,7 @@ async fn twin_gets_and_reports_refused_with_429_are_retried_until_the_hub_takes_
     );
     assert!(harness.hub().throttle_counts().refused > 0);
     for id in &ids {
-        let reported = harness.reported_throttled(id).await;
+        let reported = harness.reported(id).await;
         assert_eq!(reported["maintenance"]["status"], "applied", "{id}");
         assert_eq!(reported["maintenance"]["revision"], "aa01", "{id}");
     }

@@ -30,12 +30,7 @@ use wave::{Shifted, Wave, WaveSpec, flag, text};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     wave::init();
-    let spec = WaveSpec {
-        devices: flag("--devices", 2000),
-        concurrent: flag("--concurrent", 200),
-        reboot: Duration::from_millis(flag("--reboot-ms", 2000)),
-        tick: Duration::from_millis(flag("--tick-ms", 1000)),
-    };
+    let spec = WaveSpec::from_flags(1000);
     let units = u32::try_from(flag("--units", 1)).unwrap_or(1);
     let tier: Tier = text("--tier", "S1")
         .parse()

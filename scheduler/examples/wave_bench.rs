@@ -15,7 +15,6 @@
 //! device, never more than C down at once).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use casement_client::{ClientConfig, HubTarget, ServiceClient};
 use casement_hub::{Hub, HubConfig};
@@ -23,17 +22,12 @@ use casement_hub::{Hub, HubConfig};
 #[path = "support/wave.rs"]
 mod wave;
 
-use wave::{Shifted, Wave, WaveSpec, flag};
+use wave::{Shifted, Wave, WaveSpec};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     wave::init();
-    let spec = WaveSpec {
-        devices: flag("--devices", 2000),
-        concurrent: flag("--concurrent", 200),
-        reboot: Duration::from_millis(flag("--reboot-ms", 2000)),
-        tick: Duration::from_millis(flag("--tick-ms", 250)),
-    };
+    let spec = WaveSpec::from_flags(250);
     let clock = Shifted::in_window();
     let mut config = HubConfig::for_tests();
     config.mqtts = None;

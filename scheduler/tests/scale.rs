@@ -113,6 +113,27 @@ async fn wave<H: HubApi + Clone>(
     passes
 }
 
+/// Invariants 1–3 over the ground truth, and 4: each of the `n` devices rebooted once.
+fn every_device_rebooted_once(
+    env: &Env,
+    spec: &casement_policy::WindowSpec,
+    max_concurrent: usize,
+    n: usize,
+) -> Vec<casement_agent::SimulatedReboot> {
+    let records = env.reboots();
+    check_invariants(
+        &records,
+        spec,
+        &|_| UTC,
+        TimeDelta::zero(),
+        REBOOT,
+        max_concurrent,
+        1000,
+    );
+    assert_eq!(records.len(), n, "invariant 4: every device rebooted once");
+    records
+}
+
 /// `n` UTC devices under a policy of `max_concurrent`, the scheduler started, before the window.
 async fn fleet(
     n: usize,
@@ -245,17 +266,7 @@ async fn the_invariants_hold_when_queries_lag_30s_across_a_scheduler_restart() {
         &on_time,
     )
     .await;
-    let records = env.reboots();
-    check_invariants(
-        &records,
-        &spec,
-        &|_| UTC,
-        TimeDelta::zero(),
-        REBOOT,
-        3,
-        1000,
-    );
-    assert_eq!(records.len(), 12, "invariant 4: every device rebooted once");
+    every_device_rebooted_once(&env, &spec, 3, 12);
     let journal = scheduler.journal().entries(Some("weekly")).unwrap();
     assert_eq!(journal.len(), 12);
     assert!(
@@ -471,17 +482,7 @@ async fn with_the_agents_report_jitter_on_every_device_is_rebooted_inside_its_wi
         &delay,
     )
     .await;
-    let records = env.reboots();
-    check_invariants(
-        &records,
-        &spec,
-        &|_| UTC,
-        TimeDelta::zero(),
-        REBOOT,
-        3,
-        1000,
-    );
-    assert_eq!(records.len(), 12, "invariant 4: every device rebooted once");
+    let records = every_device_rebooted_once(&env, &spec, 3, 12);
     for r in &records {
         assert!(
             r.at >= opens + delay(&r.device),

@@ -112,6 +112,18 @@ pub struct WaveSpec {
     pub tick: Duration,
 }
 
+impl WaveSpec {
+    /// From `--devices` (2,000), `--concurrent` (200), `--reboot-ms` (2,000) and `--tick-ms`.
+    pub fn from_flags(default_tick_ms: u64) -> Self {
+        Self {
+            devices: flag("--devices", 2000),
+            concurrent: flag("--concurrent", 200),
+            reboot: Duration::from_millis(flag("--reboot-ms", 2000)),
+            tick: Duration::from_millis(flag("--tick-ms", default_tick_ms)),
+        }
+    }
+}
+
 /// A fleet set up and ready for the wave (nothing measured yet).
 pub struct Wave<H: HubApi + Clone> {
     spec: WaveSpec,
