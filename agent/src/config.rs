@@ -756,6 +756,38 @@ mod tests {
     }
 
     #[test]
+    fn the_report_jitter_defaults_to_30s_comes_from_the_flag_or_the_file_and_is_bounded() {
+        let config = AgentConfig::resolve(flags(), || Tz::UTC).unwrap();
+        assert_eq!(config.report_jitter, Duration::from_secs(30));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "report_jitter = \"2m\"\n").unwrap();
+        let from_file = RunFlags {
+            config: Some(path),
+            ..flags()
+        };
+        let config = AgentConfig::resolve(from_file.clone(), || Tz::UTC).unwrap();
+        assert_eq!(config.report_jitter, Duration::from_secs(120));
+        let off = RunFlags {
+            report_jitter: Some("0s".into()),
+            ..from_file
+        };
+        let config = AgentConfig::resolve(off, || Tz::UTC).unwrap();
+        assert_eq!(
+            config.report_jitter,
+            Duration::ZERO,
+            "the flag wins; 0s is off"
+        );
+        let mut f = flags();
+        f.report_jitter = Some("11m".into());
+        let err = AgentConfig::resolve(f, || Tz::UTC).unwrap_err().to_string();
+        assert!(
+            err.contains("--report-jitter") && err.contains("at most 600s"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_inputs_get_errors_that_say_where() {
         let err = AgentConfig::resolve(RunFlags::default(), || Tz::UTC).unwrap_err();
         assert!(matches!(err, ConfigError::MissingConnectionString));
