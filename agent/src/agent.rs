@@ -39,8 +39,6 @@ use casement_policy::maintenance::ReportedWindow;
 /// How long the agent waits for the "rebooting" report to be acknowledged before it runs the
 /// reboot command anyway.
 pub const REPORT_BEFORE_REBOOT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a reported patch the hub throttled (429) or failed (5xx) waits before it is resent.
-pub const REPORT_RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How long the reboot command may run.
 pub const REBOOT_COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long after a successful reboot command the device may still be up before the reboot
@@ -128,6 +126,15 @@ pub enum AgentEvent {
     TokenRenewal,
     /// The wall clock jumped; windows were re-evaluated.
     ClockJumped(TimeDelta),
+    /// The hub throttled (429) or failed (5xx) a twin request; it is sent again after `delay`.
+    TwinRetry {
+        /// `"twin GET"` or `"reported patch"`.
+        request: &'static str,
+        /// The status the hub answered.
+        status: u16,
+        /// How long the agent waits before sending it again.
+        delay: Duration,
+    },
 }
 
 /// One device's agent.
@@ -226,6 +233,9 @@ impl Agent {
             rid_prefix: format!("{:08x}", rand::random::<u32>()),
             rid_counter: 0,
             report_retry_at: None,
+            report_backoff: Backoff::new(self.config.twin_retry),
+            get_backoff: Backoff::new(self.config.twin_retry),
+            report_jitter: self.config.report_jitter,
             reboot: RebootStage::None,
             events: self.events.clone(),
             hook: self.hook.clone(),
@@ -374,6 +384,7 @@ impl Agent {
         let mut session = Session {
             client,
             get_rid: None,
+            get_retry_at: None,
         };
         let subscribe = session
             .client
@@ -388,23 +399,20 @@ impl Agent {
         if let Err(err) = subscribe {
             return lost(format!("cannot subscribe: {err}"));
         }
-        let get_rid = core.next_rid();
-        if let Err(reason) = session
-            .publish(
-                DeviceToHub::TwinGet {
-                    rid: get_rid.clone(),
-                }
-                .to_string(),
-                b" ".to_vec(),
-            )
-            .await
-        {
+        if let Err(reason) = core.get_twin(&mut session).await {
             return lost(reason);
         }
-        session.get_rid = Some(get_rid);
         core.desired.begin_session();
 
         loop {
+            // A throttled twin GET whose backoff has passed goes again.
+            if session
+                .get_retry_at
+                .is_some_and(|at| tokio::time::Instant::now() >= at)
+                && let Err(reason) = core.get_twin(&mut session).await
+            {
+                return lost(reason);
+            }
             // Flush whatever is queued.
             if let Err(reason) = core.flush_reports(&mut session).await {
                 return lost(reason);
@@ -419,7 +427,7 @@ impl Agent {
 
             let now = clock.now();
             let mut deadline = renew_at;
-            if let Some(next) = core.policy.next_transition(now) {
+            if let Some(next) = core.next_window_report(now) {
                 deadline = deadline.min(next);
             }
             if let RebootStage::Commanded { gave_up_at } = core.reboot {
@@ -429,11 +437,12 @@ impl Agent {
                 RebootStage::WaitingForReport { deadline, .. } => Some(*deadline),
                 _ => None,
             };
-            // Wake for whichever real-time wait ends first: the reboot's report, a report retry.
-            let io_wait = match (reboot_wait, core.report_retry_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // Wake for whichever real-time wait ends first: the reboot's report, a report retry,
+            // a twin GET retry.
+            let io_wait = [reboot_wait, core.report_retry_at, session.get_retry_at]
+                .into_iter()
+                .flatten()
+                .min();
 
             tokio::select! {
                 () = &mut *shutdown => {
@@ -548,6 +557,8 @@ struct Session {
     client: AsyncClient,
     /// The outstanding twin GET of this session.
     get_rid: Option<String>,
+    /// When a throttled twin GET is sent again.
+    get_retry_at: Option<tokio::time::Instant>,
 }
 
 impl Session {
@@ -614,6 +625,12 @@ struct Core {
     rid_counter: u64,
     /// Reported patches wait until then after a 429 or 5xx.
     report_retry_at: Option<tokio::time::Instant>,
+    /// The backoff of a reported patch the hub throttled or failed (`AgentConfig::twin_retry`).
+    report_backoff: Backoff,
+    /// The backoff of a twin GET the hub throttled or failed (`AgentConfig::twin_retry`).
+    get_backoff: Backoff,
+    /// `AgentConfig::report_jitter`.
+    report_jitter: Duration,
     reboot: RebootStage,
     events: broadcast::Sender<AgentEvent>,
     hook: RebootHook,
@@ -627,6 +644,64 @@ impl Core {
     fn next_rid(&mut self) -> String {
         self.rid_counter += 1;
         format!("{}-{}", self.rid_prefix, self.rid_counter)
+    }
+
+    /// The hub answered `status` (429 or 5xx) to `request` (`"twin GET"` or `"reported
+    /// patch"`): when to send it again, after that request's backoff. Logged and told.
+    fn retry_later(&mut self, request: &'static str, status: u16) -> tokio::time::Instant {
+        let backoff = if request == "twin GET" {
+            &mut self.get_backoff
+        } else {
+            &mut self.report_backoff
+        };
+        let delay = backoff.next_delay();
+        let attempt = backoff.attempts();
+        warn!(device = %self.device, status, request, retry_in_ms = delay.as_millis() as u64, attempt,
+              "the hub did not take a twin request; it will be sent again");
+        self.emit(AgentEvent::TwinRetry {
+            request,
+            status,
+            delay,
+        });
+        tokio::time::Instant::now() + delay
+    }
+
+    /// Sends the session's twin GET (again, after a throttled one).
+    async fn get_twin(&mut self, session: &mut Session) -> Result<(), String> {
+        let rid = self.next_rid();
+        session.get_retry_at = None;
+        session
+            .publish(
+                DeviceToHub::TwinGet { rid: rid.clone() }.to_string(),
+                b" ".to_vec(),
+            )
+            .await?;
+        session.get_rid = Some(rid);
+        Ok(())
+    }
+
+    /// This device's own report delay
+    /// ([`MaintenancePlan::report_delay`](casement_policy::MaintenancePlan::report_delay) of
+    /// `report_jitter`): the window it reports is the window as it was that long ago, so its
+    /// openings and closings reach the hub that late, and a fleet whose windows open together
+    /// spreads its reports. Every report uses this one view (timer, clock jump, reconnect, new
+    /// policy), so a report never goes back on an earlier one; the reboot gate uses the clock
+    /// itself, never the delayed view.
+    fn report_delay(&self) -> TimeDelta {
+        self.policy
+            .plan()
+            .map(|plan| plan.report_delay(&self.device, self.report_jitter))
+            .and_then(|delay| TimeDelta::from_std(delay).ok())
+            .unwrap_or_default()
+    }
+
+    /// When the next window opening or closing is to be reported: the transition plus
+    /// [`report_delay`](Self::report_delay).
+    fn next_window_report(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let delay = self.report_delay();
+        self.policy
+            .next_transition(now - delay)
+            .map(|transition| transition + delay)
     }
 
     async fn persist(&mut self, state: AgentState) -> Result<(), String> {
@@ -800,12 +875,12 @@ impl Core {
                     return self.on_twin(session, status, payload, now).await;
                 }
                 match self.reporter.on_response(&rid, status) {
-                    ReportAck::Accepted(patch) => self.emit(AgentEvent::Reported(patch)),
+                    ReportAck::Accepted(patch) => {
+                        self.report_backoff.reset();
+                        self.emit(AgentEvent::Reported(patch));
+                    }
                     ReportAck::Retry { status } => {
-                        warn!(device = %self.device, status, retry_in_s = REPORT_RETRY_DELAY.as_secs(),
-                              "the hub did not take a reported patch; it will be sent again");
-                        self.report_retry_at =
-                            Some(tokio::time::Instant::now() + REPORT_RETRY_DELAY);
+                        self.report_retry_at = Some(self.retry_later("reported patch", status));
                     }
                     ReportAck::Refused { status, patch } => {
                         error!(device = %self.device, status, patch = %patch, body = %String::from_utf8_lossy(payload),
@@ -871,6 +946,12 @@ impl Core {
         now: DateTime<Utc>,
     ) -> Result<(), String> {
         session.get_rid = None;
+        if status == 429 || (500..=599).contains(&status) {
+            // Throttled or failing: ask again after a backoff, on this connection.
+            session.get_retry_at = Some(self.retry_later("twin GET", status));
+            return Ok(());
+        }
+        self.get_backoff.reset();
         let twin: Option<Value> = (status == 200)
             .then(|| serde_json::from_slice(payload).ok())
             .flatten();
@@ -949,10 +1030,11 @@ impl Core {
 
     /// Queues the whole maintenance section (status, policy, zone and window).
     fn report_maintenance(&mut self, now: DateTime<Utc>) {
+        let seen = now - self.report_delay();
         let state = &self.state;
         let (patch, window) = self
             .policy
-            .report(now, &|occurrence| Self::rebooted_for(state, occurrence));
+            .report(seen, &|occurrence| Self::rebooted_for(state, occurrence));
         self.last_window = window;
         self.reporter.queue(patch);
     }
@@ -973,10 +1055,11 @@ impl Core {
 
     /// Queues `maintenance.window` when it differs from what was last reported.
     fn report_window_if_changed(&mut self, now: DateTime<Utc>) {
+        let seen = now - self.report_delay();
         let state = &self.state;
         let window = self
             .policy
-            .window_report(now, &|occurrence| Self::rebooted_for(state, occurrence));
+            .window_report(seen, &|occurrence| Self::rebooted_for(state, occurrence));
         if window != self.last_window {
             if let Some(window) = &window {
                 info!(device = %self.device, open = window.open, opens_at = %window.opens_at, closes_at = %window.closes_at,

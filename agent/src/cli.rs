@@ -70,6 +70,13 @@ pub struct RunArgs {
     /// that survives reboots, and the kernel's boot id).
     #[arg(long, conflicts_with = "reboot_command")]
     pub simulate_reboot: bool,
+    /// Report window openings and closings up to this late, by a delay of this device's own
+    /// (a hash of its id over [0, DURATION), capped at half of the window's time to start a
+    /// reboot), so a fleet whose windows open at the same instant does not report at that
+    /// instant and over the hub's twin-update quota. 0s reports on the instant
+    /// [default: 30s; report_jitter in --config].
+    #[arg(long, value_name = "DURATION")]
+    pub report_jitter: Option<String>,
 }
 
 impl RunArgs {
@@ -86,6 +93,7 @@ impl RunArgs {
             reboot_command: self
                 .reboot_command
                 .map(|command| command.split_whitespace().map(str::to_owned).collect()),
+            report_jitter: self.report_jitter,
         }
     }
 }

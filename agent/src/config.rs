@@ -14,6 +14,7 @@ use casement_iothub::connection_string::{
     ConnectionStringError, DeviceAuth, DeviceConnectionString,
 };
 use casement_policy::duration::parse_duration;
+use casement_policy::maintenance::DEFAULT_REPORT_JITTER;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
@@ -335,6 +336,7 @@ impl fmt::Display for RebootCommand {
 /// keep_alive        = "180s"
 /// token_lifetime    = "1h"
 /// renew_before      = "15m"
+/// report_jitter     = "30s"
 /// ```
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -357,6 +359,8 @@ pub struct FileConfig {
     pub token_lifetime: Option<String>,
     /// Renew the token this long before it expires (`"15m"`).
     pub renew_before: Option<String>,
+    /// Report window transitions up to this late (`"30s"`; `"0s"` = on the instant).
+    pub report_jitter: Option<String>,
 }
 
 impl FileConfig {
@@ -422,7 +426,22 @@ pub struct RunFlags {
     pub timezone: Option<String>,
     /// `--reboot-command` (argv).
     pub reboot_command: Option<Vec<String>>,
+    /// `--report-jitter`.
+    pub report_jitter: Option<String>,
 }
+
+/// How a reported patch or the twin GET that the hub throttled (429) or failed (5xx) is retried
+/// (`AgentConfig::twin_retry`): exponential backoff with full jitter, from up to 1 s doubling
+/// to up to 60 s, reset by the next success. IoT Hub's MQTT twin responses carry only a status
+/// (no `Retry-After`), so this backoff is the only pace; the request is kept and sent again on
+/// the same connection, never dropped.
+pub const DEFAULT_TWIN_RETRY: BackoffPolicy = BackoffPolicy {
+    initial: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+};
+
+/// The longest `report_jitter` accepted.
+pub const MAX_REPORT_JITTER: Duration = Duration::from_secs(600);
 
 /// Where the agent keeps state when nothing says otherwise (systemd's `StateDirectory=`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/casement-agent";
@@ -450,6 +469,13 @@ pub struct AgentConfig {
     pub renew_before: Duration,
     /// Reconnect backoff.
     pub backoff: BackoffPolicy,
+    /// How late the window's openings and closings may be reported: this device waits its own
+    /// share of it (`MaintenancePlan::report_delay`), so a fleet whose windows open together
+    /// spreads its reports. Zero reports on the instant.
+    pub report_jitter: Duration,
+    /// Backoff of a twin GET or reported patch the hub throttled or failed
+    /// ([`DEFAULT_TWIN_RETRY`]).
+    pub twin_retry: BackoffPolicy,
 }
 
 impl AgentConfig {
@@ -471,6 +497,8 @@ impl AgentConfig {
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
             renew_before: DEFAULT_RENEW_BEFORE,
             backoff: BackoffPolicy::default(),
+            report_jitter: DEFAULT_REPORT_JITTER,
+            twin_retry: DEFAULT_TWIN_RETRY,
         }
     }
 
@@ -559,6 +587,23 @@ impl AgentConfig {
                 ),
             });
         }
+        let (jitter_setting, jitter_text) = match (flags.report_jitter, file.report_jitter) {
+            (Some(text), _) => ("--report-jitter", Some(text)),
+            (None, text) => ("report_jitter", text),
+        };
+        let report_jitter = duration(jitter_setting, jitter_text, DEFAULT_REPORT_JITTER)?;
+        if report_jitter > MAX_REPORT_JITTER {
+            return Err(ConfigError::Duration {
+                setting: jitter_setting,
+                input: format!("{}s", report_jitter.as_secs()),
+                reason: format!(
+                    "must be at most {}s: a window report delayed longer leaves the scheduler too \
+                     little of a short window (30s spreads 1,500 devices within S1's 50 twin \
+                     updates a second)",
+                    MAX_REPORT_JITTER.as_secs()
+                ),
+            });
+        }
         if keep_alive < Duration::from_secs(5) || keep_alive > Duration::from_secs(1740) {
             return Err(ConfigError::Duration {
                 setting: "keep_alive",
@@ -581,6 +626,8 @@ impl AgentConfig {
             token_lifetime,
             renew_before,
             backoff: BackoffPolicy::default(),
+            report_jitter,
+            twin_retry: DEFAULT_TWIN_RETRY,
         })
     }
 }
@@ -706,6 +753,38 @@ mod tests {
         assert_eq!(config.reboot_command.argv(), ["/sbin/reboot", "-f"]);
         assert_eq!(config.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(config.token_lifetime, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn the_report_jitter_defaults_to_30s_comes_from_the_flag_or_the_file_and_is_bounded() {
+        let config = AgentConfig::resolve(flags(), || Tz::UTC).unwrap();
+        assert_eq!(config.report_jitter, Duration::from_secs(30));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "report_jitter = \"2m\"\n").unwrap();
+        let from_file = RunFlags {
+            config: Some(path),
+            ..flags()
+        };
+        let config = AgentConfig::resolve(from_file.clone(), || Tz::UTC).unwrap();
+        assert_eq!(config.report_jitter, Duration::from_secs(120));
+        let off = RunFlags {
+            report_jitter: Some("0s".into()),
+            ..from_file
+        };
+        let config = AgentConfig::resolve(off, || Tz::UTC).unwrap();
+        assert_eq!(
+            config.report_jitter,
+            Duration::ZERO,
+            "the flag wins; 0s is off"
+        );
+        let mut f = flags();
+        f.report_jitter = Some("11m".into());
+        let err = AgentConfig::resolve(f, || Tz::UTC).unwrap_err().to_string();
+        assert!(
+            err.contains("--report-jitter") && err.contains("at most 600s"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -115,6 +115,10 @@ pub struct SimulationConfig {
     /// closing on), so the hub notices only by keep-alive, as with a real power cut. Plain MQTT
     /// endpoints on this machine only. Default off: the connection closes at once.
     pub silent_power_cuts: bool,
+    /// Every agent's `report_jitter`. Default zero: simulated fleets (tests, the demo) jump
+    /// their clocks to a window and expect its reports on the instant; set it to spread them
+    /// as real agents do (30 s by default).
+    pub report_jitter: Duration,
 }
 
 impl SimulationConfig {
@@ -140,6 +144,7 @@ impl SimulationConfig {
             token_lifetime: crate::config::DEFAULT_TOKEN_LIFETIME,
             renew_before: crate::config::DEFAULT_RENEW_BEFORE,
             silent_power_cuts: false,
+            report_jitter: Duration::ZERO,
         }
     }
 }
@@ -421,6 +426,7 @@ impl Simulation {
             agent_config.backoff = config.backoff;
             agent_config.token_lifetime = config.token_lifetime;
             agent_config.renew_before = config.renew_before;
+            agent_config.report_jitter = config.report_jitter;
             tasks.spawn(run_device(DeviceRun {
                 device: device.clone(),
                 config: agent_config,

@@ -185,7 +185,34 @@ pub struct MaintenancePlan {
     pub expected_duration: Duration,
 }
 
+/// How much an agent may delay its window reports by default (`casement-agent run
+/// --report-jitter`): see [`MaintenancePlan::report_delay`].
+pub const DEFAULT_REPORT_JITTER: Duration = Duration::from_secs(30);
+
 impl MaintenancePlan {
+    /// How long after its window opens (and closes) a device reports it, so that a fleet whose
+    /// windows open at the same instant does not report at that instant (IoT Hub meters twin
+    /// updates per second: S1 allows 50 per unit). The delay is the device's own, the same at
+    /// every window: a hash of `device_id` spread evenly over `[0, J)`, where `J` is `jitter`
+    /// capped at half the time the window leaves for starting a reboot
+    /// (`(duration − expected_duration) / 2`). So a device reports itself due while at least
+    /// half of that time, and `expected_duration`, are still left: the scheduler, which starts a
+    /// reboot only with `expected_duration` left by its own window math, can still reboot it
+    /// inside the window, and the agent still refuses any reboot its own clock puts outside.
+    /// `jitter` zero: no delay.
+    pub fn report_delay(&self, device_id: &str, jitter: Duration) -> Duration {
+        let room = self
+            .window
+            .duration()
+            .saturating_sub(self.expected_duration)
+            / 2;
+        let bound = u64::try_from(jitter.min(room).as_millis()).unwrap_or(u64::MAX);
+        if bound == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(spread(device_id) % bound)
+    }
+
     /// The zone to compute windows in, given the device's own zone.
     pub fn zone(&self, device_zone: Tz) -> Tz {
         self.window
@@ -352,6 +379,23 @@ pub struct ReportedMaintenance {
     /// The current or next window (`null` when there is none).
     #[serde(default)]
     pub window: Option<ReportedWindow>,
+}
+
+/// A stable 64-bit hash of a device id (FNV-1a, then a final mix so that ids differing only in
+/// their last characters spread over the whole range): the same on every agent build and
+/// platform, unlike `std`'s `DefaultHasher`.
+fn spread(device_id: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in device_id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // splitmix64's finaliser.
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
 }
 
 /// `reported.maintenance.window`.
@@ -576,6 +620,43 @@ mod tests {
         assert_eq!(
             DesiredMaintenance::clear_patch(),
             json!({ "maintenance": null })
+        );
+    }
+
+    #[test]
+    fn report_delays_are_per_device_spread_over_the_jitter_and_leave_the_window_room() {
+        let plan = desired().validate().unwrap();
+        let jitter = Duration::from_secs(30);
+        let delays: Vec<Duration> = (0..1000)
+            .map(|n| plan.report_delay(&format!("sim-{n:04}"), jitter))
+            .collect();
+        assert!(delays.iter().all(|d| *d < jitter));
+        // The same device, the same delay (every window, every build).
+        assert_eq!(plan.report_delay("sim-0007", jitter), delays[7]);
+        // Spread evenly: each tenth of [0, 30 s) holds about a tenth of the devices.
+        for tenth in 0..10u64 {
+            let (lo, hi) = (tenth * 3000, (tenth + 1) * 3000);
+            let n = delays
+                .iter()
+                .filter(|d| (lo..hi).contains(&(d.as_millis() as u64)))
+                .count();
+            assert!((50..150).contains(&n), "{n} devices in [{lo}, {hi}) ms");
+        }
+        assert_eq!(
+            plan.report_delay("sim-0007", Duration::ZERO),
+            Duration::ZERO
+        );
+        // A short window: at most half the time it leaves for starting a reboot, so a device
+        // reports itself due with `expected_duration` and more still left.
+        let mut short = desired();
+        short.window.duration_seconds = 400;
+        let short = short.validate().unwrap();
+        let room = (Duration::from_secs(400) - short.expected_duration) / 2;
+        assert_eq!(room, Duration::from_secs(50));
+        assert!(
+            (0..1000)
+                .map(|n| short.report_delay(&format!("d{n}"), Duration::from_secs(3600)))
+                .all(|d| d < room)
         );
     }
 

@@ -7,99 +7,31 @@
 //!
 //! As `wave_bench`, but the hub throttles the scheduler's calls like `--tier` × `--units`
 //! (`--mode shape` queues over-quota calls as Azure does, `reject` answers 429), the scheduler
-//! keeps to the same quotas client-side, and the hub's queries may lag (`--query-lag-ms`).
+//! keeps to the same quotas client-side (as `casement run --tier`), and the hub's queries may
+//! lag (`--query-lag-ms`, which the scheduler is told, as `casement run --query-lag`).
 //! Prints the wall time, the quota-bound ideal `max(N / method quota, ceil(N / C) × R)`, their
-//! ratio, and the candidate query pages per pass (mean and max) with the hub's total. Bounded:
-//! gives up after 15 minutes. The devices are registered and connect before the throttle is
-//! the scheduler's problem: the agents' own traffic is not what this measures.
+//! ratio, and the candidate query pages per pass (mean and max) with the hub's total. The
+//! set-up (registering, applying, connecting the agents: unthrottled, so it does not take
+//! minutes of registry quota) is not measured; the wave is bounded to 20 minutes.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use casement_agent::clock::AgentClock;
-use casement_agent::{Simulation, SimulationConfig, simulate};
 use casement_client::{ClientConfig, HubTarget, Operation as ClientOp, Quota, ServiceClient};
 use casement_hub::{Hub, HubConfig, Operation as HubOp, ThrottleConfig, ThrottleMode};
 use casement_iothub::quota::Tier;
-use casement_scheduler::metrics::Metrics;
-use casement_scheduler::run::{RunConfig, Scheduler, Signals};
-use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use casement_scheduler::run::max_calling_for;
 
-/// Real time, shifted.
-#[derive(Debug, Clone, Copy)]
-struct Shifted(TimeDelta);
+#[path = "support/wave.rs"]
+mod wave;
 
-impl casement_policy::Clock for Shifted {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now() + self.0
-    }
-}
-
-fn flag(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn count(client: &ServiceClient, condition: &str) -> anyhow::Result<u64> {
-    let rows = client
-        .query_all(&format!(
-            "SELECT COUNT() AS n FROM devices WHERE {condition}"
-        ))
-        .await?;
-    Ok(rows
-        .first()
-        .and_then(|r| r.get("n"))
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0))
-}
-
-async fn wait_count(
-    client: &ServiceClient,
-    what: &str,
-    condition: &str,
-    n: u64,
-) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        let got = count(client, condition).await?;
-        if got >= n {
-            println!("{what}: {n} after {:.1} s", start.elapsed().as_secs_f64());
-            return Ok(());
-        }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(600),
-            "{what}: only {got} of {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+use wave::{Shifted, Wave, WaveSpec, flag, text};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .try_init();
-    let devices = flag("--devices", 2000);
-    let concurrent = flag("--concurrent", 200);
-    let reboot = Duration::from_millis(flag("--reboot-ms", 2000));
-    let tick = Duration::from_millis(flag("--tick-ms", 1000));
+    wave::init();
+    let spec = WaveSpec::from_flags(1000);
     let units = u32::try_from(flag("--units", 1)).unwrap_or(1);
-    let text = |name: &str, default: &str| -> String {
-        let args: Vec<String> = std::env::args().collect();
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or_else(|| default.to_owned())
-    };
     let tier: Tier = text("--tier", "S1")
         .parse()
         .map_err(|e| anyhow::anyhow!("--tier: {e:?}"))?;
@@ -114,8 +46,7 @@ async fn main() -> anyhow::Result<()> {
         .rate(ClientOp::Methods)
         .map_or(f64::INFINITY, |r| r.per_second);
 
-    let opens = Utc.with_ymd_and_hms(2026, 11, 29, 2, 0, 0).unwrap();
-    let clock = Shifted(opens + TimeDelta::seconds(30) - Utc::now());
+    let clock = Shifted::in_window();
     let mut config = HubConfig::for_tests();
     config.mqtts = None;
     config.https = None;
@@ -150,162 +81,44 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(clock),
     )?;
 
-    let dir = tempfile::tempdir()?;
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies)?;
-    std::fs::write(
-        policies.join("wave.toml"),
-        format!(
-            r#"[policy]
-name = "wave"
-target = "tags.role = 'gateway'"
-[window]
-schedule = "0 2 * * SUN"
-duration = "2h"
-timezone = "UTC"
-[reboot]
-expected_duration = "5m"
-method_timeout = "30s"
-[rollout]
-max_concurrent = {concurrent}
-max_per_minute = 1000000
-max_failures = "5%"
-"#
-        ),
-    )?;
-    let mut run = RunConfig::new(vec![policies], dir.path().join("state"));
-    run.tick = tick;
-    let metrics = Metrics::new();
-    // The devices are registered, and the policy applied (in `Scheduler::start`), before the
-    // agents connect: the measured wave is the reboots alone.
-    for n in 0..devices {
-        hub.create_device(
-            &format!("sim-{n:04}"),
-            serde_json::json!({"role": "gateway"}),
-        )
-        .await?;
-    }
-    let scheduler =
-        Scheduler::start(scheduler_client, Arc::new(clock), run, metrics.clone()).await?;
-    let fleet = simulate::numbered(
-        simulate::DEFAULT_PREFIX,
-        devices as usize,
-        &[chrono_tz::UTC],
-    )
-    .into_iter()
-    .map(|d| d.with_tag("role", "gateway"))
-    .collect();
-    let mut sim = SimulationConfig::new(cs.parse()?, fleet, dir.path().join("sim"));
-    sim.hub_url = Some(url.clone());
-    sim.mqtt_endpoint = Some(
-        format!(
-            "mqtt://{}",
-            hub.mqtt_addr().unwrap_or(([127, 0, 0, 1], 0).into())
-        )
-        .parse()?,
-    );
-    sim.reboot_time = reboot;
-    sim.clock = AgentClock::from_clock(Arc::new(clock));
-    let started = Instant::now();
-    let simulation = Simulation::start(sim).await?;
-    println!(
-        "registered {devices} devices in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    wait_count(
-        &client,
-        "connected",
-        "connectionState = 'Connected'",
-        devices,
-    )
+    let wave = Wave::start(&hub, &client, scheduler_client, clock, spec, |run| {
+        // As `casement run --tier T --query-lag L` sets them.
+        run.query_lag = query_lag;
+        run.max_calling = max_calling_for(method_rate.is_finite().then_some(method_rate));
+    })
     .await?;
-
-    wait_count(
-        &client,
-        "applied with the window open",
-        "properties.reported.maintenance.policy = 'wave' AND properties.reported.maintenance.window.due = true",
-        devices,
-    )
-    .await?;
-
-    let (signals_tx, signals) = Signals::manual();
     let pages_before = hub.stats().query_pages;
-    let t0 = Instant::now();
-    let task = tokio::spawn(scheduler.run(signals));
-    loop {
-        if metrics.reboots("wave", "completed") >= devices {
-            break;
-        }
-        anyhow::ensure!(
-            t0.elapsed() < Duration::from_secs(900),
-            "the wave did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let wall = t0.elapsed();
-    signals_tx.stop();
-    let stats = task.await??;
+    let throttle_before = hub.throttle_counts();
+    let outcome = wave.run_until_done().await?;
 
-    let records = simulation.ground_truth().records();
-    let mut seen = std::collections::BTreeSet::new();
-    let duplicates = records
-        .iter()
-        .filter(|r| !seen.insert(r.device.clone()))
-        .count();
-    let down = TimeDelta::from_std(reboot)?;
-    let max_down = records
-        .iter()
-        .map(|r| {
-            records
-                .iter()
-                .filter(|o| o.at <= r.at && r.at < o.at + down)
-                .count()
-        })
-        .max()
-        .unwrap_or(0);
-    let waves = devices.div_ceil(concurrent);
-    let by_waves = reboot.as_secs_f64() * waves as f64;
-    let by_quota = devices as f64 / method_rate;
+    let waves = spec.devices.div_ceil(spec.concurrent);
+    let by_waves = spec.reboot.as_secs_f64() * waves as f64;
+    let by_quota = spec.devices as f64 / method_rate;
     let ideal = by_waves.max(by_quota);
-    let (pages_sum, passes, pages_max) = metrics.pages_per_pass();
     println!(
-        "scale: {devices} devices, max_concurrent {concurrent}, reboot {:.1} s, tick {} ms, {tier:?} x {units} ({mode:?}), query lag {} ms",
-        reboot.as_secs_f64(),
-        tick.as_millis(),
+        "scale: {} devices, max_concurrent {}, reboot {:.1} s, tick {} ms, {tier:?} x {units} ({mode:?}), query lag {} ms",
+        spec.devices,
+        spec.concurrent,
+        spec.reboot.as_secs_f64(),
+        spec.tick.as_millis(),
         query_lag.as_millis()
     );
     println!(
         "wall time {:.1} s, ideal max(N / {method_rate}/s = {by_quota:.1} s, ceil(N/C) x R = {by_waves:.1} s) = {ideal:.1} s, ratio {:.2}",
-        wall.as_secs_f64(),
-        wall.as_secs_f64() / ideal
+        outcome.wall.as_secs_f64(),
+        outcome.wall.as_secs_f64() / ideal
     );
     println!(
-        "candidate query pages per pass: mean {:.2}, max {pages_max} ({passes} passes); hub query pages in the wave {} (the benchmark's own polling included)",
-        pages_sum as f64 / passes.max(1) as f64,
+        "hub query pages in the wave: {}",
         hub.stats().query_pages - pages_before
     );
     let throttle = hub.throttle_counts();
     println!(
-        "hub throttle: {} calls queued (shaped), {} refused (429)",
-        throttle.queued, throttle.refused
+        "hub throttle in the wave: {} calls queued (shaped), {} refused (429)",
+        throttle.queued - throttle_before.queued,
+        throttle.refused - throttle_before.refused
     );
-    println!(
-        "invocations {} (accepted {}, offline {}, refused {}, errors {}, throttled {}), completed {}, failed {}, passes {}",
-        stats.invocations,
-        stats.accepted,
-        stats.offline,
-        stats.refused,
-        stats.errors,
-        stats.throttled,
-        stats.completed,
-        stats.failed,
-        stats.passes
-    );
-    println!(
-        "ground truth: {} reboots, {duplicates} duplicates, at most {max_down} devices down at once",
-        records.len()
-    );
-    simulation.shutdown().await;
+    outcome.print();
     hub.shutdown().await;
     Ok(())
 }

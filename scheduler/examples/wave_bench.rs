@@ -7,92 +7,28 @@
 //! Starts `casement hub` in this process (in memory, plain MQTT and HTTP on 127.0.0.1:0) and N
 //! simulated agents (`casement-agent simulate`'s engine: one MQTT connection each, a reboot is a
 //! disconnect for `--reboot-ms` and a fresh boot). Every clock — hub, agents, scheduler — reads
-//! real time shifted to Sunday 02:00:30 UTC, inside the policy's window. Once every device
-//! reports the policy applied and its window open, the scheduler loop runs with
-//! `max_concurrent = C` until it has seen every reboot completed in the twins. Prints the wall
-//! time against the ideal `ceil(N / C) × reboot time`, and checks the wave against the ground
-//! truth (one reboot per device, never more than C down at once).
+//! real time shifted to Sunday 02:00:30 UTC, inside the policy's window. The set-up (devices
+//! registered, the policy applied, the agents connected and reporting themselves due) is not
+//! measured; then the scheduler loop runs with `max_concurrent = C` until it has seen every
+//! reboot completed in the twins. Prints that wall time against the ideal
+//! `ceil(N / C) × reboot time`, and checks the wave against the ground truth (one reboot per
+//! device, never more than C down at once).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use casement_agent::clock::AgentClock;
-use casement_agent::{Simulation, SimulationConfig, simulate};
 use casement_client::{ClientConfig, HubTarget, ServiceClient};
 use casement_hub::{Hub, HubConfig};
-use casement_scheduler::metrics::Metrics;
-use casement_scheduler::run::{RunConfig, Scheduler, Signals};
-use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 
-/// Real time, shifted.
-#[derive(Debug, Clone, Copy)]
-struct Shifted(TimeDelta);
+#[path = "support/wave.rs"]
+mod wave;
 
-impl casement_policy::Clock for Shifted {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now() + self.0
-    }
-}
-
-fn flag(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn count(client: &ServiceClient, condition: &str) -> anyhow::Result<u64> {
-    let rows = client
-        .query_all(&format!(
-            "SELECT COUNT() AS n FROM devices WHERE {condition}"
-        ))
-        .await?;
-    Ok(rows
-        .first()
-        .and_then(|r| r.get("n"))
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0))
-}
-
-async fn wait_count(
-    client: &ServiceClient,
-    what: &str,
-    condition: &str,
-    n: u64,
-) -> anyhow::Result<()> {
-    let start = Instant::now();
-    loop {
-        let got = count(client, condition).await?;
-        if got >= n {
-            println!("{what}: {n} after {:.1} s", start.elapsed().as_secs_f64());
-            return Ok(());
-        }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(600),
-            "{what}: only {got} of {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+use wave::{Shifted, Wave, WaveSpec};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "error".into()),
-        )
-        .try_init();
-    let devices = flag("--devices", 2000);
-    let concurrent = flag("--concurrent", 200);
-    let reboot = Duration::from_millis(flag("--reboot-ms", 2000));
-    let tick = Duration::from_millis(flag("--tick-ms", 250));
-
-    let opens = Utc.with_ymd_and_hms(2026, 11, 29, 2, 0, 0).unwrap();
-    let clock = Shifted(opens + TimeDelta::seconds(30) - Utc::now());
+    wave::init();
+    let spec = WaveSpec::from_flags(250);
+    let clock = Shifted::in_window();
     let mut config = HubConfig::for_tests();
     config.mqtts = None;
     config.https = None;
@@ -107,146 +43,25 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(clock),
     )?;
 
-    let dir = tempfile::tempdir()?;
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies)?;
-    std::fs::write(
-        policies.join("wave.toml"),
-        format!(
-            r#"[policy]
-name = "wave"
-target = "tags.role = 'gateway'"
-[window]
-schedule = "0 2 * * SUN"
-duration = "2h"
-timezone = "UTC"
-[reboot]
-expected_duration = "5m"
-method_timeout = "30s"
-[rollout]
-max_concurrent = {concurrent}
-max_per_minute = 1000000
-max_failures = "5%"
-"#
-        ),
-    )?;
-    let mut run = RunConfig::new(vec![policies], dir.path().join("state"));
-    run.tick = tick;
-    let metrics = Metrics::new();
-    // The devices are registered, and the policy applied (in `Scheduler::start`), before the
-    // agents connect: the measured wave is the reboots alone.
-    for n in 0..devices {
-        hub.create_device(
-            &format!("sim-{n:04}"),
-            serde_json::json!({"role": "gateway"}),
-        )
-        .await?;
-    }
-    let scheduler = Scheduler::start(client.clone(), Arc::new(clock), run, metrics.clone()).await?;
-    let fleet = simulate::numbered(
-        simulate::DEFAULT_PREFIX,
-        devices as usize,
-        &[chrono_tz::UTC],
-    )
-    .into_iter()
-    .map(|d| d.with_tag("role", "gateway"))
-    .collect();
-    let mut sim = SimulationConfig::new(cs.parse()?, fleet, dir.path().join("sim"));
-    sim.hub_url = Some(url.clone());
-    sim.mqtt_endpoint = Some(
-        format!(
-            "mqtt://{}",
-            hub.mqtt_addr().unwrap_or(([127, 0, 0, 1], 0).into())
-        )
-        .parse()?,
-    );
-    sim.reboot_time = reboot;
-    sim.clock = AgentClock::from_clock(Arc::new(clock));
-    let started = Instant::now();
-    let simulation = Simulation::start(sim).await?;
+    let wave = Wave::start(&hub, &client, client.clone(), clock, spec, |_| {}).await?;
+    let outcome = wave.run_until_done().await?;
+
+    let waves = spec.devices.div_ceil(spec.concurrent);
+    let ideal = spec.reboot.as_secs_f64() * waves as f64;
     println!(
-        "registered {devices} devices in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    wait_count(
-        &client,
-        "connected",
-        "connectionState = 'Connected'",
-        devices,
-    )
-    .await?;
-
-    wait_count(
-        &client,
-        "applied with the window open",
-        "properties.reported.maintenance.policy = 'wave' AND properties.reported.maintenance.window.open = true",
-        devices,
-    )
-    .await?;
-
-    let (signals_tx, signals) = Signals::manual();
-    let t0 = Instant::now();
-    let task = tokio::spawn(scheduler.run(signals));
-    loop {
-        if metrics.reboots("wave", "completed") >= devices {
-            break;
-        }
-        anyhow::ensure!(
-            t0.elapsed() < Duration::from_secs(900),
-            "the wave did not finish"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let wall = t0.elapsed();
-    signals_tx.stop();
-    let stats = task.await??;
-
-    let records = simulation.ground_truth().records();
-    let mut seen = std::collections::BTreeSet::new();
-    let duplicates = records
-        .iter()
-        .filter(|r| !seen.insert(r.device.clone()))
-        .count();
-    let down = TimeDelta::from_std(reboot)?;
-    let max_down = records
-        .iter()
-        .map(|r| {
-            records
-                .iter()
-                .filter(|o| o.at <= r.at && r.at < o.at + down)
-                .count()
-        })
-        .max()
-        .unwrap_or(0);
-    let waves = devices.div_ceil(concurrent);
-    let ideal = reboot.as_secs_f64() * waves as f64;
-    println!(
-        "wave: {devices} devices, max_concurrent {concurrent}, reboot {:.1} s, tick {} ms",
-        reboot.as_secs_f64(),
-        tick.as_millis()
+        "wave: {} devices, max_concurrent {}, reboot {:.1} s, tick {} ms",
+        spec.devices,
+        spec.concurrent,
+        spec.reboot.as_secs_f64(),
+        spec.tick.as_millis()
     );
     println!(
         "wall time {:.1} s, ideal ceil(N/C) x reboot = {waves} x {:.1} s = {ideal:.1} s, ratio {:.2}",
-        wall.as_secs_f64(),
-        reboot.as_secs_f64(),
-        wall.as_secs_f64() / ideal
+        outcome.wall.as_secs_f64(),
+        spec.reboot.as_secs_f64(),
+        outcome.wall.as_secs_f64() / ideal
     );
-    println!(
-        "invocations {} (accepted {}, offline {}, refused {}, errors {}), completed {}, failed {}, passes {}",
-        stats.invocations,
-        stats.accepted,
-        stats.offline,
-        stats.refused,
-        stats.errors,
-        stats.completed,
-        stats.failed,
-        stats.passes
-    );
-    println!(
-        "ground truth: {} reboots, {duplicates} duplicates, at most {max_down} devices down at once",
-        records.len()
-    );
-    simulation.shutdown().await;
+    outcome.print();
     hub.shutdown().await;
     Ok(())
 }

@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 /// One window occurrence, as UTC instants: `opens_at` (also the occurrence id) to `closes_at`.
 pub use casement_policy::window::Window;
 
+use casement_iothub::rest::MAX_QUERY_PAGE_SIZE;
 use casement_policy::{MaxFailures, RebootStatus, RefusalReason};
 
 /// A policy's rollout limits and reboot timing.
@@ -354,6 +355,9 @@ pub struct PolicyRollout {
     devices: BTreeMap<String, DeviceRollout>,
     occurrences: BTreeMap<DateTime<Utc>, OccurrenceState>,
     recent: VecDeque<DateTime<Utc>>,
+    max_calling: u32,
+    /// The shortest time from acceptance to a completion seen ([`Self::to_follow`]).
+    fastest_reboot: Option<TimeDelta>,
 }
 
 const MINUTE: TimeDelta = TimeDelta::seconds(60);
@@ -386,7 +390,19 @@ impl PolicyRollout {
             devices: BTreeMap::new(),
             occurrences: BTreeMap::new(),
             recent: VecDeque::new(),
+            max_calling: u32::MAX,
+            fastest_reboot: None,
         }
+    }
+
+    /// Starts at most `calls` invocations that are not answered yet (unlimited by default):
+    /// the hub's direct-method quota's worth of a couple of seconds
+    /// ([`crate::run::max_calling_for`]). The devices past it wait in this rollout's own queue
+    /// (eligible) rather than in the client's throttle, where they would still report
+    /// themselves due and crowd new devices out of the candidate query.
+    pub fn with_max_calling(mut self, calls: u32) -> Self {
+        self.max_calling = calls.max(1);
+        self
     }
 
     /// The policy name.
@@ -429,11 +445,22 @@ impl PolicyRollout {
     /// journaled before a restart) — not those whose call is still under way. The run loop
     /// reads these twins one by one every pass (strongly consistent, bounded by
     /// `max_concurrent`); a query, which may lag, never confirms a completion.
-    pub fn to_follow(&self) -> impl Iterator<Item = &str> {
+    ///
+    /// A device accepted at `t` is not read before `t + ¾ ×` the fastest reboot this rollout
+    /// has seen completed (accepted to seen completed): a device that cannot be back yet is
+    /// not worth a twin read (S1 allows 100 a second, and a pass waits for its reads). This
+    /// only delays noticing a completion, never decides one; until one is seen, every device is
+    /// read every pass.
+    pub fn to_follow(&self, now: DateTime<Utc>) -> impl Iterator<Item = &str> {
+        let not_before = self.fastest_reboot.map(|fastest| fastest * 3 / 4);
         self.devices
             .iter()
-            .filter(|(_, d)| {
-                d.state.in_flight() && !matches!(d.state, DeviceState::Invoking { .. })
+            .filter(move |(_, d)| match d.state {
+                DeviceState::Invoking { .. } => false,
+                DeviceState::Rebooting { accepted_at } => {
+                    not_before.is_none_or(|wait| now >= accepted_at + wait)
+                }
+                _ => d.state.in_flight(),
             })
             .map(|(id, _)| id.as_str())
     }
@@ -451,13 +478,20 @@ impl PolicyRollout {
     }
 
     /// How many devices the candidate query should ask for at `now` (its `TOP`): 0 when no
-    /// invocation can start, else [`capacity`](Self::capacity) plus every device a query
-    /// answering up to `lag` late may still show as due although this rollout already knows
-    /// it — in flight, invoked within `lag`, or waiting (eligible, retrying) — so known devices
-    /// never crowd new ones out of the answer. Bounded by the limits, not by the fleet.
+    /// invocation can start, or when the devices already waiting in the rollout's own queue
+    /// (eligible, or retrying now) fill every free slot — a query is then spent for nothing.
+    /// Otherwise [`capacity`](Self::capacity) plus every device a query answering up to `lag`
+    /// late may still show as due although this rollout already knows it — in flight, invoked
+    /// within `lag`, or waiting — so known devices never crowd new ones out of the answer,
+    /// rounded up to whole pages of [`MAX_QUERY_PAGE_SIZE`]: the hub meters pages, not rows, so
+    /// the rest of the last page is free, and the devices it brings wait in the queue for the
+    /// next free slots (a query once every page's worth of starts, not once a pass). A stale
+    /// entry in that queue is harmless: the journal never calls a device twice in an
+    /// occurrence and an agent that rebooted answers `alreadyDone`. Bounded by the limits and
+    /// the page size, not by the fleet.
     pub fn candidates_wanted(&self, now: DateTime<Utc>, lag: Duration) -> u32 {
         let capacity = self.capacity(now);
-        if capacity == 0 {
+        if capacity == 0 || self.ready_count(now) >= capacity {
             return 0;
         }
         let since = now - delta(lag);
@@ -470,7 +504,35 @@ impl PolicyRollout {
                     || d.invoked_at.is_some_and(|t| t >= since)
             })
             .count();
-        capacity.saturating_add(u32::try_from(known).unwrap_or(u32::MAX))
+        let wanted = capacity.saturating_add(u32::try_from(known).unwrap_or(u32::MAX));
+        let page = u32::try_from(MAX_QUERY_PAGE_SIZE).unwrap_or(u32::MAX);
+        wanted.div_ceil(page).saturating_mul(page)
+    }
+
+    /// Devices waiting in the rollout's queue that [`plan`](Self::plan) may start at `now`
+    /// (eligible, or due for a retry, in an occurrence not paused, with time left).
+    fn ready_count(&self, now: DateTime<Utc>) -> u32 {
+        let ready = self
+            .devices
+            .values()
+            .filter(|d| self.startable(d, now))
+            .count();
+        u32::try_from(ready).unwrap_or(u32::MAX)
+    }
+
+    /// Whether `d` waits to be started and may be at `now`.
+    fn startable(&self, d: &DeviceRollout, now: DateTime<Utc>) -> bool {
+        let waiting = match d.state {
+            DeviceState::Eligible => true,
+            DeviceState::Retry { at } => at <= now,
+            _ => false,
+        };
+        waiting
+            && !self
+                .occurrences
+                .get(&d.window.occurrence)
+                .is_some_and(|o| o.paused)
+            && self.time_left(&d.window, now)
     }
 
     /// How many devices are in flight.
@@ -776,6 +838,13 @@ impl PolicyRollout {
                         true
                     }
                     (Some(RebootStatus::Completed), _) => {
+                        if let DeviceState::Rebooting { accepted_at } = dev.state
+                            && now > accepted_at
+                        {
+                            let took = now - accepted_at;
+                            self.fastest_reboot =
+                                Some(self.fastest_reboot.map_or(took, |f| f.min(took)));
+                        }
                         dev.state = DeviceState::Done { completed: true };
                         dev.detail = EntryState::Completed;
                         true
@@ -1004,24 +1073,19 @@ impl PolicyRollout {
         }
     }
 
-    /// Starts the invocations the limits allow.
+    /// Starts the invocations the limits allow (and at most
+    /// [`max_calling`](Self::with_max_calling) calls unanswered at once).
     fn plan(&mut self, now: DateTime<Utc>, actions: &mut Vec<Action>) {
         let mut in_flight = self.in_flight_count();
+        let mut calling = self
+            .devices
+            .values()
+            .filter(|d| matches!(d.state, DeviceState::Invoking { .. }))
+            .count();
         let mut due: Vec<(DateTime<Utc>, String)> = self
             .devices
             .iter()
-            .filter(|(_, d)| match d.state {
-                DeviceState::Eligible => true,
-                DeviceState::Retry { at } => at <= now,
-                _ => false,
-            })
-            .filter(|(_, d)| {
-                !self
-                    .occurrences
-                    .get(&d.window.occurrence)
-                    .is_some_and(|o| o.paused)
-                    && self.time_left(&d.window, now)
-            })
+            .filter(|(_, d)| self.startable(d, now))
             .map(|(id, d)| (d.window.occurrence, id.clone()))
             .collect();
         // Oldest occurrence first (it closes first), then by device id: deterministic.
@@ -1029,6 +1093,7 @@ impl PolicyRollout {
         for (_, id) in due {
             if in_flight >= self.limits.max_concurrent
                 || self.recent.len() >= self.limits.max_per_minute as usize
+                || calling >= self.max_calling as usize
             {
                 break;
             }
@@ -1040,6 +1105,7 @@ impl PolicyRollout {
             dev.state = DeviceState::Invoking { at: now };
             dev.detail = EntryState::Invoking;
             in_flight += 1;
+            calling += 1;
             self.recent.push_back(now);
             actions.push(Action::Invoke(Invocation {
                 policy: self.policy.clone(),

@@ -23,6 +23,7 @@
 //! clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -121,6 +122,10 @@ pub struct RunConfig {
     /// devices on top of the free capacity, so stale answers never crowd out due devices;
     /// correctness never depends on it (the journal and twin reads decide).
     pub query_lag: Duration,
+    /// Reboot calls started and not answered yet, per policy, at most
+    /// ([`PolicyRollout::with_max_calling`]): [`max_calling_for`] the hub's method quota
+    /// (`casement run --tier`), unlimited otherwise.
+    pub max_calling: u32,
 }
 
 impl RunConfig {
@@ -136,6 +141,7 @@ impl RunConfig {
             journal_retention: Duration::from_secs(60 * 86_400),
             read_concurrency: 16,
             query_lag: Duration::from_secs(10),
+            max_calling: u32::MAX,
         }
     }
 }
@@ -284,6 +290,26 @@ fn stamps(paths: &[PathBuf]) -> Vec<Stamp> {
         }
     }
     out
+}
+
+/// How many seconds of the hub's direct-method quota may wait in the client's throttle, per
+/// policy ([`RunConfig::max_calling`]).
+pub const CALL_HORIZON: Duration = Duration::from_secs(2);
+
+/// [`RunConfig::max_calling`] for a hub allowing `methods_per_second` direct methods
+/// (`None`: not limited): [`CALL_HORIZON`]'s worth, at least one.
+pub fn max_calling_for(methods_per_second: Option<f64>) -> u32 {
+    match methods_per_second {
+        Some(rate) if rate.is_finite() && rate > 0.0 => {
+            let calls = (rate * CALL_HORIZON.as_secs_f64()).ceil();
+            if calls >= f64::from(u32::MAX) {
+                u32::MAX
+            } else {
+                (calls as u32).max(1)
+            }
+        }
+        _ => u32::MAX,
+    }
 }
 
 /// The rollout limits a policy sets.
@@ -512,7 +538,8 @@ impl<H: HubApi + Clone> Scheduler<H> {
                         policy.revision().as_str(),
                         limits,
                         self.config.rollout.clone(),
-                    );
+                    )
+                    .with_max_calling(self.config.max_calling);
                     for entry in self.journal.entries(Some(policy.name()))? {
                         r.restore(&entry, now);
                     }
@@ -633,10 +660,10 @@ impl<H: HubApi + Clone> Scheduler<H> {
         };
         let now = self.clock.now();
         let follow: Vec<String> = match self.rollouts.get(name) {
-            Some(r) => r.to_follow().map(str::to_owned).collect(),
+            Some(r) => r.to_follow(now).map(str::to_owned).collect(),
             None => return Ok(()),
         };
-        let followed = self.read_twins(&follow).await;
+        let followed = self.read_twins(&follow).await?;
         let mut zones: HashMap<Option<Tz>, Option<Window>> = HashMap::new();
         let mut observe = |view: &TwinView| -> Observation {
             let zone = view.device_zone();
@@ -660,7 +687,12 @@ impl<H: HubApi + Clone> Scheduler<H> {
         if wanted > 0 {
             let sql = fleet::candidates_query(name, wanted);
             self.stats.candidate_queries += 1;
-            let result = self.hub.query(&sql).await;
+            let hub = self.hub.clone();
+            // The query may wait for the tier's query quota: calls that return meanwhile start
+            // the next devices of the queue.
+            let result = self
+                .while_calls(async move { hub.query(&sql).await })
+                .await?;
             self.note_call("query", status_of(&result));
             match result {
                 Ok(items) => {
@@ -697,8 +729,24 @@ impl<H: HubApi + Clone> Scheduler<H> {
         Ok(())
     }
 
+    /// Awaits `work` (a hub call of the pass) while handling the reboot calls that return
+    /// meanwhile, so a pass waiting for the tier's quotas never stalls the calls: each answer
+    /// lets the rollout start the next device of its queue at once (`PolicyRollout::invoked`).
+    async fn while_calls<T>(&mut self, work: impl Future<Output = T>) -> Result<T, RunError> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return Ok(out),
+                Some(joined) = self.calls.join_next(), if !self.calls.is_empty() => {
+                    self.on_join(joined).await?;
+                }
+            }
+        }
+    }
+
     /// Reads twins one by one (bounded concurrency); failures are logged and skipped.
-    async fn read_twins(&mut self, devices: &[String]) -> Vec<TwinView> {
+    async fn read_twins(&mut self, devices: &[String]) -> Result<Vec<TwinView>, RunError> {
         let mut out = Vec::with_capacity(devices.len());
         let mut tasks = JoinSet::new();
         let mut pending = devices.iter().cloned();
@@ -711,7 +759,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
                     (id, result)
                 });
             }
-            let joined = tasks.join_next().await;
+            let joined = self.while_calls(tasks.join_next()).await?;
             if let Some(Ok((_, result))) = &joined {
                 self.note_call("twin_read", status_of(result));
             }
@@ -728,7 +776,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 None => break,
             }
         }
-        out
+        Ok(out)
     }
 
     fn update_gauges(&self, name: &str) {
@@ -849,7 +897,8 @@ impl<H: HubApi + Clone> Scheduler<H> {
         });
     }
 
-    async fn on_call(&mut self, result: CallResult) -> Result<(), RunError> {
+    /// Counts one call's outcome and hands it to its rollout; returns what the rollout decides.
+    fn on_call(&mut self, result: CallResult) -> Vec<Action> {
         let now = self.clock.now();
         self.note_call("method", result.status);
         self.metrics
@@ -872,26 +921,39 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 tracing::warn!(policy = %result.policy, device = %result.device, error = %e, "reboot invocation failed");
             }
         }
-        let actions = match self.rollouts.get_mut(&result.policy) {
+        match self.rollouts.get_mut(&result.policy) {
             Some(r) => r.invoked(now, &result.device, result.window, result.outcome),
             None => Vec::new(),
-        };
-        self.execute(actions).await?;
-        self.update_gauges(&result.policy);
-        Ok(())
+        }
     }
 
+    /// Handles a returned call and every other call that has returned by now, as one batch:
+    /// their records, and the intents of the devices they let start, are journaled with one
+    /// flush each (a wave of answers is not a flush per answer).
     async fn on_join(
         &mut self,
         joined: Result<CallResult, tokio::task::JoinError>,
     ) -> Result<(), RunError> {
-        match joined {
-            Ok(result) => self.on_call(result).await,
-            Err(e) => {
-                tracing::error!(error = %e, "a reboot call task failed");
-                Ok(())
+        let mut batch = vec![joined];
+        while let Some(more) = self.calls.try_join_next() {
+            batch.push(more);
+        }
+        let mut actions = Vec::new();
+        let mut policies = BTreeSet::new();
+        for joined in batch {
+            match joined {
+                Ok(result) => {
+                    policies.insert(result.policy.clone());
+                    actions.extend(self.on_call(result));
+                }
+                Err(e) => tracing::error!(error = %e, "a reboot call task failed"),
             }
         }
+        self.execute(actions).await?;
+        for policy in policies {
+            self.update_gauges(&policy);
+        }
+        Ok(())
     }
 
     /// Waits for every call under way and records its outcome (outcomes may start more calls,

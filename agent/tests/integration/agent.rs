@@ -1,5 +1,8 @@
 //! The real agent against the real hub, in-process on 127.0.0.1:0, with a driven clock.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
 use crate::common::{Harness, policy, reboots_run, spawn, sunday, window_open_is};
 use casement_agent::AgentEvent;
 use casement_agent::RunOutcome;
@@ -633,4 +636,204 @@ async fn the_agent_connects_over_tls_trusting_only_the_given_ca() {
     assert_eq!((status, body["reason"].as_str()), (409, Some("no-policy")));
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+/// The reported twins of `ids` whose window is open.
+async fn reporting_open(harness: &Harness, ids: &[String]) -> BTreeSet<String> {
+    let mut open = BTreeSet::new();
+    for id in ids {
+        if harness.reported(id).await["maintenance"]["window"]["open"] == true {
+            open.insert(id.clone());
+        }
+    }
+    open
+}
+
+/// Polls until `cond` holds (bounded by the harness's patience).
+async fn until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + crate::common::PATIENCE;
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 10: devices whose windows open at the same instant report the opening spread over
+/// `[0, report_jitter)`, each at its own delay (a hash of its id), with one patch at the
+/// opening and one at the closing as without jitter; the hub's `$metadata` times show the
+/// spread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_whose_windows_open_together_spreads_its_reports_over_the_jitter() {
+    const N: usize = 30;
+    let jitter = Duration::from_secs(30);
+    let harness = Harness::start().await;
+    let plan = casement_policy::DesiredMaintenance::from_desired(
+        &json!({"maintenance": policy("aa01", "UTC")}),
+    )
+    .unwrap()
+    .unwrap()
+    .validate()
+    .unwrap();
+    let ids: Vec<String> = (0..N).map(|i| format!("gw-{i:02}")).collect();
+    let mut agents = Vec::new();
+    for id in &ids {
+        let device = harness.device(id).await;
+        let mut config = harness.config(&device, chrono_tz::UTC);
+        config.report_jitter = jitter;
+        let mut agent = spawn(&harness, config, "boot-1", None);
+        agent.online().await;
+        harness
+            .patch_desired(id, json!({"maintenance": policy("aa01", "UTC")}))
+            .await;
+        agent
+            .reported("the applied policy", |p| {
+                p["maintenance"]["status"] == "applied"
+            })
+            .await;
+        agents.push(agent);
+    }
+    let mut versions = Vec::new();
+    for id in &ids {
+        versions.push(harness.reported(id).await["$version"].as_u64().unwrap());
+    }
+
+    // Time runs on a second at a time from the opening: after each step exactly the devices
+    // whose own delay has passed report the window open — never all at the opening instant.
+    let delay_ms = |id: &str| plan.report_delay(id, jitter).as_millis() as i64;
+    for second in 0..=30i64 {
+        harness
+            .clock
+            .set(sunday(2, 0, 0) + TimeDelta::seconds(second));
+        let expected: BTreeSet<String> = ids
+            .iter()
+            .filter(|id| delay_ms(id) <= second * 1000)
+            .cloned()
+            .collect();
+        until(
+            &format!("{} devices open at +{second}s", expected.len()),
+            || {
+                let expected = expected.clone();
+                let harness = &harness;
+                let ids = &ids;
+                async move { reporting_open(harness, ids).await.is_superset(&expected) }
+            },
+        )
+        .await;
+        assert_eq!(
+            reporting_open(&harness, &ids).await,
+            expected,
+            "at +{second}s only the devices whose delay has passed report the window open"
+        );
+    }
+    // The hub stamped each opening at the second its device's delay ended: spread over the
+    // jitter, at most a few in any one second (a fleet of 1,500 over 30 s is 50 a second,
+    // S1's twin-update quota).
+    let mut per_second = std::collections::BTreeMap::<i64, usize>::new();
+    for id in &ids {
+        let stamped = harness.reported(id).await["$metadata"]["maintenance"]["window"]["open"]
+            ["$lastUpdated"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap();
+        let second = (stamped - sunday(2, 0, 0)).num_seconds();
+        assert_eq!(second, (delay_ms(id) + 999) / 1000, "{id}");
+        *per_second.entry(second).or_default() += 1;
+    }
+    assert!(
+        per_second.len() >= 15,
+        "spread over at least half the jitter: {per_second:?}"
+    );
+    assert!(
+        per_second.values().all(|n| *n <= N / 6),
+        "no second holds more than a sixth of the fleet: {per_second:?}"
+    );
+
+    // The closing is reported too (after the jitter), and the window cost each device two
+    // patches — the opening and the closing — as it does without jitter.
+    harness.clock.set(sunday(4, 0, 30));
+    until("every device reports the window closed", || {
+        let harness = &harness;
+        let ids = &ids;
+        async move { reporting_open(harness, ids).await.is_empty() }
+    })
+    .await;
+    for (id, before) in ids.iter().zip(versions) {
+        let after = harness.reported(id).await["$version"].as_u64().unwrap();
+        assert_eq!(after - before, 2, "{id}: one patch to open, one to close");
+    }
+    for agent in agents {
+        agent.stop().await;
+    }
+}
+
+/// Issue 10: a hub throttling twin reads and updates (429) does not lose the agents' reports:
+/// each agent asks for its twin again and resends its patch after a backoff, on the same
+/// connection, until the hub takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twin_gets_and_reports_refused_with_429_are_retried_until_the_hub_takes_them() {
+    const N: usize = 8;
+    let harness = Harness::start_throttled(|throttle| {
+        throttle
+            .with(
+                casement_hub::Operation::TwinReads,
+                casement_hub::Rate::per_second(2.0),
+            )
+            .with(
+                casement_hub::Operation::TwinUpdates,
+                casement_hub::Rate::per_second(1.0),
+            )
+    })
+    .await;
+    let ids: Vec<String> = (0..N).map(|i| format!("gw-{i:02}")).collect();
+    let mut configs = Vec::new();
+    for id in &ids {
+        let device = harness.device(id).await;
+        // Written straight into the hub, past the throttle.
+        harness
+            .hub()
+            .patch_desired(id, json!({"maintenance": policy("aa01", "UTC")}))
+            .await
+            .unwrap();
+        configs.push(harness.config(&device, chrono_tz::UTC));
+    }
+    // All at once: over the quotas of 2 twin reads and 1 twin update a second (the GETs the
+    // hub takes, 2 a second, are followed by 2 reports a second).
+    let mut agents: Vec<_> = configs
+        .into_iter()
+        .map(|config| spawn(&harness, config, "boot-1", None))
+        .collect();
+    let mut retried = BTreeSet::new();
+    for agent in &mut agents {
+        // Every agent's report of the applied policy arrives, however many 429s it took.
+        while let AgentEvent::TwinRetry {
+            request, status, ..
+        } = agent
+            .wait("the applied report or a retry", |e| {
+                matches!(e, AgentEvent::TwinRetry { .. })
+                    || matches!(e, AgentEvent::Reported(p) if p["maintenance"]["status"] == "applied")
+            })
+            .await
+        {
+            assert_eq!(status, 429);
+            retried.insert(request);
+        }
+    }
+    assert!(
+        retried.contains("twin GET") && retried.contains("reported patch"),
+        "both kinds were refused and retried: {retried:?}"
+    );
+    assert!(harness.hub().throttle_counts().refused > 0);
+    for id in &ids {
+        let reported = harness.reported(id).await;
+        assert_eq!(reported["maintenance"]["status"], "applied", "{id}");
+        assert_eq!(reported["maintenance"]["revision"], "aa01", "{id}");
+    }
+    for agent in agents {
+        agent.stop().await;
+    }
 }

@@ -11,7 +11,9 @@ use super::{EXIT_INPUT, EXIT_OK, print_diagnostics};
 use casement_scheduler::journal::DEFAULT_STATE_DIR;
 use casement_scheduler::metrics::Metrics;
 use casement_scheduler::rollout::RolloutConfig;
-use casement_scheduler::run::{RunConfig, RunError, Scheduler, Signals, run_with_metrics};
+use casement_scheduler::run::{
+    RunConfig, RunError, Scheduler, Signals, max_calling_for, run_with_metrics,
+};
 
 /// Flags of `casement run`.
 #[derive(Debug, clap::Args)]
@@ -20,8 +22,11 @@ Every tick, for each policy: the devices that report themselves due (window open
 rebooted in it: `maintenance.window.due`), the policy's revision applied, and — by casement's
 own window math, within the clock-skew allowance — at least the expected duration left, are
 invoked (`reboot` {policy, revision, occurrence}) within max_concurrent, max_per_minute and
-max_failures. A pass costs what it can start: one `SELECT TOP k` query (k from the free slots
-and the per-minute budget) and a twin read per device in flight, whatever the fleet holds.
+max_failures. A pass costs what it can start: one `SELECT TOP k` query when the devices it
+already holds cannot fill the free slots (k from the free slots and the per-minute budget,
+rounded up to whole pages of 100, the rest kept for the next free slots) and a twin read per
+device in flight that could be back by now, whatever the fleet holds. With --tier, calls are
+paced to the tier's direct-method quota.
 Each invocation is journaled and flushed under --state-dir before the call, so a restarted
 scheduler neither reboots a device twice in one window nor forgets one.
 Policy files are re-read when they change or on SIGHUP, and re-applied (--via twins or
@@ -85,6 +90,12 @@ pub fn run(args: &Args, out: &mut dyn Write, err: &mut dyn Write) -> anyhow::Res
         completion_grace: args.completion_grace,
         ..RolloutConfig::default()
     };
+    config.max_calling = max_calling_for(
+        args.hub
+            .quota()
+            .rate(casement_client::Operation::Methods)
+            .map(|rate| rate.per_second),
+    );
     let metrics = Metrics::new();
     let result = runtime()?.block_on(async {
         let scheduler = Scheduler::start(client, clock, config, metrics.clone()).await?;

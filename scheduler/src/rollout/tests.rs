@@ -708,7 +708,7 @@ fn a_gateway_timeout_keeps_the_slot_and_the_twin_decides_without_a_second_call()
     // Not a failure (a zero budget would pause), still in flight, journaled "may have run".
     assert_eq!(pauses(&actions), 0);
     assert!(invoked_ids(&actions).is_empty(), "the slot stays taken");
-    assert_eq!(r.to_follow().collect::<Vec<_>>(), ["d000"]);
+    assert_eq!(r.to_follow(NOW()).collect::<Vec<_>>(), ["d000"]);
     assert!(matches!(
         records(&actions)[0].state,
         EntryState::MayHaveRun(_)
@@ -757,13 +757,18 @@ fn a_throttled_call_is_retried_without_counting_a_failure() {
 fn the_candidate_query_asks_for_free_capacity_plus_what_a_lagging_query_may_repeat() {
     let lag = Duration::from_secs(10);
     let mut r = rollout(limits(4, 6, MaxFailures::Count(100)));
-    assert_eq!(r.candidates_wanted(NOW(), lag), 4, "the free slots");
+    // The 4 free slots, rounded up to the one page the hub meters anyway.
+    assert_eq!(
+        r.candidates_wanted(NOW(), lag),
+        100,
+        "the free slots, one page"
+    );
     r.observe(NOW(), &fleet(10), false);
     // 4 in flight, 6 eligible waiting: no slot free, no query.
     assert_eq!(r.capacity(NOW()), 0);
     assert_eq!(r.candidates_wanted(NOW(), lag), 0);
-    // Two complete: 2 slots, and the per-minute budget has 2 left; the 10 known devices
-    // (2 done just now, 2 in flight, 6 waiting) are asked for on top.
+    // Two complete: the observe starts d004 and d005 from the queue at once; 4 in flight
+    // again, 6 of 6 this minute.
     let later = NOW() + TimeDelta::seconds(5);
     r.observe(
         later,
@@ -773,25 +778,79 @@ fn the_candidate_query_asks_for_free_capacity_plus_what_a_lagging_query_may_repe
         ],
         false,
     );
-    // The observe started d004 and d005 (waiting): 4 in flight again, 6 of 6 this minute.
     assert_eq!(r.capacity(later), 0);
     assert_eq!(r.candidates_wanted(later, lag), 0);
-    // Two devices in flight with slots free: those two are asked for on top of the 2 free
-    // slots; once they are done and older than the lag, only the free slots.
-    let mut r = rollout(limits(4, 100, MaxFailures::Count(100)));
-    r.observe(NOW(), &fleet(2), false);
-    assert_eq!(r.capacity(NOW()), 2);
-    assert_eq!(r.candidates_wanted(NOW(), lag), 4);
+    // 150 slots, 60 in flight: 90 free + the 60 known = 150, two pages; once they are done
+    // and older than the lag, the 150 free slots alone, still two pages; 40 more known within
+    // the lag cross into a third.
+    let mut r = rollout(limits(150, 1000, MaxFailures::Count(100)));
+    r.observe(NOW(), &fleet(60), false);
+    assert_eq!(r.capacity(NOW()), 90);
+    assert_eq!(r.candidates_wanted(NOW(), lag), 200);
+    let done: Vec<Observation> = (0..60)
+        .map(|i| rebooted(&format!("d{i:03}"), RebootStatus::Completed, NOW()))
+        .collect();
     let later = NOW() + TimeDelta::seconds(60);
-    r.observe(
-        later,
-        &["d000", "d001"].map(|d| rebooted(d, RebootStatus::Completed, NOW())),
-        false,
-    );
+    r.observe(later, &done, false);
+    assert_eq!(r.capacity(later), 150);
     assert_eq!(
         r.candidates_wanted(NOW() + TimeDelta::seconds(5), lag),
-        6,
-        "done within the lag"
+        300,
+        "150 free + 60 done within the lag"
     );
-    assert_eq!(r.candidates_wanted(later, lag), 4);
+    assert_eq!(r.candidates_wanted(later, lag), 200);
+}
+
+#[test]
+fn queued_candidates_are_spent_before_another_query_and_calls_wait_in_the_queue() {
+    let lag = Duration::from_secs(10);
+    let mut r = rollout(limits(4, 1000, MaxFailures::Count(100))).with_max_calling(2);
+    // One page brought 10 due devices: 2 calls start (max_calling), 8 wait in the queue.
+    let actions = r.observe(NOW(), &fleet(10), true);
+    assert_eq!(invoked_ids(&actions), ["d000", "d001"]);
+    assert_eq!(r.capacity(NOW()), 2);
+    assert_eq!(
+        r.candidates_wanted(NOW(), lag),
+        0,
+        "8 queued fill the 2 free slots: no query"
+    );
+    // An answer frees a call: the next queued device starts, without a query.
+    let actions = r.invoked(NOW(), "d000", window(), MethodOutcome::Accepted);
+    assert_eq!(invoked_ids(&actions), ["d002"]);
+    assert_eq!(r.in_flight_count(), 3);
+    // The queue empty but for what cannot fill the free slots: a query again.
+    let mut r = rollout(limits(4, 1000, MaxFailures::Count(100)));
+    r.observe(NOW(), &fleet(2), true);
+    assert_eq!(r.capacity(NOW()), 2);
+    assert_eq!(r.candidates_wanted(NOW(), lag), 100);
+}
+
+#[test]
+fn devices_are_not_followed_before_the_fastest_reboot_seen_could_be_over() {
+    let mut r = rollout(limits(2, 1000, MaxFailures::Count(100)));
+    r.observe(NOW(), &fleet(3), true);
+    for d in ["d000", "d001"] {
+        r.invoked(NOW(), d, window(), MethodOutcome::Accepted);
+    }
+    // Nothing seen completed yet: every accepted device is read every pass.
+    let soon = NOW() + TimeDelta::seconds(1);
+    assert_eq!(r.to_follow(soon).collect::<Vec<_>>(), ["d000", "d001"]);
+    // d000 is back 40 s after it accepted: d002 starts in its slot, and it is read only from
+    // 30 s after its acceptance.
+    let back = NOW() + TimeDelta::seconds(40);
+    let actions = r.observe(
+        back,
+        &[rebooted("d000", RebootStatus::Completed, back)],
+        false,
+    );
+    let started = invoked_ids(&actions);
+    assert_eq!(started, ["d002"]);
+    for d in &started {
+        r.invoked(back, d, window(), MethodOutcome::Accepted);
+    }
+    assert_eq!(r.to_follow(back).collect::<Vec<_>>(), ["d001"]);
+    let later = back + TimeDelta::seconds(29);
+    assert_eq!(r.to_follow(later).collect::<Vec<_>>(), ["d001"]);
+    let later = back + TimeDelta::seconds(30);
+    assert_eq!(r.to_follow(later).collect::<Vec<_>>(), ["d001", "d002"]);
 }

@@ -19,10 +19,18 @@ use serde_json::Value;
 
 const REBOOT: Duration = Duration::from_secs(90);
 
+/// How late each device reports its window (its `report_jitter` share; none by default).
+type Delay<'a> = &'a dyn Fn(&str) -> TimeDelta;
+
+/// No report delay.
+fn on_time(_: &str) -> TimeDelta {
+    TimeDelta::zero()
+}
+
 /// Waits, by twin GETs (strongly consistent, unlike queries when the hub lags), until every
-/// simulated device that is up reports the window its clock gives now, and every device that
-/// rebooted more than `REBOOT` ago reports the reboot completed.
-async fn settle_by_twins(env: &Env, spec: &casement_policy::WindowSpec) {
+/// simulated device that is up reports the window its clock gave `delay` ago, and every device
+/// that rebooted more than `REBOOT` ago reports the reboot completed.
+async fn settle_by_twins(env: &Env, spec: &casement_policy::WindowSpec, delay: Delay<'_>) {
     let now = env.clock.now();
     let records = env.reboots();
     let reboot = TimeDelta::from_std(REBOOT).unwrap();
@@ -32,7 +40,9 @@ async fn settle_by_twins(env: &Env, spec: &casement_policy::WindowSpec) {
             continue;
         }
         let last = mine.last().map(|r| r.occurrence);
-        let expected_open = spec.window_at(d.zone, now + d.skew).is_some_and(|s| s.open);
+        let expected_open = spec
+            .window_at(d.zone, now + d.skew - delay(&d.id))
+            .is_some_and(|s| s.open);
         env.eventually(&format!("{} settled", d.id), || {
             let id = d.id.clone();
             async move {
@@ -61,8 +71,9 @@ async fn one_pass<H: HubApi + Clone>(
     env: &Env,
     scheduler: &mut Scheduler<H>,
     spec: &casement_policy::WindowSpec,
+    delay: Delay<'_>,
 ) -> (u64, u64) {
-    settle_by_twins(env, spec).await;
+    settle_by_twins(env, spec, delay).await;
     let before = env.reboots().len();
     let accepted = scheduler.stats().accepted;
     let stats = env.hub.stats();
@@ -85,12 +96,13 @@ async fn wave<H: HubApi + Clone>(
     from: DateTime<Utc>,
     until: DateTime<Utc>,
     step: TimeDelta,
+    delay: Delay<'_>,
 ) -> Vec<(u64, u64)> {
     let n = env.sim().devices().len();
     let mut passes = Vec::new();
     env.clock.set(from);
     while env.clock.now() < until {
-        passes.push(one_pass(env, scheduler, spec).await);
+        passes.push(one_pass(env, scheduler, spec, delay).await);
         if env.reboots().len() >= n && scheduler.rollout("weekly").unwrap().in_flight_count() == 0 {
             break;
         }
@@ -99,11 +111,29 @@ async fn wave<H: HubApi + Clone>(
     passes
 }
 
+/// Invariants 1–3 over the ground truth, and 4: each of the `n` devices rebooted once.
+fn every_device_rebooted_once(env: &Env, n: usize) -> Vec<casement_agent::SimulatedReboot> {
+    let records = env.reboots();
+    env.check_invariants("weekly", TimeDelta::zero());
+    assert_eq!(records.len(), n, "invariant 4: every device rebooted once");
+    records
+}
+
 /// `n` UTC devices under a policy of `max_concurrent`, the scheduler started, before the window.
 async fn fleet(
     n: usize,
     max_concurrent: u32,
     configure: impl FnOnce(casement_hub::HubConfig) -> casement_hub::HubConfig,
+) -> (Env, casement_policy::WindowSpec) {
+    fleet_with(n, max_concurrent, configure, |_| {}).await
+}
+
+/// As [`fleet`], with `simulation` adjusting the simulated agents.
+async fn fleet_with(
+    n: usize,
+    max_concurrent: u32,
+    configure: impl FnOnce(casement_hub::HubConfig) -> casement_hub::HubConfig,
+    simulation: impl FnOnce(&mut casement_agent::SimulationConfig),
 ) -> (Env, casement_policy::WindowSpec) {
     let mut env = Env::start_with(crate::common::utc(2026, 3, 28, 12, 0, 0), configure).await;
     env.write_policy(
@@ -124,7 +154,8 @@ async fn fleet(
             clock.set(clock.now() + TimeDelta::seconds(5));
         }
     });
-    env.simulate(n, &[UTC], REBOOT, TimeDelta::zero()).await;
+    env.simulate_with(n, &[UTC], REBOOT, TimeDelta::zero(), simulation)
+        .await;
     ticker.abort();
     let spec = env.load_policies().get("weekly").unwrap().window().clone();
     (env, spec)
@@ -144,6 +175,7 @@ async fn first_passes(n: usize) -> Vec<(u64, u64)> {
         crate::common::utc(2026, 3, 29, 2, 0, 10),
         crate::common::utc(2026, 3, 29, 2, 4, 30),
         TimeDelta::seconds(120),
+        &on_time,
     )
     .await;
     assert_eq!(env.reboots().len(), 12, "4 reboots a pass");
@@ -155,12 +187,16 @@ async fn a_pass_reads_what_it_can_start_not_the_fleet_at_two_fleet_sizes() {
     for n in [25, 250] {
         let passes = first_passes(n).await;
         assert_eq!(passes.len(), 3, "n = {n}: {passes:?}");
+        assert_eq!(passes[0].0, 1, "the first pass queries: {passes:?}");
         for (pages, items) in &passes {
             // TOP k with k = 4 free slots (+ the 4 just completed, which a lagging query may
-            // still show): one page, at most 8 items — at 25 devices as at 250. A `SELECT *` of
-            // every open window reads ceil(n / 100) pages of n items.
-            assert_eq!(*pages, 1, "n = {n}: {passes:?}");
-            assert!(*items <= 8, "n = {n}: {passes:?}");
+            // still show), rounded up to the page the hub meters anyway: one page, at most
+            // 100 items — at 25 devices as at 250. A `SELECT *` of every open window reads
+            // ceil(n / 100) pages of n items.
+            // A pass whose free slots the queued devices of an earlier page fill queries
+            // nothing.
+            assert!(*pages <= 1, "n = {n}: {passes:?}");
+            assert!(*items <= 100, "n = {n}: {passes:?}");
         }
     }
 }
@@ -192,6 +228,7 @@ async fn the_invariants_hold_when_queries_lag_30s_across_a_scheduler_restart() {
         crate::common::utc(2026, 3, 29, 2, 0, 10),
         crate::common::utc(2026, 3, 29, 2, 3, 0),
         step,
+        &on_time,
     )
     .await;
     assert!(!first.is_empty());
@@ -211,11 +248,10 @@ async fn the_invariants_hold_when_queries_lag_30s_across_a_scheduler_restart() {
         env.clock.now() + step,
         crate::common::utc(2026, 3, 29, 3, 30, 0),
         step,
+        &on_time,
     )
     .await;
-    let records = env.reboots();
-    env.check_invariants("weekly", TimeDelta::zero());
-    assert_eq!(records.len(), 12, "invariant 4: every device rebooted once");
+    every_device_rebooted_once(&env, 12);
     let journal = scheduler.journal().entries(Some("weekly")).unwrap();
     assert_eq!(journal.len(), 12);
     assert!(
@@ -318,6 +354,7 @@ async fn a_hub_answering_429_to_every_third_call_gets_the_wave_done_without_a_do
         crate::common::utc(2026, 3, 29, 2, 0, 10),
         crate::common::utc(2026, 3, 29, 3, 30, 0),
         TimeDelta::seconds(30),
+        &on_time,
     )
     .await;
     assert!(hub.throttled.load(Ordering::SeqCst) > 0);
@@ -365,6 +402,7 @@ async fn a_hub_that_shapes_rather_than_refuses_slows_the_wave_but_keeps_it_corre
         crate::common::utc(2026, 3, 29, 2, 0, 10),
         crate::common::utc(2026, 3, 29, 3, 30, 0),
         TimeDelta::seconds(120),
+        &on_time,
     )
     .await;
     assert!(
@@ -376,4 +414,51 @@ async fn a_hub_that_shapes_rather_than_refuses_slows_the_wave_but_keeps_it_corre
     assert_eq!(records.len(), 8, "every device rebooted once");
     let stats = scheduler.stats();
     assert_eq!((stats.failed, stats.completed), (0, 8), "{stats:?}");
+}
+
+/// Issue 10, the devices' own traffic: with the agents' report jitter on (60 s), devices whose
+/// windows open together report themselves due over the first minute, each at its own delay;
+/// the scheduler invokes none before its report and still reboots every one, once, inside its
+/// window, within `max_concurrent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_agents_report_jitter_on_every_device_is_rebooted_inside_its_window() {
+    let jitter = Duration::from_secs(60);
+    let (env, spec) = fleet_with(12, 3, |c| c, |sim| sim.report_jitter = jitter).await;
+    let policy = env.load_policies().get("weekly").unwrap().clone();
+    let plan = casement_policy::MaintenancePlan {
+        policy: "weekly".into(),
+        revision: policy.revision().as_str().to_owned(),
+        window: spec.clone(),
+        expected_duration: policy.reboot().expected_duration,
+    };
+    let delay = |id: &str| TimeDelta::from_std(plan.report_delay(id, jitter)).unwrap();
+    let ids: Vec<String> = env.sim().devices().iter().map(|d| d.id.clone()).collect();
+    let late = ids
+        .iter()
+        .filter(|id| delay(id) > TimeDelta::seconds(5))
+        .count();
+    assert!(late >= 6, "most of the fleet reports after the first pass");
+    let mut scheduler = env.scheduler(env.client.clone()).await;
+    env.wait_applied("weekly").await;
+    let opens = crate::common::utc(2026, 3, 29, 2, 0, 0);
+    wave(
+        &env,
+        &mut scheduler,
+        &spec,
+        opens + TimeDelta::seconds(5),
+        crate::common::utc(2026, 3, 29, 3, 30, 0),
+        TimeDelta::seconds(10),
+        &delay,
+    )
+    .await;
+    let records = every_device_rebooted_once(&env, 12);
+    for r in &records {
+        assert!(
+            r.at >= opens + delay(&r.device),
+            "{} rebooted at {} before it reported itself due ({} after the opening)",
+            r.device,
+            r.at,
+            delay(&r.device)
+        );
+    }
 }

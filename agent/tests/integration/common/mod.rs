@@ -8,7 +8,7 @@ use casement_agent::backoff::BackoffPolicy;
 use casement_agent::clock::DrivenClock;
 use casement_agent::config::{AgentConfig, Endpoint, RebootCommand};
 use casement_agent::{Agent, AgentError, AgentEvent, RebootHook, RunOutcome};
-use casement_client::{ClientConfig, HubTarget, ServiceClient};
+use casement_client::{ClientConfig, HubTarget, RetryPolicy, ServiceClient};
 use casement_hub::{Hub, HubConfig, RunningHub};
 use casement_iothub::connection_string::{DeviceConnectionString, ServiceConnectionString};
 use casement_iothub::rest::{MethodRequest, TwinPatch};
@@ -51,6 +51,18 @@ impl Harness {
     /// A hub in memory.
     pub async fn start() -> Self {
         Self::start_with(|config| config).await
+    }
+
+    /// A hub in memory whose quotas are `throttle(none)`, answering 429 beyond them.
+    pub async fn start_throttled(
+        throttle: impl FnOnce(casement_hub::ThrottleConfig) -> casement_hub::ThrottleConfig,
+    ) -> Self {
+        Self::start_with(move |mut config| {
+            config.throttle = throttle(casement_hub::ThrottleConfig::none());
+            config.throttle_mode = casement_hub::ThrottleMode::Reject;
+            config
+        })
+        .await
     }
 
     /// A hub keeping its data in the harness directory (so it can be restarted).
@@ -144,6 +156,10 @@ impl Harness {
             initial: Duration::from_millis(20),
             max: Duration::from_millis(200),
         };
+        config.twin_retry = config.backoff;
+        // Tests step the clock to a window's edge and expect the report at once; the jitter
+        // test sets its own.
+        config.report_jitter = Duration::ZERO;
         config.reboot_command = RebootCommand::new(vec![
             "sh".into(),
             "-c".into(),
@@ -159,12 +175,17 @@ impl Harness {
         let target = HubTarget::new(self.service.clone())
             .with_endpoint(&self.base)
             .expect("the hub's HTTP URL is an endpoint");
-        ServiceClient::new(
-            target,
-            ClientConfig::default(),
-            std::sync::Arc::new(self.clock.clone()),
-        )
-        .expect("the service client builds")
+        // Patient with a throttled hub (the 429 tests): retried every half second or so.
+        let config = ClientConfig {
+            retry: RetryPolicy {
+                max_attempts: 60,
+                initial: Duration::from_millis(100),
+                max: Duration::from_millis(500),
+            },
+            ..ClientConfig::default()
+        };
+        ServiceClient::new(target, config, std::sync::Arc::new(self.clock.clone()))
+            .expect("the service client builds")
     }
 
     /// The device's twin, as JSON.

@@ -223,6 +223,20 @@ impl Env {
         reboot_time: Duration,
         max_skew: TimeDelta,
     ) {
+        self.simulate_with(n, zones, reboot_time, max_skew, |_| {})
+            .await;
+    }
+
+    /// As [`simulate`](Self::simulate), with `configure` adjusting the simulation's config
+    /// last (e.g. its agents' `report_jitter`).
+    pub async fn simulate_with(
+        &mut self,
+        n: usize,
+        zones: &[Tz],
+        reboot_time: Duration,
+        max_skew: TimeDelta,
+        configure: impl FnOnce(&mut SimulationConfig),
+    ) {
         let devices = simulate::numbered(simulate::DEFAULT_PREFIX, n, zones)
             .into_iter()
             .map(|d| d.with_tag("role", "gateway"))
@@ -252,6 +266,7 @@ impl Env {
         config.token_lifetime = Duration::from_secs(60 * 86_400);
         config.renew_before = Duration::from_secs(86_400);
         self.reboot_time = reboot_time;
+        configure(&mut config);
         let sim = Simulation::start(config).await.expect("simulation starts");
         let ids: Vec<String> = sim.devices().iter().map(|d| d.id.clone()).collect();
         self.sim = Some(sim);

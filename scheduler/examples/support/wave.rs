@@ -1,0 +1,352 @@
+//! What `wave_bench` and `scale_bench` share: flags, a shifted real-time clock, the wave's
+//! policy, the simulated fleet set up before the measured time, and the ground-truth check.
+//!
+//! The set-up — registering N devices, applying the policy (with the benchmark's own,
+//! unthrottled client, so a throttled hub does not spend minutes of its quota on it), connecting
+//! N simulated agents and waiting until every one reports the window open and itself due — is
+//! done by [`Wave::start`] and is not measured; the measured time starts when
+//! [`Wave::run_until_done`] starts the scheduler's loop and ends when it has seen every
+//! reboot completed in the twins.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use casement_agent::clock::AgentClock;
+use casement_agent::simulate::{self, PlannedDevice};
+use casement_agent::{Simulation, SimulationConfig};
+use casement_client::{HubApi, ServiceClient};
+use casement_hub::RunningHub;
+use casement_scheduler::apply::{self, ApplyOptions};
+use casement_scheduler::metrics::Metrics;
+use casement_scheduler::run::{RunConfig, RunStats, Scheduler, Signals};
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+
+/// Real time, shifted.
+#[derive(Debug, Clone, Copy)]
+pub struct Shifted(pub TimeDelta);
+
+impl casement_policy::Clock for Shifted {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.0
+    }
+}
+
+impl Shifted {
+    /// Real time shifted to 30 s after the wave's window opened (Sunday 02:00 UTC).
+    pub fn in_window() -> Self {
+        let opens = Utc.with_ymd_and_hms(2026, 11, 29, 2, 0, 0).unwrap();
+        Shifted(opens + TimeDelta::seconds(30) - Utc::now())
+    }
+}
+
+/// A numeric flag (`--name N`), or `default`.
+pub fn flag(name: &str, default: u64) -> u64 {
+    text(name, "").parse().unwrap_or(default)
+}
+
+/// A text flag (`--name VALUE`), or `default`.
+pub fn text(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// Installs the crypto provider and logging (`RUST_LOG`, errors by default).
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .try_init();
+}
+
+async fn count(client: &ServiceClient, condition: &str) -> anyhow::Result<u64> {
+    let rows = client
+        .query_all(&format!(
+            "SELECT COUNT() AS n FROM devices WHERE {condition}"
+        ))
+        .await?;
+    Ok(rows
+        .first()
+        .and_then(|r| r.get("n"))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0))
+}
+
+async fn wait_count(
+    client: &ServiceClient,
+    what: &str,
+    condition: &str,
+    n: u64,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let got = count(client, condition).await?;
+        if got >= n {
+            println!("{what}: {n} after {:.1} s", start.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(900),
+            "{what}: only {got} of {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The wave's shape.
+#[derive(Debug, Clone, Copy)]
+pub struct WaveSpec {
+    /// N.
+    pub devices: u64,
+    /// The policy's `max_concurrent`.
+    pub concurrent: u64,
+    /// How long a simulated reboot keeps a device dark.
+    pub reboot: Duration,
+    /// The scheduler's tick.
+    pub tick: Duration,
+}
+
+impl WaveSpec {
+    /// From `--devices` (2,000), `--concurrent` (200), `--reboot-ms` (2,000) and `--tick-ms`.
+    pub fn from_flags(default_tick_ms: u64) -> Self {
+        Self {
+            devices: flag("--devices", 2000),
+            concurrent: flag("--concurrent", 200),
+            reboot: Duration::from_millis(flag("--reboot-ms", 2000)),
+            tick: Duration::from_millis(flag("--tick-ms", default_tick_ms)),
+        }
+    }
+}
+
+/// A fleet set up and ready for the wave (nothing measured yet).
+pub struct Wave<H: HubApi + Clone> {
+    spec: WaveSpec,
+    scheduler: Scheduler<H>,
+    metrics: Arc<Metrics>,
+    simulation: Simulation,
+    _dir: tempfile::TempDir,
+}
+
+/// What the measured wave did.
+pub struct Outcome {
+    /// From the loop's start to the last completion seen.
+    pub wall: Duration,
+    /// The scheduler's counters.
+    pub stats: RunStats,
+    /// The scheduler's metrics (pages per pass).
+    pub metrics: Arc<Metrics>,
+    /// Reboots in the devices' own log.
+    pub reboots: usize,
+    /// Devices that rebooted more than once.
+    pub duplicates: usize,
+    /// The most devices down at once.
+    pub max_down: usize,
+}
+
+impl<H: HubApi + Clone> Wave<H> {
+    /// Registers `spec.devices` devices tagged `role=gateway` in `hub`, writes the policy, starts
+    /// the scheduler (which applies it) with `configure`'s run settings on `scheduler_client`,
+    /// connects the simulated agents and waits until every one reports itself due. `client`
+    /// is the benchmark's own (unthrottled) client, for counting.
+    pub async fn start(
+        hub: &RunningHub,
+        client: &ServiceClient,
+        scheduler_client: H,
+        clock: Shifted,
+        spec: WaveSpec,
+        configure: impl FnOnce(&mut RunConfig),
+    ) -> anyhow::Result<Self> {
+        let cs = hub.service_connection_string();
+        let url = hub.http_url().unwrap_or_default();
+        let dir = tempfile::tempdir()?;
+        let policies: PathBuf = dir.path().join("policies");
+        std::fs::create_dir_all(&policies)?;
+        std::fs::write(
+            policies.join("wave.toml"),
+            format!(
+                r#"[policy]
+name = "wave"
+target = "tags.role = 'gateway'"
+[window]
+schedule = "0 2 * * SUN"
+duration = "2h"
+timezone = "UTC"
+[reboot]
+expected_duration = "5m"
+method_timeout = "30s"
+[rollout]
+max_concurrent = {}
+max_per_minute = 1000000
+max_failures = "5%"
+"#,
+                spec.concurrent
+            ),
+        )?;
+        let mut run = RunConfig::new(vec![policies.clone()], dir.path().join("state"));
+        run.tick = spec.tick;
+        // Applied below, outside the scheduler's quotas.
+        run.apply = false;
+        configure(&mut run);
+        let metrics = Metrics::new();
+        let started = Instant::now();
+        // The devices are registered, and the policy applied (in `Scheduler::start`), before
+        // the agents connect: the measured wave is the reboots alone.
+        let fleet: Vec<PlannedDevice> = simulate::numbered(
+            simulate::DEFAULT_PREFIX,
+            spec.devices as usize,
+            &[chrono_tz::UTC],
+        )
+        .into_iter()
+        .map(|d| d.with_tag("role", "gateway"))
+        .collect();
+        for device in &fleet {
+            hub.create_device(&device.id, serde_json::json!(device.twin_tags()))
+                .await?;
+        }
+        let set = casement_policy::load(&[policies])
+            .map_err(|d| anyhow::anyhow!("the wave's policy: {d:?}"))?;
+        let options = ApplyOptions::default();
+        let plan = apply::plan(client, &set, &options).await?;
+        let applied = apply::execute(client, &set, &plan, &options, &()).await;
+        anyhow::ensure!(
+            applied.failed.is_empty(),
+            "applying the policy: {:?}",
+            applied.failed
+        );
+        let scheduler =
+            Scheduler::start(scheduler_client, Arc::new(clock), run, metrics.clone()).await?;
+        // The simulator finds the devices registered and reads their keys.
+        let mut sim = SimulationConfig::new(cs.parse()?, fleet, dir.path().join("sim"));
+        sim.hub_url = Some(url);
+        sim.mqtt_endpoint = Some(
+            format!(
+                "mqtt://{}",
+                hub.mqtt_addr().unwrap_or(([127, 0, 0, 1], 0).into())
+            )
+            .parse()?,
+        );
+        sim.reboot_time = spec.reboot;
+        sim.clock = AgentClock::from_clock(Arc::new(clock));
+        let simulation = Simulation::start(sim).await?;
+        wait_count(
+            client,
+            "connected",
+            "connectionState = 'Connected'",
+            spec.devices,
+        )
+        .await?;
+        wait_count(
+            client,
+            "applied with the window open and due",
+            "properties.reported.maintenance.policy = 'wave' AND properties.reported.maintenance.window.due = true",
+            spec.devices,
+        )
+        .await?;
+        println!(
+            "set-up (not measured): {} devices registered, policy applied, agents connected and due in {:.1} s",
+            spec.devices,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(Self {
+            spec,
+            scheduler,
+            metrics,
+            simulation,
+            _dir: dir,
+        })
+    }
+
+    /// The measured part: the scheduler's loop until every reboot is seen completed (bounded:
+    /// 20 minutes), then the ground truth.
+    pub async fn run_until_done(self) -> anyhow::Result<Outcome> {
+        let Self {
+            spec,
+            scheduler,
+            metrics,
+            simulation,
+            _dir,
+        } = self;
+        let (signals_tx, signals) = Signals::manual();
+        let t0 = Instant::now();
+        let task = tokio::spawn(scheduler.run(signals));
+        loop {
+            if metrics.reboots("wave", "completed") >= spec.devices {
+                break;
+            }
+            anyhow::ensure!(
+                t0.elapsed() < Duration::from_secs(1200),
+                "the wave did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let wall = t0.elapsed();
+        signals_tx.stop();
+        let stats = task.await??;
+
+        let records = simulation.ground_truth().records();
+        let mut seen = std::collections::BTreeSet::new();
+        let duplicates = records
+            .iter()
+            .filter(|r| !seen.insert(r.device.clone()))
+            .count();
+        let down = TimeDelta::from_std(spec.reboot)?;
+        // Sorted by start: the devices down when each one went down are those started in the
+        // `down` before it (a sliding window, not N²).
+        let mut starts: Vec<DateTime<Utc>> = records.iter().map(|r| r.at).collect();
+        starts.sort();
+        let mut max_down = 0;
+        let mut first = 0;
+        for (i, at) in starts.iter().enumerate() {
+            while starts[first] + down <= *at {
+                first += 1;
+            }
+            max_down = max_down.max(i + 1 - first);
+        }
+        let reboots = records.len();
+        simulation.shutdown().await;
+        Ok(Outcome {
+            wall,
+            stats,
+            metrics,
+            reboots,
+            duplicates,
+            max_down,
+        })
+    }
+}
+
+impl Outcome {
+    /// The candidate query pages per pass, the scheduler's counters and the ground truth.
+    pub fn print(&self) {
+        let (pages_sum, passes, pages_max) = self.metrics.pages_per_pass();
+        println!(
+            "candidate query pages per pass: mean {:.2}, max {pages_max} ({passes} passes)",
+            pages_sum as f64 / passes.max(1) as f64
+        );
+        let s = &self.stats;
+        println!(
+            "invocations {} (accepted {}, already done {}, offline {}, refused {}, errors {}, throttled {}), completed {}, failed {}, passes {}",
+            s.invocations,
+            s.accepted,
+            s.already_done,
+            s.offline,
+            s.refused,
+            s.errors,
+            s.throttled,
+            s.completed,
+            s.failed,
+            s.passes
+        );
+        println!(
+            "ground truth: {} reboots, {} duplicates, at most {} devices down at once",
+            self.reboots, self.duplicates, self.max_down
+        );
+    }
+}
