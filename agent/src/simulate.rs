@@ -326,6 +326,27 @@ impl GroundTruth {
     }
 }
 
+/// Devices [`Simulation::register`] registered, for [`Simulation::run`].
+#[derive(Debug, Clone)]
+pub struct Registered {
+    devices: Vec<SimDevice>,
+}
+
+impl Registered {
+    /// The registered devices, in plan order.
+    pub fn devices(&self) -> &[SimDevice] {
+        &self.devices
+    }
+}
+
+/// The hub's REST base URL: `hub_url`, or `https://{HostName}`.
+fn hub_url(config: &SimulationConfig) -> String {
+    config
+        .hub_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{}", config.hub.host_name))
+}
+
 /// A running simulation.
 #[derive(Debug)]
 pub struct Simulation {
@@ -337,8 +358,17 @@ pub struct Simulation {
 }
 
 impl Simulation {
-    /// Registers the devices and starts their agents.
+    /// Registers the devices ([`Simulation::register`]) and starts their agents
+    /// ([`Simulation::run`]).
     pub async fn start(config: SimulationConfig) -> Result<Self, SimulateError> {
+        let registered = Self::register(&config).await?;
+        Self::run(config, registered).await
+    }
+
+    /// Registers the planned devices — once, in bulk — without starting their agents, for a
+    /// caller that acts between the two (a benchmark applies its policy before any agent
+    /// connects); [`Simulation::run`] starts them.
+    pub async fn register(config: &SimulationConfig) -> Result<Registered, SimulateError> {
         let mut ids = std::collections::HashSet::new();
         if let Some(twice) = config.devices.iter().find(|d| !ids.insert(d.id.as_str())) {
             return Err(SimulateError::Invalid(format!(
@@ -346,30 +376,9 @@ impl Simulation {
                 twice.id
             )));
         }
-        let endpoint = match &config.mqtt_endpoint {
-            Some(endpoint) => endpoint.clone(),
-            // Never HostName's port: that is the hub's HTTPS port (issue 12).
-            None => crate::config::Endpoint::tls_for_host_name(&config.hub.host_name)
-                .map_err(|err| SimulateError::Invalid(err.to_string()))?,
-        };
-        let hub_url = config
-            .hub_url
-            .clone()
-            .unwrap_or_else(|| format!("https://{}", config.hub.host_name));
-        let needs_tls = endpoint.transport == Transport::Tls || hub_url.starts_with("https:");
-        let tls = if needs_tls {
-            Some(tls_config(config.ca.as_deref())?)
-        } else {
-            None
-        };
-        let truth = match &config.ground_truth {
-            Some(path) => GroundTruth::with_file(path.clone())?,
-            None => GroundTruth::new(),
-        };
-
         let registry = Registry::new(
             &config.hub,
-            hub_url,
+            hub_url(config),
             config.ca.as_deref(),
             config.clock.clone(),
         )?;
@@ -400,7 +409,34 @@ impl Simulation {
                 }
             })
             .collect();
-        info!(devices = devices.len(), %endpoint, "devices registered; starting agents");
+        info!(devices = devices.len(), "devices registered");
+        Ok(Registered { devices })
+    }
+
+    /// Starts the agents of devices [`Simulation::register`] registered with `config`.
+    pub async fn run(
+        config: SimulationConfig,
+        registered: Registered,
+    ) -> Result<Self, SimulateError> {
+        let devices = registered.devices;
+        let endpoint = match &config.mqtt_endpoint {
+            Some(endpoint) => endpoint.clone(),
+            // Never HostName's port: that is the hub's HTTPS port (issue 12).
+            None => crate::config::Endpoint::tls_for_host_name(&config.hub.host_name)
+                .map_err(|err| SimulateError::Invalid(err.to_string()))?,
+        };
+        let needs_tls =
+            endpoint.transport == Transport::Tls || hub_url(&config).starts_with("https:");
+        let tls = if needs_tls {
+            Some(tls_config(config.ca.as_deref())?)
+        } else {
+            None
+        };
+        let truth = match &config.ground_truth {
+            Some(path) => GroundTruth::with_file(path.clone())?,
+            None => GroundTruth::new(),
+        };
+        info!(devices = devices.len(), %endpoint, "starting agents");
 
         // Boot ids must differ from every earlier run's, as a real device's do after a power
         // cycle (/proc/sys/kernel/random/boot_id): a restarted simulation that counted from 1

@@ -337,3 +337,31 @@ async fn a_plan_naming_a_device_twice_is_refused_before_anything_is_registered()
     assert!(err.to_string().contains("\"a\" is planned twice"), "{err}");
     assert_eq!(harness.hub().stats().devices, 0);
 }
+
+#[tokio::test]
+async fn registering_first_leaves_the_devices_offline_until_run_starts_them() {
+    let harness = Harness::start().await;
+    let mut config = SimulationConfig::new(
+        harness.service(),
+        simulate::numbered(simulate::DEFAULT_PREFIX, 3, &[chrono_tz::UTC]),
+        harness.dir.path().join("sim"),
+    );
+    config.hub_url = Some(harness.http_url());
+    config.mqtt_endpoint = Some(harness.mqtt_endpoint());
+    config.clock = harness.clock.agent_clock();
+
+    let registered = Simulation::register(&config).await.expect("registered");
+    assert_eq!(registered.devices().len(), 3);
+    assert_eq!(harness.hub().stats().devices, 3);
+    assert_eq!(harness.hub().stats().connected_devices, 0, "no agent yet");
+
+    let simulation = Simulation::run(config, registered).await.expect("runs");
+    tokio::time::timeout(PATIENCE, async {
+        while harness.hub().stats().connected_devices < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every registered device connects");
+    simulation.shutdown().await;
+}

@@ -206,10 +206,18 @@ max_failures = "5%"
         .into_iter()
         .map(|d| d.with_tag("role", "gateway"))
         .collect();
-        for device in &fleet {
-            hub.create_device(&device.id, serde_json::json!(device.twin_tags()))
-                .await?;
-        }
+        let mut sim = SimulationConfig::new(cs.parse()?, fleet, dir.path().join("sim"));
+        sim.hub_url = Some(url);
+        sim.mqtt_endpoint = Some(
+            format!(
+                "mqtt://{}",
+                hub.mqtt_addr().unwrap_or(([127, 0, 0, 1], 0).into())
+            )
+            .parse()?,
+        );
+        sim.reboot_time = spec.reboot;
+        sim.clock = AgentClock::from_clock(Arc::new(clock));
+        let registered = Simulation::register(&sim).await?;
         let set = casement_policy::load(&[policies])
             .map_err(|d| anyhow::anyhow!("the wave's policy: {d:?}"))?;
         let options = ApplyOptions::default();
@@ -222,19 +230,7 @@ max_failures = "5%"
         );
         let scheduler =
             Scheduler::start(scheduler_client, Arc::new(clock), run, metrics.clone()).await?;
-        // The simulator finds the devices registered and reads their keys.
-        let mut sim = SimulationConfig::new(cs.parse()?, fleet, dir.path().join("sim"));
-        sim.hub_url = Some(url);
-        sim.mqtt_endpoint = Some(
-            format!(
-                "mqtt://{}",
-                hub.mqtt_addr().unwrap_or(([127, 0, 0, 1], 0).into())
-            )
-            .parse()?,
-        );
-        sim.reboot_time = spec.reboot;
-        sim.clock = AgentClock::from_clock(Arc::new(clock));
-        let simulation = Simulation::start(sim).await?;
+        let simulation = Simulation::run(sim, registered).await?;
         wait_count(
             client,
             "connected",
