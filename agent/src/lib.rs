@@ -25,7 +25,9 @@
 //! - [`mqtt`]: TLS trust, the CONNECT username and options.
 //! - [`config`]: flags + TOML file → the validated [`config::AgentConfig`].
 //! - [`timezone`]: the system's IANA zone.
-//! - [`simulate`]: many simulated devices in one process, with a ground-truth reboot log.
+//! - [`simulate`]: many simulated devices in one process (planned devices registered once, in
+//!   bulk), with a ground-truth reboot log; [`simulate::invariants`]: DESIGN.md's invariants
+//!   checked against that log (the one checker of the demo and every test).
 //! - [`cli`]: the `casement-agent` command line (`run`, `simulate`).
 
 pub mod agent;

@@ -22,7 +22,8 @@
 //!   steps around the subject), a connected device with twin shorthands, and reading a client
 //!   id from a CONNECT.
 //! - [`policy_file`]: policy files with every field set, for tests that write them.
-//! - [`invariants`]: DESIGN.md's invariants as pure checks over a run's facts, twins and report.
+//! - [`invariants`]: the agent's invariant checker re-exported, plus the checks that need the
+//!   scheduler's types: the hub's twins and `casement report` against a run's facts.
 //! - [`scenario`]: the seeded fleet run — hub, scheduler and simulated devices on a fast clock,
 //!   faults on a timeline — that gathers those facts.
 
