@@ -580,16 +580,7 @@ impl ServiceClient {
             // With If-Match a replay is refused with 412; without it, a merge patch applied
             // twice gives the same twin.
             true,
-            |http| {
-                let mut rb = http
-                    .patch(&url)
-                    .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE_JSON)
-                    .body(body.clone());
-                if let Some(m) = &if_match {
-                    rb = rb.header(HEADER_IF_MATCH, m);
-                }
-                rb
-            },
+            |http| json_request(http.patch(&url), body.clone(), if_match.as_deref()),
             |_, _, body| decode(&op, body),
         )
         .await
@@ -718,4 +709,20 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     let secs: f64 = value.trim().parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+/// A request carrying a JSON `body`, and `If-Match` when an ETag is given (a PATCH of a twin, a
+/// PUT of a configuration).
+pub(crate) fn json_request(
+    request: reqwest::RequestBuilder,
+    body: impl Into<reqwest::Body>,
+    if_match: Option<&str>,
+) -> reqwest::RequestBuilder {
+    let request = request
+        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE_JSON)
+        .body(body);
+    match if_match {
+        Some(etag) => request.header(HEADER_IF_MATCH, etag),
+        None => request,
+    }
 }

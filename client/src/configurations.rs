@@ -14,7 +14,7 @@ use casement_iothub::rest::{CONTENT_TYPE_JSON, HEADER_IF_MATCH};
 
 use casement_iothub::rest::quote_etag;
 
-use crate::client::{ServiceClient, decode};
+use crate::client::{ServiceClient, decode, json_request};
 use crate::error::ClientError;
 
 /// The error a [`crate::HubApi`] without configuration support answers.
@@ -83,16 +83,7 @@ impl ServiceClient {
             self.request_timeout(),
             // A replayed create is refused with 409 and a replayed update with 412: no harm.
             true,
-            |http| {
-                let mut rb = http
-                    .put(&url)
-                    .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE_JSON)
-                    .body(body.clone());
-                if let Some(m) = &if_match {
-                    rb = rb.header(HEADER_IF_MATCH, m);
-                }
-                rb
-            },
+            |http| json_request(http.put(&url), body.clone(), if_match.as_deref()),
             |_, _, body| decode(&op, body),
         )
         .await
