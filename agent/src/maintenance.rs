@@ -132,6 +132,19 @@ impl PolicyState {
             self.verdict = Verdict::None;
             return ApplyOutcome::Cleared { changed };
         };
+        // The policy running, sent again (every session's twin GET does): validating it again
+        // would give the same plan, and costs a scan of years of the schedule's starts.
+        if self.verdict == Verdict::Applied
+            && let Some(applied) = &self.applied
+            && let Ok(desired) = parse_desired(value)
+            && desired == applied.desired
+        {
+            return ApplyOutcome::Applied {
+                policy: applied.plan.policy.clone(),
+                revision: applied.plan.revision.clone(),
+                changed: false,
+            };
+        }
         match parse(value) {
             Ok(applied) => {
                 let changed = self.verdict != Verdict::Applied
@@ -272,8 +285,7 @@ fn parse(value: &Value) -> Result<Applied, (String, String, String)> {
             .unwrap_or_default()
             .to_owned()
     };
-    let desired: DesiredMaintenance = maintenance::parse_section(MAINTENANCE, value)
-        .map_err(|err| (text("policy"), text("revision"), err.to_string()))?;
+    let desired = parse_desired(value).map_err(|err| (text("policy"), text("revision"), err))?;
     let plan = desired.validate().map_err(|err| {
         (
             desired.policy.clone(),
@@ -282,6 +294,11 @@ fn parse(value: &Value) -> Result<Applied, (String, String, String)> {
         )
     })?;
     Ok(Applied { desired, plan })
+}
+
+/// The desired `maintenance` as written, not yet validated.
+fn parse_desired(value: &Value) -> Result<DesiredMaintenance, String> {
+    maintenance::parse_section(MAINTENANCE, value).map_err(|err| err.to_string())
 }
 
 #[cfg(test)]
@@ -423,6 +440,52 @@ mod tests {
                 .apply_desired(Some(&desired("bb02", "0 26 * * *")))
                 .changed()
         );
+    }
+
+    #[test]
+    fn the_running_policy_sent_again_is_unchanged_and_a_fix_after_a_rejection_is_a_change() {
+        let mut state = amsterdam();
+        let weekly = desired("aa01", "0 2 * * SUN");
+        assert!(matches!(
+            state.apply_desired(Some(&weekly)),
+            ApplyOutcome::Applied { changed: true, .. }
+        ));
+        let plan = state.plan().cloned();
+        // Every session's twin GET sends the running policy again.
+        let again = state.apply_desired(Some(&weekly));
+        assert_eq!(
+            again,
+            ApplyOutcome::Applied {
+                policy: "weekly".into(),
+                revision: "aa01".into(),
+                changed: false
+            }
+        );
+        assert_eq!(state.plan().cloned(), plan);
+        // A restored policy is the running one too.
+        let (mut restored, error) =
+            PolicyState::restore(chrono_tz::Europe::Amsterdam, state.persisted().as_ref());
+        assert_eq!(error, None);
+        assert!(!restored.apply_desired(Some(&weekly)).changed());
+        assert_eq!(restored.plan().cloned(), plan);
+        // Rejected, then the running one again: the verdict changes back, and says so.
+        let broken = desired("bb02", "0 2 * * NOPE");
+        assert!(matches!(
+            state.apply_desired(Some(&broken)),
+            ApplyOutcome::Rejected { changed: true, .. }
+        ));
+        let back = state.apply_desired(Some(&weekly));
+        assert!(back.changed(), "{back:?}");
+        assert_eq!(state.plan().cloned(), plan);
+        // The same policy with any field changed is validated as new.
+        let longer = json!({"policy": "weekly", "revision": "aa01",
+               "window": {"schedule": "0 2 * * SUN", "durationSeconds": 10800, "timezone": "device"},
+               "reboot": {"expectedDurationSeconds": 300}});
+        assert!(matches!(
+            state.apply_desired(Some(&longer)),
+            ApplyOutcome::Applied { changed: true, .. }
+        ));
+        assert_ne!(state.plan().cloned(), plan);
     }
 
     #[test]

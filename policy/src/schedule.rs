@@ -5,7 +5,9 @@
 //! times (croner driven in UTC, where no DST exists) and [`crate::window`] resolves each local time
 //! in the zone explicitly, so the DST rules are ours and tested, not a library default.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use chrono::{NaiveDate, NaiveDateTime, Timelike};
@@ -269,7 +271,17 @@ impl Schedule {
     /// The shortest time between two consecutive starts, measured in UTC over starts from
     /// 2024-01-01 (at most five years, or 20 000 starts), with the pair where it occurs.
     /// `None` when the schedule starts fewer than twice in that span.
+    ///
+    /// The scan walks up to five years of starts (hundreds of cron searches for a weekly
+    /// schedule), and the same schedule is validated again and again — by an agent at every
+    /// boot, by the scheduler at every reload, by each of thousands of simulated agents sharing
+    /// one process — so its result is remembered per schedule text, for the process.
     pub fn shortest_gap(&self) -> Option<Gap> {
+        static REMEMBERED: LazyLock<GapMemo> = LazyLock::new(GapMemo::default);
+        REMEMBERED.get_or_scan(&self.source, || self.scan_shortest_gap())
+    }
+
+    fn scan_shortest_gap(&self) -> Option<Gap> {
         const MAX_STARTS: usize = 20_000;
         let start = reference_start();
         let end = start + chrono::TimeDelta::days(5 * 366);
@@ -308,6 +320,38 @@ impl Schedule {
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.source)
+    }
+}
+
+/// Shortest gaps by schedule text; bounded (forgotten all at once when full: a process sees a
+/// handful of schedules, a fuzzer many).
+#[derive(Debug, Default)]
+struct GapMemo {
+    gaps: Mutex<HashMap<String, Option<Gap>>>,
+}
+
+impl GapMemo {
+    const CAPACITY: usize = 256;
+
+    fn get_or_scan(&self, source: &str, scan: impl FnOnce() -> Option<Gap>) -> Option<Gap> {
+        if let Some(gap) = self.lock().get(source) {
+            return *gap;
+        }
+        // Scanned outside the lock: two threads may both scan a new schedule, and agree.
+        let gap = scan();
+        let mut gaps = self.lock();
+        if gaps.len() >= Self::CAPACITY {
+            gaps.clear();
+        }
+        gaps.insert(source.to_owned(), gap);
+        gap
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Gap>>> {
+        // The map holds plain values: a panic elsewhere cannot leave it half-written.
+        self.gaps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -451,6 +495,33 @@ mod tests {
             s.shortest_gap().unwrap().length,
             Duration::from_secs(86_400)
         );
+    }
+
+    #[test]
+    fn a_schedule_s_shortest_gap_is_scanned_once_and_the_memo_stays_bounded() {
+        let memo = GapMemo::default();
+        let scans = std::cell::Cell::new(0);
+        let hourly = Schedule::parse("0 * * * *").unwrap();
+        let scan = || {
+            scans.set(scans.get() + 1);
+            hourly.scan_shortest_gap()
+        };
+        let first = memo.get_or_scan("0 * * * *", scan);
+        let again = memo.get_or_scan("0 * * * *", || unreachable!("remembered"));
+        assert_eq!(first, again);
+        assert_eq!(first.unwrap().length, Duration::from_secs(3600));
+        assert_eq!(scans.get(), 1);
+        // The text is the key: another spelling is scanned on its own, and gets its own answer.
+        let none = memo.get_or_scan("0 0 29 2 *", || None);
+        assert_eq!(none, None);
+        assert_eq!(memo.get_or_scan("0 0 29 2 *", || unreachable!()), None);
+        // Full: forgotten, not grown.
+        for i in 0..GapMemo::CAPACITY + 10 {
+            memo.get_or_scan(&format!("schedule {i}"), || None);
+        }
+        assert!(memo.lock().len() <= GapMemo::CAPACITY);
+        // The process-wide memo answers what a scan answers.
+        assert_eq!(hourly.shortest_gap(), hourly.scan_shortest_gap());
     }
 
     #[test]
