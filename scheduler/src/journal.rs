@@ -10,11 +10,16 @@
 //! sled holds an exclusive lock on its directory, so `casement report` cannot open the journal
 //! while `casement run` has it. The run loop therefore also writes a snapshot
 //! ([`Journal::write_snapshot`], `journal.json` next to the database, replaced atomically) that
-//! [`JournalView::load`] reads when the database is locked.
+//! [`JournalView::load`] reads when the database is locked. The snapshot holds the whole
+//! journal, so the loop writes it only when the journal changed, and during a busy window at
+//! most once a [`SNAPSHOT_INTERVAL`](crate::run::SNAPSHOT_INTERVAL) (and whenever the loop
+//! settles or stops): a report read while the scheduler runs is that much behind.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -184,6 +189,8 @@ pub struct Journal {
     db: sled::Db,
     entries: sled::Tree,
     pauses: sled::Tree,
+    /// Bumped by every write: whether the snapshot is behind.
+    generation: Arc<AtomicU64>,
 }
 
 fn occurrence_key(t: DateTime<Utc>) -> String {
@@ -274,7 +281,18 @@ impl Journal {
             db,
             entries,
             pauses,
+            generation: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Counts the writes to this journal (in this process): two equal readings mean nothing
+    /// was recorded, paused or pruned in between.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The state directory.
@@ -314,6 +332,7 @@ impl Journal {
                     source,
                 })?;
         }
+        self.changed();
         self.flush(what).await
     }
 
@@ -336,6 +355,7 @@ impl Journal {
                 what: what(),
                 source,
             })?;
+        self.changed();
         self.flush(what).await
     }
 
@@ -408,7 +428,11 @@ impl Journal {
             .into_iter()
             .filter(|p| p.closes_at < before)
             .map(|p| pause_key(&p));
-        Ok(removed + remove_all(&self.pauses, pauses)?)
+        let removed = removed + remove_all(&self.pauses, pauses)?;
+        if removed > 0 {
+            self.changed();
+        }
+        Ok(removed)
     }
 
     /// Writes the snapshot `journal.json` for `casement report` (temp file, fsync, rename).

@@ -409,7 +409,17 @@ pub struct Scheduler<H: HubApi + Clone> {
     throttled_passes: u32,
     /// Whether the persistent throttle was logged (once, until a pass goes without 429).
     throttle_warned: bool,
+    /// The journal's generation the last snapshot holds (`None`: none written yet).
+    snapshot_generation: Option<u64>,
+    /// When the last snapshot was written.
+    snapshot_at: Option<tokio::time::Instant>,
 }
+
+/// How often, at most, a pass writes the journal snapshot `casement report` reads while the
+/// scheduler runs (only when the journal changed; settling and stopping always write it). The
+/// snapshot is the whole journal — 100,000 entries in a window of a large fleet — so writing it
+/// every pass would make a pass cost what the fleet holds.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Passes in a row with a 429 after which the throttle counts as persistent and is logged.
 const PERSISTENT_THROTTLE_PASSES: u32 = 3;
@@ -471,6 +481,8 @@ impl<H: HubApi + Clone> Scheduler<H> {
             draining: false,
             stats: RunStats::default(),
             hub_errors: ClientErrors::default(),
+            snapshot_generation: None,
+            snapshot_at: None,
             pass_pages: 0,
             pass_throttled: false,
             throttled_passes: 0,
@@ -642,7 +654,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
         self.metrics.tick(started.elapsed());
         self.metrics.pass_pages(self.pass_pages);
         self.end_pass_throttle();
-        self.snapshot();
+        self.snapshot(false).await?;
         Ok(())
     }
 
@@ -660,10 +672,9 @@ impl<H: HubApi + Clone> Scheduler<H> {
         };
         let now = self.clock.now();
         let follow: Vec<String> = match self.rollouts.get(name) {
-            Some(r) => r.to_follow(now).map(str::to_owned).collect(),
+            Some(r) => r.to_follow(now).into_iter().map(str::to_owned).collect(),
             None => return Ok(()),
         };
-        let followed = self.read_twins(&follow).await?;
         let mut zones: HashMap<Option<Tz>, Option<Window>> = HashMap::new();
         let mut observe = |view: &TwinView| -> Observation {
             let zone = view.device_zone();
@@ -672,12 +683,19 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 .or_insert_with(|| fleet::scheduler_window(policy.window(), zone, now));
             view.observation_with(window)
         };
-        let observations: Vec<Observation> = followed.iter().map(&mut observe).collect();
-        // Completions first: the slots they free are what the candidate query asks for.
-        let mut actions = match self.rollouts.get_mut(name) {
-            Some(r) => r.observe(now, &observations, false),
-            None => return Ok(()),
-        };
+        // Completions first: the slots they free are what the candidate query asks for. They
+        // are acted on a batch of reads at a time (oldest accepted first), so a slot freed by
+        // the first reads starts the next device of the queue while the rest are read.
+        for batch in follow.chunks(self.config.read_concurrency.max(1)) {
+            let followed = self.read_twins(batch).await?;
+            let observations: Vec<Observation> = followed.iter().map(&mut observe).collect();
+            let actions = match self.rollouts.get_mut(name) {
+                Some(r) => r.observe(now, &observations, false),
+                None => return Ok(()),
+            };
+            self.execute(actions).await?;
+        }
+        let mut actions = Vec::new();
         let wanted = self
             .rollouts
             .get(name)
@@ -962,7 +980,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
         while let Some(joined) = self.calls.join_next().await {
             self.on_join(joined).await?;
         }
-        self.snapshot();
+        self.snapshot(true).await?;
         Ok(())
     }
 
@@ -981,10 +999,36 @@ impl<H: HubApi + Clone> Scheduler<H> {
         Ok(())
     }
 
-    fn snapshot(&self) {
-        if let Err(e) = self.journal.write_snapshot(self.clock.now()) {
-            tracing::warn!(error = %e, "cannot write the journal snapshot for reports");
+    /// Writes the journal snapshot for `casement report` if the journal changed since the last
+    /// one: at most once a [`SNAPSHOT_INTERVAL`] unless `force`d (settling, stopping). Written on
+    /// the blocking pool (it reads the whole journal and fsyncs), with call answers handled
+    /// meanwhile.
+    async fn snapshot(&mut self, force: bool) -> Result<(), RunError> {
+        let generation = self.journal.generation();
+        if self.snapshot_generation == Some(generation)
+            || (!force
+                && self
+                    .snapshot_at
+                    .is_some_and(|at| at.elapsed() < SNAPSHOT_INTERVAL))
+        {
+            return Ok(());
         }
+        let journal = self.journal.clone();
+        let now = self.clock.now();
+        let written = self
+            .while_calls(tokio::task::spawn_blocking(move || {
+                journal.write_snapshot(now)
+            }))
+            .await?;
+        self.snapshot_at = Some(tokio::time::Instant::now());
+        match written {
+            Ok(Ok(())) => self.snapshot_generation = Some(generation),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot write the journal snapshot for reports")
+            }
+            Err(e) => tracing::warn!(error = %e, "the journal snapshot task failed"),
+        }
+        Ok(())
     }
 
     /// `--once`: one pass, then wait for the calls it started.
@@ -1094,7 +1138,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
                 },
             }
         }
-        self.snapshot();
+        self.snapshot(true).await?;
         Ok(self.stats)
     }
 }

@@ -603,3 +603,63 @@ async fn the_summary_agrees_with_the_per_device_report_across_zones_and_the_jour
         "{t:?}"
     );
 }
+
+/// The snapshot holds the whole journal: a pass that journaled nothing does not write it again,
+/// and settling writes what was journaled since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_snapshot_is_written_again_only_when_the_journal_changed() {
+    let (env, spec) = Env::weekly(
+        Fleet {
+            reboot: REBOOT,
+            ..Fleet::default()
+        },
+        |hub| hub,
+    )
+    .await;
+    let mut scheduler = env.scheduler(env.client.clone()).await;
+    env.wait_applied("weekly").await;
+    let snapshot = env.state_dir().join("journal.json");
+    scheduler.pass().await.unwrap();
+    assert!(
+        snapshot.exists(),
+        "the first pass writes the (empty) snapshot"
+    );
+
+    // Saturday: nothing to do, nothing journaled, nothing written.
+    std::fs::remove_file(&snapshot).unwrap();
+    for _ in 0..3 {
+        scheduler.pass().await.unwrap();
+        scheduler.settle().await.unwrap();
+    }
+    assert!(
+        !snapshot.exists(),
+        "passes that journaled nothing wrote the snapshot again"
+    );
+
+    // The window opens and the three devices reboot: what was journaled reaches the snapshot.
+    env.clock.set(utc(2026, 3, 29, 2, 0, 10));
+    drive(
+        &env,
+        &mut scheduler,
+        &spec,
+        utc(2026, 3, 29, 2, 30, 0),
+        TimeDelta::seconds(60),
+        REBOOT,
+    )
+    .await;
+    assert_eq!(env.reboots().len(), 3);
+    let view = JournalView::read_snapshot(&env.state_dir()).unwrap();
+    assert_eq!(
+        view.entries.len(),
+        3,
+        "the snapshot after settling: {:?}",
+        view.entries
+    );
+    assert_eq!(
+        view.entries
+            .iter()
+            .map(|e| e.state.clone())
+            .collect::<Vec<_>>(),
+        vec![casement_scheduler::rollout::EntryState::Completed; 3]
+    );
+}
