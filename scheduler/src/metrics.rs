@@ -132,7 +132,13 @@ impl Metrics {
         v.pages_max = v.pages_max.max(pages);
     }
 
-    /// Candidate query pages over all passes, passes, and the most one pass read.
+    /// Seconds spent in passes, and passes.
+    pub fn pass_seconds(&self) -> (f64, u64) {
+        let v = self.values();
+        (v.tick_sum, v.tick_count)
+    }
+
+    /// Candidate query pages over all passes, passes, and the most in one pass.
     pub fn pages_per_pass(&self) -> (u64, u64, u64) {
         let v = self.values();
         (v.pages_sum, v.pages_count, v.pages_max)

@@ -451,9 +451,14 @@ impl PolicyRollout {
     /// not worth a twin read (S1 allows 100 a second, and a pass waits for its reads). This
     /// only delays noticing a completion, never decides one; until one is seen, every device is
     /// read every pass.
-    pub fn to_follow(&self, now: DateTime<Utc>) -> impl Iterator<Item = &str> {
+    ///
+    /// Oldest accepted first (those with no acceptance on record, already overdue, before
+    /// them): the run loop reads them in that order and acts on each batch of answers, so the
+    /// devices most likely back are noticed first.
+    pub fn to_follow(&self, now: DateTime<Utc>) -> Vec<&str> {
         let not_before = self.fastest_reboot.map(|fastest| fastest * 3 / 4);
-        self.devices
+        let mut follow: Vec<(Option<DateTime<Utc>>, &str)> = self
+            .devices
             .iter()
             .filter(move |(_, d)| match d.state {
                 DeviceState::Invoking { .. } => false,
@@ -462,7 +467,10 @@ impl PolicyRollout {
                 }
                 _ => d.state.in_flight(),
             })
-            .map(|(id, _)| id.as_str())
+            .map(|(id, d)| (d.accepted_at, id.as_str()))
+            .collect();
+        follow.sort_unstable();
+        follow.into_iter().map(|(_, id)| id).collect()
     }
 
     /// How many invocations may start at `now`: free `max_concurrent` slots, and what is left

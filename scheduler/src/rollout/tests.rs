@@ -708,7 +708,7 @@ fn a_gateway_timeout_keeps_the_slot_and_the_twin_decides_without_a_second_call()
     // Not a failure (a zero budget would pause), still in flight, journaled "may have run".
     assert_eq!(pauses(&actions), 0);
     assert!(invoked_ids(&actions).is_empty(), "the slot stays taken");
-    assert_eq!(r.to_follow(NOW()).collect::<Vec<_>>(), ["d000"]);
+    assert_eq!(r.to_follow(NOW()), ["d000"]);
     assert!(matches!(
         records(&actions)[0].state,
         EntryState::MayHaveRun(_)
@@ -834,7 +834,7 @@ fn devices_are_not_followed_before_the_fastest_reboot_seen_could_be_over() {
     }
     // Nothing seen completed yet: every accepted device is read every pass.
     let soon = NOW() + TimeDelta::seconds(1);
-    assert_eq!(r.to_follow(soon).collect::<Vec<_>>(), ["d000", "d001"]);
+    assert_eq!(r.to_follow(soon), ["d000", "d001"]);
     // d000 is back 40 s after it accepted: d002 starts in its slot, and it is read only from
     // 30 s after its acceptance.
     let back = NOW() + TimeDelta::seconds(40);
@@ -848,9 +848,22 @@ fn devices_are_not_followed_before_the_fastest_reboot_seen_could_be_over() {
     for d in &started {
         r.invoked(back, d, window(), MethodOutcome::Accepted);
     }
-    assert_eq!(r.to_follow(back).collect::<Vec<_>>(), ["d001"]);
+    assert_eq!(r.to_follow(back), ["d001"]);
     let later = back + TimeDelta::seconds(29);
-    assert_eq!(r.to_follow(later).collect::<Vec<_>>(), ["d001"]);
+    assert_eq!(r.to_follow(later), ["d001"]);
     let later = back + TimeDelta::seconds(30);
-    assert_eq!(r.to_follow(later).collect::<Vec<_>>(), ["d001", "d002"]);
+    assert_eq!(r.to_follow(later), ["d001", "d002"]);
+}
+
+#[test]
+fn devices_in_flight_are_followed_oldest_accepted_first() {
+    let mut r = rollout(limits(3, 1000, MaxFailures::Count(100)));
+    r.observe(NOW(), &fleet(3), true);
+    // Accepted in the reverse of their ids' order.
+    for (i, d) in ["d002", "d000", "d001"].into_iter().enumerate() {
+        let at = NOW() + TimeDelta::seconds(i as i64);
+        r.invoked(at, d, window(), MethodOutcome::Accepted);
+    }
+    let later = NOW() + TimeDelta::seconds(60);
+    assert_eq!(r.to_follow(later), ["d002", "d000", "d001"]);
 }
