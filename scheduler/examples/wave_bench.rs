@@ -43,7 +43,13 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(clock),
     )?;
 
-    let wave = Wave::start(&hub, &client, client.clone(), clock, spec, |_| {}).await?;
+    let read_concurrency = wave::flag("--read-concurrency", 0) as usize;
+    let wave = Wave::start(&hub, &client, client.clone(), clock, spec, |run| {
+        if read_concurrency > 0 {
+            run.read_concurrency = read_concurrency;
+        }
+    })
+    .await?;
     let outcome = wave.run_until_done().await?;
 
     let waves = spec.devices.div_ceil(spec.concurrent);

@@ -148,6 +148,29 @@ pub struct Outcome {
     pub duplicates: usize,
     /// The most devices down at once.
     pub max_down: usize,
+    /// Each step of a device's reboot cycle and its durations, seconds.
+    pub phases: Vec<(String, Vec<f64>)>,
+    /// CPU time this process (hub, agents and scheduler) spent in the measured wave, seconds.
+    pub cpu: f64,
+}
+
+/// User plus system CPU time of this process so far, seconds (Linux; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // After the command name in parentheses: utime and stime are the 12th and 13th fields.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 impl<H: HubApi + Clone> Wave<H> {
@@ -270,10 +293,17 @@ max_failures = "5%"
             _dir,
         } = self;
         let (signals_tx, signals) = Signals::manual();
+        let timeline = Timeline::follow(&simulation);
+        let mut seen_completed: Vec<Instant> = Vec::new();
+        let cpu0 = cpu_seconds();
         let t0 = Instant::now();
         let task = tokio::spawn(scheduler.run(signals));
         loop {
-            if metrics.reboots("wave", "completed") >= spec.devices {
+            let completed = metrics.reboots("wave", "completed");
+            while (seen_completed.len() as u64) < completed {
+                seen_completed.push(Instant::now());
+            }
+            if completed >= spec.devices {
                 break;
             }
             anyhow::ensure!(
@@ -283,6 +313,10 @@ max_failures = "5%"
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let wall = t0.elapsed();
+        let cpu = cpu_seconds() - cpu0;
+        let phases = timeline
+            .finish(&seen_completed, spec.concurrent as usize)
+            .await;
         signals_tx.stop();
         let stats = task.await??;
 
@@ -314,7 +348,136 @@ max_failures = "5%"
             reboots,
             duplicates,
             max_down,
+            phases,
+            cpu,
         })
+    }
+}
+
+/// When each device went through each step of its reboot, as the simulation reported it.
+struct Timeline {
+    task: tokio::task::JoinHandle<Vec<(Instant, String, Step)>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Step {
+    Answered,
+    PoweredOff,
+    Booted,
+    Connected,
+    TwinFetched,
+    ReportedCompleted,
+}
+
+impl Timeline {
+    fn follow(simulation: &Simulation) -> Self {
+        use casement_agent::agent::AgentEvent;
+        use casement_agent::simulate::SimEvent;
+        let mut events = simulation.events();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut steps = Vec::new();
+            loop {
+                let (device, event) = tokio::select! {
+                    _ = &mut stopped => return steps,
+                    event = events.recv() => match event {
+                        Ok(event) => event,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            eprintln!("timeline: {n} events lost");
+                            continue;
+                        }
+                        Err(_) => return steps,
+                    },
+                };
+                let step = match event {
+                    SimEvent::Agent(AgentEvent::MethodAnswered { status: 200, .. }) => {
+                        Step::Answered
+                    }
+                    SimEvent::PoweredOff(_) => Step::PoweredOff,
+                    SimEvent::Booted { boot } if boot > 1 => Step::Booted,
+                    SimEvent::Agent(AgentEvent::Connected) => Step::Connected,
+                    SimEvent::Agent(AgentEvent::TwinFetched { .. }) => Step::TwinFetched,
+                    SimEvent::Agent(AgentEvent::Reported(patch))
+                        if patch.pointer("/iothubDM/reboot/status")
+                            == Some(&serde_json::json!("completed")) =>
+                    {
+                        Step::ReportedCompleted
+                    }
+                    _ => continue,
+                };
+                steps.push((Instant::now(), device, step));
+            }
+        });
+        Self { task, stop }
+    }
+
+    /// Each step's duration (mean / p50 / p95 / max, seconds), per device; and the slot's
+    /// hand-over: the k-th completion reported → the scheduler counting it → the (C + k)-th
+    /// device answering its call.
+    async fn finish(self, seen: &[Instant], concurrent: usize) -> Vec<(String, Vec<f64>)> {
+        let _ = self.stop.send(());
+        let steps = self.task.await.unwrap_or_default();
+        let mut per_device: std::collections::HashMap<String, Vec<(Step, Instant)>> =
+            std::collections::HashMap::new();
+        for (at, device, step) in &steps {
+            per_device
+                .entry(device.clone())
+                .or_default()
+                .push((*step, *at));
+        }
+        let order = [
+            Step::Answered,
+            Step::PoweredOff,
+            Step::Booted,
+            Step::Connected,
+            Step::TwinFetched,
+            Step::ReportedCompleted,
+        ];
+        let mut phases: Vec<(String, Vec<f64>)> = order
+            .windows(2)
+            .map(|pair| (format!("{:?} -> {:?}", pair[0], pair[1]), Vec::new()))
+            .collect();
+        for events in per_device.values() {
+            let at = |step: Step| events.iter().find(|(s, _)| *s == step).map(|(_, at)| *at);
+            for (i, pair) in order.windows(2).enumerate() {
+                if let (Some(a), Some(b)) = (at(pair[0]), at(pair[1])) {
+                    phases[i]
+                        .1
+                        .push(b.saturating_duration_since(a).as_secs_f64());
+                }
+            }
+        }
+        let sorted = |step: Step| {
+            let mut all: Vec<Instant> = steps
+                .iter()
+                .filter(|(_, _, s)| *s == step)
+                .map(|(at, _, _)| *at)
+                .collect();
+            all.sort();
+            all
+        };
+        let reported = sorted(Step::ReportedCompleted);
+        let answered = sorted(Step::Answered);
+        let seen_gap = reported
+            .iter()
+            .zip(seen)
+            .map(|(r, s)| s.saturating_duration_since(*r).as_secs_f64())
+            .collect();
+        let call_gap = seen
+            .iter()
+            .zip(answered.iter().skip(concurrent))
+            .map(|(s, a)| a.saturating_duration_since(*s).as_secs_f64())
+            .collect();
+        phases.push((
+            "k-th completion reported -> seen by the scheduler".into(),
+            seen_gap,
+        ));
+        phases.push((
+            "k-th completion seen -> (C+k)-th call answered".into(),
+            call_gap,
+        ));
+        phases
     }
 }
 
@@ -325,6 +488,11 @@ impl Outcome {
         println!(
             "candidate query pages per pass: mean {:.2}, max {pages_max} ({passes} passes)",
             pages_sum as f64 / passes.max(1) as f64
+        );
+        let (pass_seconds, pass_count) = self.metrics.pass_seconds();
+        println!(
+            "a pass took {:.1} ms on average",
+            1000.0 * pass_seconds / pass_count.max(1) as f64
         );
         let s = &self.stats;
         println!(
@@ -344,5 +512,30 @@ impl Outcome {
             "ground truth: {} reboots, {} duplicates, at most {} devices down at once",
             self.reboots, self.duplicates, self.max_down
         );
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        println!(
+            "CPU: {:.1} s in {:.1} s of wall time on {cores} cores ({:.0} % of the machine), {:.1} ms a reboot",
+            self.cpu,
+            self.wall.as_secs_f64(),
+            100.0 * self.cpu / (self.wall.as_secs_f64() * cores as f64),
+            1000.0 * self.cpu / self.reboots.max(1) as f64
+        );
+        println!("a slot's cycle, step by step (s): mean / p50 / p95 / max (n)");
+        for (name, values) in &self.phases {
+            let mut v = values.clone();
+            v.sort_by(f64::total_cmp);
+            if v.is_empty() {
+                continue;
+            }
+            let q = |f: f64| v[((v.len() - 1) as f64 * f) as usize];
+            println!(
+                "  {name:<52} {:.3} / {:.3} / {:.3} / {:.3} ({})",
+                v.iter().sum::<f64>() / v.len() as f64,
+                q(0.5),
+                q(0.95),
+                q(1.0),
+                v.len()
+            );
+        }
     }
 }
