@@ -27,6 +27,9 @@ use wave::{Shifted, Wave, WaveSpec};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     wave::init();
+    if wave::agents_child().await? {
+        return Ok(());
+    }
     let spec = WaveSpec::from_flags(250);
     let clock = Shifted::in_window();
     let mut config = HubConfig::for_tests();

@@ -55,6 +55,11 @@ pub fn text(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
+/// Whether a switch (`--name`, no value) was given.
+pub fn switch(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
 /// Installs the crypto provider and logging (`RUST_LOG`, errors by default).
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -111,6 +116,11 @@ pub struct WaveSpec {
     pub reboot: Duration,
     /// The scheduler's tick.
     pub tick: Duration,
+    /// The simulated agents run in a child process (`--agents-process`): the hub and the
+    /// agents then each hold one end of every device's connection in their own process, so a
+    /// fleet can need up to the open-file limit in each (this machine: 20,000) instead of
+    /// twice the fleet in one.
+    pub agents_process: bool,
 }
 
 impl WaveSpec {
@@ -121,6 +131,7 @@ impl WaveSpec {
             concurrent: flag("--concurrent", 200),
             reboot: Duration::from_millis(flag("--reboot-ms", 2000)),
             tick: Duration::from_millis(flag("--tick-ms", default_tick_ms)),
+            agents_process: switch("--agents-process"),
         }
     }
 }
@@ -130,8 +141,74 @@ pub struct Wave<H: HubApi + Clone> {
     spec: WaveSpec,
     scheduler: Scheduler<H>,
     metrics: Arc<Metrics>,
-    simulation: Simulation,
+    agents: Agents,
     _dir: tempfile::TempDir,
+}
+
+/// Where the simulated agents run.
+enum Agents {
+    /// In this process: their events give the cycle step by step.
+    InProcess(Simulation),
+    /// In a child process (this benchmark run with `--agents-child`), which stops when its
+    /// standard input closes; its ground truth is a JSON-lines file.
+    Child {
+        child: tokio::process::Child,
+        truth: PathBuf,
+    },
+}
+
+/// The fleet every wave simulates: `devices` numbered devices tagged `role=gateway`.
+fn fleet(devices: u64) -> Vec<PlannedDevice> {
+    simulate::numbered(
+        simulate::DEFAULT_PREFIX,
+        devices as usize,
+        &[chrono_tz::UTC],
+    )
+    .into_iter()
+    .map(|d| d.with_tag("role", "gateway"))
+    .collect()
+}
+
+/// The simulation's settings, in this process or the child.
+fn simulation_config(
+    hub: &str,
+    url: String,
+    mqtt: &str,
+    devices: u64,
+    reboot: Duration,
+    clock: Shifted,
+    state_dir: PathBuf,
+) -> anyhow::Result<SimulationConfig> {
+    let mut sim = SimulationConfig::new(hub.parse()?, fleet(devices), state_dir);
+    sim.hub_url = Some(url);
+    sim.mqtt_endpoint = Some(mqtt.parse()?);
+    sim.reboot_time = reboot;
+    sim.clock = AgentClock::from_clock(Arc::new(clock));
+    Ok(sim)
+}
+
+/// With `--agents-child` (how a benchmark with `--agents-process` starts itself again): runs
+/// the simulated agents until standard input closes, and returns `true`; otherwise `false`.
+pub async fn agents_child() -> anyhow::Result<bool> {
+    if !switch("--agents-child") {
+        return Ok(false);
+    }
+    let offset = TimeDelta::milliseconds(text("--offset-ms", "0").parse()?);
+    let mut sim = simulation_config(
+        &text("--hub", ""),
+        text("--hub-url", ""),
+        &text("--mqtt", ""),
+        flag("--devices", 0),
+        Duration::from_millis(flag("--reboot-ms", 2000)),
+        Shifted(offset),
+        text("--state-dir", "").into(),
+    )?;
+    sim.ground_truth = Some(text("--ground-truth", "").into());
+    let simulation = Simulation::start(sim).await?;
+    let mut sink = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+    simulation.shutdown().await;
+    Ok(true)
 }
 
 /// What the measured wave did.
@@ -221,39 +298,71 @@ max_failures = "5%"
         let started = Instant::now();
         // The devices are registered, and the policy applied (in `Scheduler::start`), before
         // the agents connect: the measured wave is the reboots alone.
-        let fleet: Vec<PlannedDevice> = simulate::numbered(
-            simulate::DEFAULT_PREFIX,
-            spec.devices as usize,
-            &[chrono_tz::UTC],
-        )
-        .into_iter()
-        .map(|d| d.with_tag("role", "gateway"))
-        .collect();
-        let mut sim = SimulationConfig::new(cs.parse()?, fleet, dir.path().join("sim"));
-        sim.hub_url = Some(url);
-        sim.mqtt_endpoint = Some(
-            format!(
-                "mqtt://{}",
-                hub.mqtt_addr().unwrap_or(([127, 0, 0, 1], 0).into())
-            )
-            .parse()?,
+        let mqtt = format!(
+            "mqtt://{}",
+            hub.mqtt_addr().unwrap_or(([127, 0, 0, 1], 0).into())
         );
-        sim.reboot_time = spec.reboot;
-        sim.clock = AgentClock::from_clock(Arc::new(clock));
-        let registered = Simulation::register(&sim).await?;
+        let sim = simulation_config(
+            &cs,
+            url.clone(),
+            &mqtt,
+            spec.devices,
+            spec.reboot,
+            clock,
+            dir.path().join("sim"),
+        )?;
         let set = casement_policy::load(&[policies])
             .map_err(|d| anyhow::anyhow!("the wave's policy: {d:?}"))?;
-        let options = ApplyOptions::default();
-        let plan = apply::plan(client, &set, &options).await?;
-        let applied = apply::execute(client, &set, &plan, &options, &()).await;
-        anyhow::ensure!(
-            applied.failed.is_empty(),
-            "applying the policy: {:?}",
-            applied.failed
-        );
-        let scheduler =
-            Scheduler::start(scheduler_client, Arc::new(clock), run, metrics.clone()).await?;
-        let simulation = Simulation::run(sim, registered).await?;
+        let apply_policy = async || -> anyhow::Result<()> {
+            let options = ApplyOptions::default();
+            let plan = apply::plan(client, &set, &options).await?;
+            let applied = apply::execute(client, &set, &plan, &options, &()).await;
+            anyhow::ensure!(
+                applied.failed.is_empty(),
+                "applying the policy: {:?}",
+                applied.failed
+            );
+            Ok(())
+        };
+        let (scheduler, agents) = if spec.agents_process {
+            // The child registers the fleet and connects it; the policy is applied once every
+            // device is registered (those already connected get it as a desired patch).
+            let truth = dir.path().join("truth.jsonl");
+            let child = tokio::process::Command::new(std::env::current_exe()?)
+                .args([
+                    "--agents-child",
+                    "--hub",
+                    &cs,
+                    "--hub-url",
+                    &url,
+                    "--mqtt",
+                    &mqtt,
+                ])
+                .args(["--devices", &spec.devices.to_string()])
+                .args(["--reboot-ms", &spec.reboot.as_millis().to_string()])
+                .args(["--offset-ms", &clock.0.num_milliseconds().to_string()])
+                .arg("--state-dir")
+                .arg(dir.path().join("sim"))
+                .arg("--ground-truth")
+                .arg(&truth)
+                .stdin(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()?;
+            wait_count(client, "registered", "tags.role = 'gateway'", spec.devices).await?;
+            apply_policy().await?;
+            let scheduler =
+                Scheduler::start(scheduler_client, Arc::new(clock), run, metrics.clone()).await?;
+            (scheduler, Agents::Child { child, truth })
+        } else {
+            // Registered, and the policy applied (in `Scheduler::start`), before the agents
+            // connect.
+            let registered = Simulation::register(&sim).await?;
+            apply_policy().await?;
+            let scheduler =
+                Scheduler::start(scheduler_client, Arc::new(clock), run, metrics.clone()).await?;
+            let simulation = Simulation::run(sim, registered).await?;
+            (scheduler, Agents::InProcess(simulation))
+        };
         wait_count(
             client,
             "connected",
@@ -277,7 +386,7 @@ max_failures = "5%"
             spec,
             scheduler,
             metrics,
-            simulation,
+            agents,
             _dir: dir,
         })
     }
@@ -289,11 +398,14 @@ max_failures = "5%"
             spec,
             scheduler,
             metrics,
-            simulation,
+            agents,
             _dir,
         } = self;
         let (signals_tx, signals) = Signals::manual();
-        let timeline = Timeline::follow(&simulation);
+        let timeline = match &agents {
+            Agents::InProcess(simulation) => Some(Timeline::follow(simulation)),
+            Agents::Child { .. } => None,
+        };
         let mut seen_completed: Vec<Instant> = Vec::new();
         let cpu0 = cpu_seconds();
         let t0 = Instant::now();
@@ -314,13 +426,30 @@ max_failures = "5%"
         }
         let wall = t0.elapsed();
         let cpu = cpu_seconds() - cpu0;
-        let phases = timeline
-            .finish(&seen_completed, spec.concurrent as usize)
-            .await;
+        let phases = match timeline {
+            Some(timeline) => {
+                timeline
+                    .finish(&seen_completed, spec.concurrent as usize)
+                    .await
+            }
+            None => Vec::new(),
+        };
         signals_tx.stop();
         let stats = task.await??;
 
-        let records = simulation.ground_truth().records();
+        let records = match agents {
+            Agents::InProcess(simulation) => {
+                let records = simulation.ground_truth().records();
+                simulation.shutdown().await;
+                records
+            }
+            Agents::Child { mut child, truth } => {
+                // Closing its standard input stops the child; its log is then complete.
+                drop(child.stdin.take());
+                let _ = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
+                casement_agent::GroundTruth::with_file(truth)?.records()
+            }
+        };
         let mut seen = std::collections::BTreeSet::new();
         let duplicates = records
             .iter()
@@ -340,7 +469,6 @@ max_failures = "5%"
             max_down = max_down.max(i + 1 - first);
         }
         let reboots = records.len();
-        simulation.shutdown().await;
         Ok(Outcome {
             wall,
             stats,
@@ -514,12 +642,21 @@ impl Outcome {
         );
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         println!(
-            "CPU: {:.1} s in {:.1} s of wall time on {cores} cores ({:.0} % of the machine), {:.1} ms a reboot",
+            "CPU{}: {:.1} s in {:.1} s of wall time on {cores} cores ({:.0} % of the machine), {:.1} ms a reboot",
+            if self.phases.is_empty() {
+                " of the hub and the scheduler (the agents' process not counted)"
+            } else {
+                " of the hub, the agents and the scheduler"
+            },
             self.cpu,
             self.wall.as_secs_f64(),
             100.0 * self.cpu / (self.wall.as_secs_f64() * cores as f64),
             1000.0 * self.cpu / self.reboots.max(1) as f64
         );
+        if self.phases.is_empty() {
+            println!("a slot's cycle step by step: only with the agents in this process");
+            return;
+        }
         println!("a slot's cycle, step by step (s): mean / p50 / p95 / max (n)");
         for (name, values) in &self.phases {
             let mut v = values.clone();
