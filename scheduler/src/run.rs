@@ -405,10 +405,8 @@ pub struct Scheduler<H: HubApi + Clone> {
     pass_pages: u64,
     /// Whether the pass under way got a 429.
     pass_throttled: bool,
-    /// Passes in a row that got a 429.
-    throttled_passes: u32,
-    /// Whether the persistent throttle was logged (once, until a pass goes without 429).
-    throttle_warned: bool,
+    /// Passes in a row that got a 429, and whether that was logged.
+    throttle: ThrottleWatch,
     /// The journal's generation the last snapshot holds (`None`: none written yet).
     snapshot_generation: Option<u64>,
     /// When the last snapshot was written.
@@ -423,6 +421,53 @@ pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Passes in a row with a 429 after which the throttle counts as persistent and is logged.
 const PERSISTENT_THROTTLE_PASSES: u32 = 3;
+
+/// What the log says, once, when the throttle is persistent.
+pub const PERSISTENT_THROTTLE_ADVICE: &str = "the hub has answered 429 (throttled) in every one \
+    of the last passes: the loop needs more than the tier's quotas allow. Raise the hub's units \
+    (--units, and the IoT Hub's own unit count), lower max_concurrent or max_per_minute, or make \
+    passes rarer with a longer --tick; the run goes on, slower, retrying what was refused";
+
+/// Passes in a row that got a 429, and whether that was said.
+#[derive(Debug, Default)]
+struct ThrottleWatch {
+    passes: u32,
+    warned: bool,
+}
+
+/// What a pass's end has to say about throttling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ThrottleNotice {
+    /// Nothing new.
+    None,
+    /// Throttled for this many passes in a row: said once, until a pass goes without 429.
+    Persistent { passes: u32 },
+    /// A pass went without 429 after a persistent throttle was said.
+    Ended,
+}
+
+impl ThrottleWatch {
+    fn end_pass(&mut self, throttled: bool) -> ThrottleNotice {
+        if throttled {
+            self.passes += 1;
+            if self.passes >= PERSISTENT_THROTTLE_PASSES && !self.warned {
+                self.warned = true;
+                return ThrottleNotice::Persistent {
+                    passes: self.passes,
+                };
+            }
+            ThrottleNotice::None
+        } else {
+            let ended = std::mem::take(&mut self.warned);
+            self.passes = 0;
+            if ended {
+                ThrottleNotice::Ended
+            } else {
+                ThrottleNotice::None
+            }
+        }
+    }
+}
 
 /// The HTTP status of a call's outcome (`None` when none came back).
 fn status_of<T>(result: &Result<T, ClientError>) -> Option<u16> {
@@ -485,8 +530,7 @@ impl<H: HubApi + Clone> Scheduler<H> {
             snapshot_at: None,
             pass_pages: 0,
             pass_throttled: false,
-            throttled_passes: 0,
-            throttle_warned: false,
+            throttle: ThrottleWatch::default(),
         };
         scheduler.install(policies)?;
         let unresolved = scheduler
@@ -1056,26 +1100,15 @@ impl<H: HubApi + Clone> Scheduler<H> {
     /// At the end of a pass: a throttle that lasts [`PERSISTENT_THROTTLE_PASSES`] passes is
     /// logged once, with what to do; a pass without 429 ends it.
     fn end_pass_throttle(&mut self) {
-        if std::mem::take(&mut self.pass_throttled) {
-            self.throttled_passes += 1;
-            if self.throttled_passes >= PERSISTENT_THROTTLE_PASSES && !self.throttle_warned {
-                self.throttle_warned = true;
-                tracing::warn!(
-                    passes = self.throttled_passes,
-                    tick = ?self.config.tick,
-                    "the hub has answered 429 (throttled) in every one of the last passes: the \
-                     loop needs more than the tier's quotas allow. Raise the hub's units \
-                     (--units, and the IoT Hub's own unit count), lower max_concurrent or \
-                     max_per_minute, or make passes rarer with a longer --tick; the run goes \
-                     on, slower, retrying what was refused"
-                );
-            }
-        } else {
-            if self.throttle_warned {
-                tracing::info!("the hub no longer throttles the run loop");
-            }
-            self.throttled_passes = 0;
-            self.throttle_warned = false;
+        let throttled = std::mem::take(&mut self.pass_throttled);
+        match self.throttle.end_pass(throttled) {
+            ThrottleNotice::Persistent { passes } => tracing::warn!(
+                passes,
+                tick = ?self.config.tick,
+                "{PERSISTENT_THROTTLE_ADVICE}"
+            ),
+            ThrottleNotice::Ended => tracing::info!("the hub no longer throttles the run loop"),
+            ThrottleNotice::None => {}
         }
     }
 
@@ -1185,6 +1218,37 @@ mod tests {
 
     fn answer(status: i32, payload: Value) -> Result<MethodResponse, ClientError> {
         Ok(MethodResponse { status, payload })
+    }
+
+    #[test]
+    fn a_persistent_throttle_is_said_once_with_what_to_do_and_its_end_once() {
+        let mut watch = ThrottleWatch::default();
+        let notices: Vec<ThrottleNotice> = [
+            false, true, true, true, true, true, false, false, true, true, true,
+        ]
+        .into_iter()
+        .map(|throttled| watch.end_pass(throttled))
+        .collect();
+        use ThrottleNotice::{Ended, None, Persistent};
+        assert_eq!(
+            notices,
+            [
+                None,
+                None,
+                None,
+                Persistent { passes: 3 },
+                None,
+                None,
+                Ended,
+                None,
+                None,
+                None,
+                Persistent { passes: 3 },
+            ]
+        );
+        for what in ["--units", "max_concurrent", "--tick"] {
+            assert!(PERSISTENT_THROTTLE_ADVICE.contains(what), "{what}");
+        }
     }
 
     #[test]

@@ -323,6 +323,38 @@ async fn a_planned_fleet_is_registered_once_in_bulk_and_an_existing_device_keeps
     simulation.shutdown().await;
 }
 
+/// A hub answering 429 to registry calls beyond one a second (S1 allows 100 a minute): the
+/// simulator waits for the quota and registers the whole fleet instead of giving up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_on_a_hub_that_refuses_with_429_waits_for_the_quota_and_registers_everyone() {
+    let harness = Harness::start_throttled(|throttle| {
+        throttle.with(
+            casement_hub::Operation::Registry,
+            casement_hub::Rate::per_second(1.0),
+        )
+    })
+    .await;
+    // Registered earlier: its keys are read back, one more registry call.
+    harness.device("sim-0003").await;
+    let devices = casement_agent::simulate::numbered("sim-", 250, &[chrono_tz::UTC]);
+    let mut config =
+        SimulationConfig::new(harness.service(), devices, harness.dir.path().join("sim"));
+    config.hub_url = Some(harness.http_url());
+    config.mqtt_endpoint = Some(harness.mqtt_endpoint());
+    config.clock = harness.clock.agent_clock();
+
+    let refused_before = harness.hub().throttle_counts().refused;
+    let registered = Simulation::register(&config)
+        .await
+        .expect("registration waits for the quota");
+    assert!(
+        harness.hub().throttle_counts().refused > refused_before,
+        "the hub refused some registry calls with 429"
+    );
+    assert_eq!(registered.devices().len(), 250);
+    assert_eq!(harness.hub().stats().devices, 250);
+}
+
 #[tokio::test]
 async fn a_plan_naming_a_device_twice_is_refused_before_anything_is_registered() {
     use casement_agent::simulate::PlannedDevice;
