@@ -443,7 +443,7 @@ impl PolicyRollout {
 
     /// Devices in flight whose outcome only their twins can tell (accepted, timed out, or
     /// journaled before a restart) — not those whose call is still under way. The run loop
-    /// reads these twins one by one every pass (strongly consistent, bounded by
+    /// reads these twins one by one, in batches, every pass (strongly consistent, bounded by
     /// `max_concurrent`); a query, which may lag, never confirms a completion.
     ///
     /// A device accepted at `t` is not read before `t + ¾ ×` the fastest reboot this rollout

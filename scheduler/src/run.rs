@@ -705,7 +705,9 @@ impl<H: HubApi + Clone> Scheduler<H> {
     /// One policy's share of a pass, costing what it can act on:
     ///
     /// 1. the twins of its devices in flight are read one by one (strongly consistent; at most
-    ///    `max_concurrent`) — only these confirm a completion;
+    ///    `max_concurrent`), oldest accepted first, and each batch of `read_concurrency` reads
+    ///    is acted on as it returns — only these confirm a completion, and a slot one frees
+    ///    starts the queue's next device while the rest are read;
     /// 2. when an invocation can start, one `SELECT TOP k` candidate query asks for devices that
     ///    report themselves due (`window.due`), `k` from [`PolicyRollout::candidates_wanted`];
     ///    answers about devices in flight are ignored (the twin reads are fresher), so a query
